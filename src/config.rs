@@ -1,0 +1,110 @@
+//! Every limit and timeout of the server and the client, with their defaults.
+
+use std::time::Duration;
+
+/// The port the server listens on and the client connects to by default.
+pub const DEFAULT_PORT: u16 = 2000;
+/// The URL the client connects to by default: the server's default address.
+pub const DEFAULT_URL: &str = "ws://127.0.0.1:2000";
+/// The address the server binds by default: loopback only, so nobody else can join
+/// until the operator says so with `--host`.
+pub const DEFAULT_HOST: &str = "127.0.0.1";
+
+/// The server's limits and timeouts. `Default` gives the values the binary uses
+/// when no flag says otherwise.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Capacity of the broadcast channel, in messages. A client that falls further
+    /// behind than this gets a notice of how many messages it missed.
+    pub buffer: usize,
+    /// Largest message a client may send, in bytes; a bigger one closes with 1009.
+    pub max_message_size: usize,
+    /// Time a new connection has to complete the HTTP upgrade.
+    pub handshake_timeout: Duration,
+    /// Time one write to a client may take before the client is considered stuck
+    /// and dropped.
+    pub write_timeout: Duration,
+    /// A client quiet for this long is pinged; one that then stays silent for
+    /// another interval is dropped.
+    pub ping_interval: Duration,
+    /// Time allowed for a close handshake, on shutdown or when closing one client.
+    pub close_timeout: Duration,
+    /// Most broadcast messages written to one client in one batch (one flush).
+    pub max_batch: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            buffer: 1024,
+            max_message_size: 64 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(30),
+            close_timeout: Duration::from_secs(2),
+            max_batch: 64,
+        }
+    }
+}
+
+/// The client's settings.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The server to connect to, `ws://host:port/path`.
+    pub url: http::Uri,
+    /// Time allowed to open the TCP connection and complete the upgrade.
+    pub connect_timeout: Duration,
+    /// Time to wait for the server's answer to our close frame.
+    pub close_timeout: Duration,
+}
+
+impl ClientConfig {
+    /// A configuration for `url` with default timeouts.
+    pub fn new(url: http::Uri) -> Self {
+        Self {
+            url,
+            connect_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Parses a duration as the command line takes it: `500ms`, `2s`, `1.5` (seconds),
+/// `1m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (number, scale) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (s, 1.0)
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (write e.g. 500ms, 2s or 1m)"))?;
+    Duration::try_from_secs_f64(value * scale).map_err(|_| format!("{s:?} is not a valid duration"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_url_points_at_the_default_port() {
+        assert!(DEFAULT_URL.ends_with(&format!(":{DEFAULT_PORT}")));
+    }
+
+    #[test]
+    fn durations_parse_with_and_without_units() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+}

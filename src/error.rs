@@ -1,0 +1,117 @@
+//! The library's error type: one enum, so tests can `matches!` on it.
+
+use std::io;
+
+/// A `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the library. A connection's own trouble on the
+/// server never surfaces here: it ends that connection and is logged.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The listening socket failed.
+    #[error("listener failed: {0}")]
+    Listener(#[source] io::Error),
+
+    /// The URL is not a `ws://` or `wss://` URL the client can use.
+    #[error("invalid URL {url:?}: {reason}")]
+    InvalidUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// The TCP connection could not be opened.
+    #[error("cannot connect to {url}: {}", describe_io(source))]
+    Connect {
+        /// The URL the client tried.
+        url: String,
+        /// The operating system's answer.
+        #[source]
+        source: io::Error,
+    },
+
+    /// Connecting or upgrading took longer than the connect timeout.
+    #[error("cannot connect to {url}: timed out (is the host reachable and the port right?)")]
+    ConnectTimeout {
+        /// The URL the client tried.
+        url: String,
+    },
+
+    /// The server answered the upgrade request with an HTTP status instead of
+    /// switching to WebSocket.
+    #[error(
+        "cannot connect to {url}: the server refused the upgrade with HTTP {status} (is it a broadcast-chat server, and is the path right?)"
+    )]
+    Refused {
+        /// The URL the client tried.
+        url: String,
+        /// The HTTP status code of the answer.
+        status: u16,
+    },
+
+    /// The WebSocket handshake failed for another reason.
+    #[error("cannot connect to {url}: {source}")]
+    Handshake {
+        /// The URL the client tried.
+        url: String,
+        /// What tokio-websockets reported.
+        #[source]
+        source: tokio_websockets::Error,
+    },
+
+    /// An established connection broke without a close handshake.
+    #[error("connection to {url} lost: {}", describe_ws(source))]
+    ConnectionLost {
+        /// The URL the client was connected to.
+        url: String,
+        /// What broke it.
+        #[source]
+        source: tokio_websockets::Error,
+    },
+
+    /// Writing to the local output (the terminal, a pipe) failed.
+    #[error("cannot write output: {0}")]
+    Output(#[source] io::Error),
+}
+
+/// Says what an I/O error means for a connection attempt, with a hint at the fix.
+fn describe_io(e: &io::Error) -> String {
+    let (what, hint) = match e.kind() {
+        io::ErrorKind::ConnectionRefused => {
+            ("connection refused", "is the server running on that port?")
+        }
+        io::ErrorKind::TimedOut => ("timed out", "is the host reachable?"),
+        io::ErrorKind::ConnectionReset => (
+            "connection reset by the server",
+            "is it a broadcast-chat server?",
+        ),
+        io::ErrorKind::UnexpectedEof => (
+            "the server closed the connection during the handshake",
+            "is it a broadcast-chat server, and is it full?",
+        ),
+        io::ErrorKind::NotFound => ("cannot resolve the host name", "check the URL's host"),
+        io::ErrorKind::AddrNotAvailable
+        | io::ErrorKind::NetworkUnreachable
+        | io::ErrorKind::HostUnreachable => ("address not reachable", "check the URL's host"),
+        _ => return e.to_string(),
+    };
+    format!("{what} ({hint})")
+}
+
+/// Says what a WebSocket error means for an established connection.
+fn describe_ws(e: &tokio_websockets::Error) -> String {
+    match e {
+        tokio_websockets::Error::Io(io) => match io.kind() {
+            io::ErrorKind::UnexpectedEof => {
+                "the server closed the connection without a close frame".into()
+            }
+            io::ErrorKind::ConnectionReset => "connection reset by the server".into(),
+            io::ErrorKind::BrokenPipe => "the server went away".into(),
+            _ => io.to_string(),
+        },
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,30 @@
+//! A WebSocket broadcast chat: a server that fans every text message out to every
+//! connected client, and a terminal client.
+//!
+//! It grows out of the "broadcast chat" exercise that many people learn async Rust
+//! from, and keeps its shape and output while fixing what breaks under load: a
+//! client that falls behind is told how much it missed instead of being dropped,
+//! a stuck peer is noticed and closed, and every network wait has a bound.
+//!
+//! # Layout
+//! - [`config`]: every limit and timeout, with defaults ([`ServerConfig`], [`ClientConfig`]).
+//! - [`protocol`]: the wire format: tagging, notices, close reasons.
+//! - `handshake`: the HTTP upgrade, done by hand so a refusal is a proper HTTP answer.
+//! - `hub`: the fan-out, one `tokio::sync::broadcast` channel.
+//! - [`server`]: the accept loop and graceful shutdown ([`server::run`]).
+//! - `session`: one connection's task: read, broadcast, write, keepalive, close.
+//! - [`client`]: connect, and the stdin/socket loop ([`client::run`]).
+//!
+//! Data flows one way: socket → session → hub → every session → socket.
+
+pub mod client;
+pub mod config;
+mod error;
+mod handshake;
+mod hub;
+pub mod protocol;
+pub mod server;
+mod session;
+
+pub use config::{ClientConfig, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_URL, ServerConfig};
+pub use error::{Error, Result};

@@ -1,0 +1,215 @@
+//! One connection: the upgrade, then a `select!` loop that reads the client's
+//! messages into the hub and writes the hub's messages to the client, and a
+//! bounded close.
+
+use std::net::SocketAddr;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
+use tokio::time::{Instant, MissedTickBehavior, timeout};
+use tokio_util::sync::CancellationToken;
+use tokio_websockets::{CloseCode, Limits, Message, ServerBuilder, WebSocketStream};
+use tracing::{debug, info};
+
+use crate::handshake::{self, Failure};
+use crate::protocol;
+use crate::server::ConnectionGuard;
+
+/// Why a session ended; decides how the connection is closed and what is logged.
+#[derive(Debug)]
+enum End {
+    /// We close with this code and reason and wait for the client's answer.
+    Close(CloseCode, &'static str),
+    /// The client sent a close frame; the library queued the answer.
+    ClosedByClient,
+    /// The client broke the protocol (bad UTF-8, too big, bad framing); the library
+    /// queued a close frame with the matching code.
+    ProtocolError(tokio_websockets::Error),
+    /// The connection is gone or stuck: nothing more can be sent.
+    Dropped(&'static str),
+}
+
+/// Serves one connection from the upgrade to the close. Every error ends this
+/// connection only and is logged here.
+pub(crate) async fn run<S>(
+    mut stream: S,
+    addr: SocketAddr,
+    guard: ConnectionGuard,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let shared = guard.shared();
+    let config = &shared.config;
+
+    let upgrade = async {
+        let request = handshake::read_request(&mut stream).await?;
+        handshake::accept(&mut stream, &request).await?;
+        Ok::<_, Failure>(request)
+    };
+    let outcome = tokio::select! {
+        () = shutdown.cancelled() => return,
+        outcome = timeout(config.handshake_timeout, upgrade) => outcome,
+    };
+    let request = match outcome {
+        Ok(Ok(request)) => request,
+        Ok(Err(Failure::Refused(refusal))) => {
+            info!(%addr, status = refusal.status.as_u16(), reason = %refusal.reason, "refused");
+            let _ = timeout(
+                config.close_timeout,
+                handshake::reject(&mut stream, &refusal),
+            )
+            .await;
+            return;
+        }
+        Ok(Err(Failure::Io(e))) => {
+            debug!(%addr, error = %e, "handshake failed");
+            return;
+        }
+        Err(_) => {
+            info!(%addr, "handshake timed out");
+            return;
+        }
+    };
+
+    let mut ws = ServerBuilder::new()
+        .limits(Limits::default().max_payload_len(Some(config.max_message_size)))
+        .serve(stream);
+    // Subscribe before greeting: everything published from here on reaches us.
+    let mut rx = shared.hub.subscribe();
+    info!(%addr, path = %request.path, clients = guard.open(), "connected");
+
+    let end = match timeout(
+        config.write_timeout,
+        ws.send(Message::text(protocol::WELCOME)),
+    )
+    .await
+    {
+        Ok(Ok(())) => chat(&mut ws, &mut rx, addr, &guard, &shutdown).await,
+        Ok(Err(_)) => End::Dropped("connection lost"),
+        Err(_) => End::Dropped("write timed out"),
+    };
+    drop(rx);
+
+    let reason = match &end {
+        End::Close(_, reason) | End::Dropped(reason) => (*reason).to_owned(),
+        End::ClosedByClient => "closed by client".to_owned(),
+        End::ProtocolError(e) => format!("protocol error: {e}"),
+    };
+    close(&mut ws, end, config.close_timeout).await;
+    info!(%addr, reason, clients = guard.open() - 1, "disconnected");
+}
+
+/// The chat loop: the client's messages go to the hub, the hub's to the client.
+async fn chat<S>(
+    ws: &mut WebSocketStream<S>,
+    rx: &mut broadcast::Receiver<Message>,
+    addr: SocketAddr,
+    guard: &ConnectionGuard,
+    shutdown: &CancellationToken,
+) -> End
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let shared = guard.shared();
+    let config = &shared.config;
+    let mut keepalive =
+        tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
+    keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // Whether the client sent anything since the last tick, and whether a ping is
+    // waiting for an answer.
+    let (mut heard, mut ping_sent) = (false, false);
+
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return End::Close(CloseCode::GOING_AWAY, protocol::REASON_SHUTDOWN),
+            frame = ws.next() => {
+                heard = true;
+                match frame {
+                    Some(Ok(message)) => {
+                        if let Some(text) = message.as_text() {
+                            shared.hub.publish(Message::text(protocol::tag(addr, text)));
+                        } else if message.is_binary() {
+                            return End::Close(CloseCode::UNSUPPORTED_DATA, protocol::REASON_BINARY);
+                        } else if message.is_close() {
+                            return End::ClosedByClient;
+                        }
+                        // Pings and pongs only prove the client alive; the library answers pings.
+                    }
+                    Some(Err(tokio_websockets::Error::Io(_))) | None => return End::Dropped("connection lost"),
+                    Some(Err(e)) => return End::ProtocolError(e),
+                }
+            }
+            received = rx.recv() => {
+                let first = match received {
+                    Ok(message) => message,
+                    Err(RecvError::Lagged(missed)) => Message::text(protocol::missed_notice(missed)),
+                    Err(RecvError::Closed) => return End::Close(CloseCode::GOING_AWAY, protocol::REASON_SHUTDOWN),
+                };
+                match timeout(config.write_timeout, write_batch(ws, rx, first, config.max_batch)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return End::Dropped("connection lost"),
+                    Err(_) => return End::Dropped("write timed out"),
+                }
+            }
+            _ = keepalive.tick() => {
+                if heard {
+                    (heard, ping_sent) = (false, false);
+                } else if ping_sent {
+                    return End::Dropped("keepalive timed out");
+                } else {
+                    ping_sent = true;
+                    match timeout(config.write_timeout, ws.send(Message::ping(bytes::Bytes::new()))).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return End::Dropped("connection lost"),
+                        Err(_) => return End::Dropped("write timed out"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Writes `first` and whatever else the channel already holds (up to `max_batch`
+/// messages) with one flush, so a burst costs one write, not one per message.
+async fn write_batch<S>(
+    ws: &mut WebSocketStream<S>,
+    rx: &mut broadcast::Receiver<Message>,
+    first: Message,
+    max_batch: usize,
+) -> Result<(), tokio_websockets::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    ws.feed(first).await?;
+    for _ in 1..max_batch {
+        let next = match rx.try_recv() {
+            Ok(message) => message,
+            Err(TryRecvError::Lagged(missed)) => Message::text(protocol::missed_notice(missed)),
+            Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+        };
+        ws.feed(next).await?;
+    }
+    ws.flush().await
+}
+
+/// Ends the connection as `end` says, waiting at most `limit` for the close handshake.
+async fn close<S>(ws: &mut WebSocketStream<S>, end: End, limit: std::time::Duration)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let handshake = async {
+        if let End::Close(code, reason) = end {
+            ws.send(Message::close(Some(code), reason)).await?;
+        } else if matches!(end, End::Dropped(_)) {
+            return Ok(());
+        }
+        // Reading on flushes the close frame we answer with or queued, and waits
+        // for the client's answer to ours.
+        while ws.next().await.is_some() {}
+        Ok::<_, tokio_websockets::Error>(())
+    };
+    let _ = timeout(limit, handshake).await;
+}

@@ -1,0 +1,111 @@
+//! The `client` binary: lines in, `From server:` lines out, and every way it ends.
+
+mod common;
+
+use common::*;
+
+#[tokio::test]
+async fn client_sends_lines_and_prints_what_it_receives() {
+    let server = Server::start(&[]).await;
+    let mut client = Client::start(&["--url", &server.url()]);
+    client
+        .stdout
+        .wait_for("From server: Welcome to chat! Type a message")
+        .await;
+    let mut other = connect(&server.url()).await;
+
+    client.send_line("hi from the binary").await;
+    let line = recv_text(&mut other).await;
+    assert!(line.ends_with(": \"hi from the binary\""), "{line}");
+    client
+        .stdout
+        .wait_for(&format!("From server: {line}"))
+        .await;
+
+    send(&mut other, "hi back").await;
+    client
+        .stdout
+        .wait_for(&format!("From server: {}", tagged(&other, "hi back")))
+        .await;
+    assert_eq!(
+        client.stdout.all()[0],
+        "From server: Welcome to chat! Type a message"
+    );
+
+    client.close_stdin();
+    assert_eq!(client.wait().await.code(), Some(0));
+}
+
+#[tokio::test]
+async fn piped_input_is_sent_and_the_client_exits_zero() {
+    let server = Server::start(&[]).await;
+    let mut other = connect(&server.url()).await;
+    let mut client = Client::start(&["--url", &server.url()]);
+    client.send_line("hi").await;
+    client.close_stdin();
+    let line = recv_text(&mut other).await;
+    assert!(line.ends_with(": \"hi\""), "{line}");
+    assert_eq!(client.wait().await.code(), Some(0));
+    assert!(client.stderr.all().is_empty(), "{:?}", client.stderr.all());
+}
+
+#[tokio::test]
+async fn wrong_port_gives_one_line_error_and_exit_1() {
+    let port = free_port();
+    let url = format!("ws://127.0.0.1:{port}");
+    let mut client = Client::start(&["--url", &url]);
+    assert_eq!(client.wait().await.code(), Some(1));
+    let stderr = client.stderr.all();
+    assert_eq!(
+        stderr,
+        [format!(
+            "error: cannot connect to {url}: connection refused (is the server running on that port?)"
+        )]
+    );
+    assert!(client.stdout.all().is_empty());
+}
+
+#[tokio::test]
+async fn invalid_url_is_a_usage_error() {
+    let mut client = Client::start(&["--url", "http://example.com"]);
+    assert_eq!(client.wait().await.code(), Some(2));
+    client.stderr.wait_for("the scheme must be ws://").await;
+}
+
+#[tokio::test]
+async fn sigterm_closes_clients_with_1001_and_everyone_exits_zero() {
+    let mut server = Server::start(&[]).await;
+    let mut client = Client::start(&["--url", &server.url()]);
+    client.stdout.wait_for("Welcome").await;
+    let mut ws = connect(&server.url()).await;
+    server.stderr.wait_for_count("connected", 2).await;
+
+    server.terminate();
+    assert_eq!(
+        recv_close(&mut ws).await,
+        (1001, "server shutting down".to_owned())
+    );
+    // Complete the close handshake, as a well-behaved client does.
+    read_to_end(&mut ws).await;
+    assert_eq!(server.wait().await.code(), Some(0));
+    assert_eq!(client.wait().await.code(), Some(0));
+    assert_eq!(
+        client.stderr.all(),
+        ["the server closed the connection: 1001 (server shutting down)"]
+    );
+}
+
+#[tokio::test]
+async fn lost_connection_without_close_is_an_error_exit_1() {
+    let server = Server::start(&[]).await;
+    let mut client = Client::start(&["--url", &server.url()]);
+    client.stdout.wait_for("Welcome").await;
+    signal(server.child_ref(), "KILL");
+    assert_eq!(client.wait().await.code(), Some(1));
+    let stderr = client.stderr.all();
+    assert_eq!(stderr.len(), 1, "{stderr:?}");
+    assert!(
+        stderr[0].starts_with(&format!("error: connection to {} lost: ", server.url())),
+        "{stderr:?}"
+    );
+}

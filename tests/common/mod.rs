@@ -1,0 +1,341 @@
+//! Shared helpers for the integration tests: spawn the real binaries, wait for
+//! their lines, and talk WebSocket to the server. Every wait has a timeout.
+#![allow(dead_code)] // Each test file uses its own subset.
+
+use std::net::SocketAddr;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::{Notify, mpsc};
+use tokio::time::timeout;
+use tokio_websockets::{ClientBuilder, Message, WebSocketStream};
+
+/// The bound on every single wait in the tests.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// Lines a child process printed on one stream, collected as they come.
+#[derive(Clone, Default)]
+pub struct Lines {
+    lines: Arc<Mutex<Vec<String>>>,
+    changed: Arc<Notify>,
+}
+
+impl Lines {
+    fn follow(reader: impl AsyncRead + Unpin + Send + 'static) -> Self {
+        let lines = Lines::default();
+        let sink = lines.clone();
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(reader).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                sink.lines.lock().expect("lines lock").push(line);
+                sink.changed.notify_waiters();
+            }
+        });
+        lines
+    }
+
+    /// Everything printed so far.
+    pub fn all(&self) -> Vec<String> {
+        self.lines.lock().expect("lines lock").clone()
+    }
+
+    /// Waits until a line containing `needle` has been printed, and returns it.
+    pub async fn wait_for(&self, needle: &str) -> String {
+        let found = timeout(WAIT, async {
+            loop {
+                let notified = self.changed.notified();
+                if let Some(line) = self.all().into_iter().find(|l| l.contains(needle)) {
+                    return line;
+                }
+                notified.await;
+            }
+        })
+        .await;
+        found.unwrap_or_else(|_| {
+            panic!(
+                "no line containing {needle:?} within {WAIT:?}; got {:#?}",
+                self.all()
+            )
+        })
+    }
+
+    /// Waits until `count` lines containing `needle` have been printed.
+    pub async fn wait_for_count(&self, needle: &str, count: usize) {
+        let found = timeout(WAIT, async {
+            loop {
+                let notified = self.changed.notified();
+                if self.all().iter().filter(|l| l.contains(needle)).count() >= count {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await;
+        found.unwrap_or_else(|_| {
+            panic!(
+                "fewer than {count} lines containing {needle:?}; got {:#?}",
+                self.all()
+            )
+        })
+    }
+}
+
+/// A running `server` binary, killed when dropped.
+pub struct Server {
+    child: Child,
+    pub port: u16,
+    pub stderr: Lines,
+}
+
+impl Server {
+    /// Starts the server on `--port 0` with `args` and waits for its readiness line.
+    pub async fn start(args: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
+            .args(["--port", "0"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env_remove("CHAT_HOST")
+            .env_remove("CHAT_PORT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn the server binary");
+        let stderr = Lines::follow(child.stderr.take().expect("piped stderr"));
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        let first = timeout(WAIT, stdout.next_line())
+            .await
+            .expect("server printed no readiness line in time")
+            .expect("read server stdout")
+            .expect("server exited before its readiness line");
+        let port = first
+            .strip_prefix("Listening on port ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected readiness line {first:?}"));
+        Server {
+            child,
+            port,
+            stderr,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://127.0.0.1:{}", self.port)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn child_ref(&self) -> &Child {
+        &self.child
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        signal(&self.child, "TERM");
+    }
+
+    /// Waits for the process to exit.
+    pub async fn wait(&mut self) -> ExitStatus {
+        wait_exit(&mut self.child).await
+    }
+}
+
+pub fn signal(child: &Child, name: &str) {
+    let pid = child.id().expect("child still running");
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{name} {pid} failed");
+}
+
+pub async fn wait_exit(child: &mut Child) -> ExitStatus {
+    timeout(WAIT, child.wait())
+        .await
+        .expect("process did not exit in time")
+        .expect("wait for process")
+}
+
+/// A running `client` binary with piped stdin, stdout and stderr.
+pub struct Client {
+    pub child: Child,
+    pub stdin: Option<ChildStdin>,
+    pub stdout: Lines,
+    pub stderr: Lines,
+}
+
+impl Client {
+    pub fn start(args: &[&str]) -> Client {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_client"))
+            .args(args)
+            .env_remove("CHAT_URL")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn the client binary");
+        let stdout = Lines::follow(child.stdout.take().expect("piped stdout"));
+        let stderr = Lines::follow(child.stderr.take().expect("piped stderr"));
+        let stdin = child.stdin.take();
+        Client {
+            child,
+            stdin,
+            stdout,
+            stderr,
+        }
+    }
+
+    pub async fn send_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin still open");
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .expect("write client stdin");
+        stdin.flush().await.expect("flush client stdin");
+    }
+
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    pub async fn wait(&mut self) -> ExitStatus {
+        wait_exit(&mut self.child).await
+    }
+}
+
+/// Opens a WebSocket to `url` and returns it after reading the welcome message.
+pub async fn connect(url: &str) -> Ws {
+    let mut ws = connect_raw(url).await;
+    assert_eq!(recv_text(&mut ws).await, "Welcome to chat! Type a message");
+    ws
+}
+
+/// Opens a WebSocket to `url` without reading anything.
+pub async fn connect_raw(url: &str) -> Ws {
+    let uri: http::Uri = url.parse().expect("valid url");
+    let addr = format!(
+        "{}:{}",
+        uri.host().expect("host"),
+        uri.port_u16().expect("port")
+    );
+    timeout(WAIT, async {
+        let stream = TcpStream::connect(addr).await.expect("tcp connect");
+        ClientBuilder::from_uri(uri)
+            .connect_on(stream)
+            .await
+            .expect("upgrade")
+            .0
+    })
+    .await
+    .expect("connect in time")
+}
+
+/// The address the server sees for this client.
+pub fn local_addr(ws: &Ws) -> SocketAddr {
+    ws.get_ref().local_addr().expect("local address")
+}
+
+/// The line the server broadcasts when `ws` sends `text`.
+pub fn tagged(ws: &Ws, text: &str) -> String {
+    format!("{:?}: {text:?}", local_addr(ws))
+}
+
+pub async fn send(ws: &mut Ws, text: &str) {
+    timeout(WAIT, ws.send(Message::text(text.to_owned())))
+        .await
+        .expect("send in time")
+        .expect("send");
+}
+
+/// The next text message, skipping pings and pongs. Panics on close or timeout.
+pub async fn recv_text(ws: &mut Ws) -> String {
+    loop {
+        let message = timeout(WAIT, ws.next())
+            .await
+            .expect("a message in time")
+            .expect("connection open")
+            .expect("no error");
+        if let Some(text) = message.as_text() {
+            return text.to_owned();
+        }
+        assert!(
+            !message.is_close(),
+            "unexpected close: {:?}",
+            message.as_close()
+        );
+    }
+}
+
+/// Reads until the server's close frame and returns its code and reason, skipping
+/// any text still in flight.
+pub async fn recv_close(ws: &mut Ws) -> (u16, String) {
+    loop {
+        let message = timeout(WAIT, ws.next())
+            .await
+            .expect("a close frame in time")
+            .expect("connection open until the close frame")
+            .expect("no error before the close frame");
+        if let Some((code, reason)) = message.as_close() {
+            return (u16::from(code), reason.to_owned());
+        }
+    }
+}
+
+/// Reads until the connection ends in any way; returns what text arrived first.
+pub async fn read_to_end(ws: &mut Ws) -> Vec<String> {
+    let mut texts = Vec::new();
+    timeout(WAIT, async {
+        while let Some(Ok(message)) = ws.next().await {
+            if let Some(text) = message.as_text() {
+                texts.push(text.to_owned());
+            }
+        }
+    })
+    .await
+    .expect("connection ended in time");
+    texts
+}
+
+/// A channel of every text message `ws` receives, read by a task of its own so
+/// the socket is always drained (and pings answered).
+pub fn reader(mut ws: Ws) -> mpsc::UnboundedReceiver<String> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = ws.next().await {
+            if let Some(text) = message.as_text()
+                && tx.send(text.to_owned()).is_err()
+            {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// The next message from a [`reader`] channel, under the test timeout.
+pub async fn next(rx: &mut mpsc::UnboundedReceiver<String>) -> String {
+    timeout(WAIT, rx.recv())
+        .await
+        .expect("a message in time")
+        .expect("reader still running")
+}
+
+/// A port that nothing listens on (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a free port")
+        .port()
+}
