@@ -12,7 +12,7 @@ pub const DEFAULT_HOST: &str = "127.0.0.1";
 
 /// The server's limits and timeouts. `Default` gives the values the binary uses
 /// when no flag says otherwise.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
     /// Capacity of the broadcast channel, in messages. A client that falls further
     /// behind than this gets a notice of how many messages it missed.

@@ -46,7 +46,8 @@ async fn piped_input_is_sent_and_the_client_exits_zero() {
     let line = recv_text(&mut other).await;
     assert!(line.ends_with(": \"hi\""), "{line}");
     assert_eq!(client.wait().await.code(), Some(0));
-    assert!(client.stderr.all().is_empty(), "{:?}", client.stderr.all());
+    let stderr = client.stderr.complete().await;
+    assert!(stderr.is_empty(), "{stderr:?}");
 }
 
 #[tokio::test]
@@ -55,14 +56,14 @@ async fn wrong_port_gives_one_line_error_and_exit_1() {
     let url = format!("ws://127.0.0.1:{port}");
     let mut client = Client::start(&["--url", &url]);
     assert_eq!(client.wait().await.code(), Some(1));
-    let stderr = client.stderr.all();
+    let stderr = client.stderr.complete().await;
     assert_eq!(
         stderr,
         [format!(
             "error: cannot connect to {url}: connection refused (is the server running on that port?)"
         )]
     );
-    assert!(client.stdout.all().is_empty());
+    assert!(client.stdout.complete().await.is_empty());
 }
 
 #[tokio::test]
@@ -90,7 +91,7 @@ async fn sigterm_closes_clients_with_1001_and_everyone_exits_zero() {
     assert_eq!(server.wait().await.code(), Some(0));
     assert_eq!(client.wait().await.code(), Some(0));
     assert_eq!(
-        client.stderr.all(),
+        client.stderr.complete().await,
         ["the server closed the connection: 1001 (server shutting down)"]
     );
 }
@@ -102,7 +103,7 @@ async fn lost_connection_without_close_is_an_error_exit_1() {
     client.stdout.wait_for("Welcome").await;
     signal(server.child_ref(), "KILL");
     assert_eq!(client.wait().await.code(), Some(1));
-    let stderr = client.stderr.all();
+    let stderr = client.stderr.complete().await;
     assert_eq!(stderr.len(), 1, "{stderr:?}");
     assert!(
         stderr[0].starts_with(&format!("error: connection to {} lost: ", server.url())),

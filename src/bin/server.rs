@@ -15,28 +15,28 @@ use tokio::net::TcpListener;
 #[command(version)]
 struct Cli {
     /// Address to listen on (0.0.0.0 for every interface).
-    #[arg(long, env = "CHAT_HOST", default_value = DEFAULT_HOST)]
+    #[arg(long, value_name = "ADDRESS", env = "CHAT_HOST", default_value = DEFAULT_HOST)]
     host: String,
     /// Port to listen on; 0 picks a free one (the readiness line tells which).
     #[arg(long, env = "CHAT_PORT", default_value_t = DEFAULT_PORT)]
     port: u16,
     /// Broadcast channel capacity, in messages; a client further behind gets a notice.
-    #[arg(long, default_value_t = ServerConfig::default().buffer, value_parser = clap::value_parser!(u32).range(1..=1_000_000).map(|n| n as usize))]
+    #[arg(long, value_name = "MESSAGES", default_value_t = ServerConfig::default().buffer, value_parser = clap::value_parser!(u32).range(1..=1_000_000).map(|n| n as usize))]
     buffer: usize,
     /// Largest message accepted, in bytes; bigger ones close the sender with 1009.
-    #[arg(long, default_value_t = ServerConfig::default().max_message_size)]
+    #[arg(long, value_name = "BYTES", default_value_t = ServerConfig::default().max_message_size)]
     max_message_size: usize,
     /// Time a client has to complete the WebSocket handshake.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_duration)]
     handshake_timeout: Duration,
     /// Time a write to a client may take before the client is dropped as stuck.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_duration)]
     write_timeout: Duration,
     /// A quiet client is pinged after this long, and dropped if still silent after as long again.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = parse_duration)]
     ping_interval: Duration,
     /// Time allowed for close handshakes, at shutdown and when closing one client.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, default_value = "2s", value_name = "DURATION", value_parser = parse_duration)]
     close_timeout: Duration,
 }
 
@@ -88,5 +88,18 @@ async fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flag_defaults_are_the_library_defaults() {
+        assert_eq!(
+            Cli::parse_from(["server"]).config(),
+            ServerConfig::default()
+        );
     }
 }

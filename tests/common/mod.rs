@@ -25,6 +25,7 @@ pub type Ws = WebSocketStream<TcpStream>;
 pub struct Lines {
     lines: Arc<Mutex<Vec<String>>>,
     changed: Arc<Notify>,
+    ended: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Lines {
@@ -37,6 +38,8 @@ impl Lines {
                 sink.lines.lock().expect("lines lock").push(line);
                 sink.changed.notify_waiters();
             }
+            sink.ended.store(true, std::sync::atomic::Ordering::SeqCst);
+            sink.changed.notify_waiters();
         });
         lines
     }
@@ -44,6 +47,22 @@ impl Lines {
     /// Everything printed so far.
     pub fn all(&self) -> Vec<String> {
         self.lines.lock().expect("lines lock").clone()
+    }
+
+    /// Everything printed, once the stream has ended (the process closed it).
+    pub async fn complete(&self) -> Vec<String> {
+        let ended = timeout(WAIT, async {
+            loop {
+                let notified = self.changed.notified();
+                if self.ended.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await;
+        ended.expect("output stream ended in time");
+        self.all()
     }
 
     /// Waits until a line containing `needle` has been printed, and returns it.
@@ -322,6 +341,43 @@ pub fn reader(mut ws: Ws) -> mpsc::UnboundedReceiver<String> {
         }
     });
     rx
+}
+
+/// Like [`reader`], and also sends every text put into the returned sender: a
+/// client that is always polled, so it answers pings.
+pub fn chatter(
+    mut ws: Ws,
+) -> (
+    mpsc::UnboundedSender<String>,
+    mpsc::UnboundedReceiver<String>,
+) {
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<String>();
+    let (in_tx, in_rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                outgoing = out_rx.recv() => match outgoing {
+                    Some(text) => {
+                        if ws.send(Message::text(text)).await.is_err() {
+                            break;
+                        }
+                    }
+                    None => break,
+                },
+                incoming = ws.next() => match incoming {
+                    Some(Ok(message)) => {
+                        if let Some(text) = message.as_text()
+                            && in_tx.send(text.to_owned()).is_err()
+                        {
+                            break;
+                        }
+                    }
+                    _ => break,
+                },
+            }
+        }
+    });
+    (out_tx, in_rx)
 }
 
 /// The next message from a [`reader`] channel, under the test timeout.

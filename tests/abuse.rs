@@ -1,0 +1,273 @@
+//! Bad input and bad peers: each gets its defined outcome and nobody else notices.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use futures_util::SinkExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::timeout;
+use tokio_websockets::{ClientBuilder, Message};
+
+/// A WebSocket whose receive buffer is tiny, so that the server's writes to it
+/// back up as soon as it stops reading.
+async fn connect_small_window(server: &Server) -> Ws {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("set SO_RCVBUF");
+    let stream = timeout(WAIT, socket.connect(server.addr()))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    let uri: http::Uri = server.url().parse().expect("url");
+    let (ws, _) = timeout(WAIT, ClientBuilder::from_uri(uri).connect_on(stream))
+        .await
+        .expect("upgrade in time")
+        .expect("upgrade");
+    ws
+}
+
+/// Sends `count` messages of `size` bytes, each only after the previous one came
+/// back, so the sender itself never falls behind.
+async fn send_paced(sender: &mut Ws, count: usize, size: usize) {
+    for i in 0..count {
+        let text = format!("{i:06}{}", "x".repeat(size));
+        send(sender, &text).await;
+        assert_eq!(recv_text(sender).await, tagged(sender, &text));
+    }
+}
+
+#[tokio::test]
+async fn lagging_client_gets_missed_notice_and_stays() {
+    let server = Server::start(&["--buffer", "16"]).await;
+    let mut laggard = connect_small_window(&server).await;
+    assert_eq!(
+        recv_text(&mut laggard).await,
+        "Welcome to chat! Type a message"
+    );
+    let mut sender = connect(&server.url()).await;
+
+    // 200 x 32 KiB is more than the kernel buffers between server and laggard hold,
+    // so the laggard's session blocks and the channel (16 slots) overflows.
+    send_paced(&mut sender, 200, 32 * 1024).await;
+    send(&mut sender, "after").await;
+    let after = tagged(&sender, "after");
+
+    let (mut received, mut missed) = (0u64, 0u64);
+    loop {
+        let text = recv_text(&mut laggard).await;
+        if text == after {
+            break;
+        }
+        if let Some(rest) = text.strip_prefix("* you missed ") {
+            missed += rest
+                .split(' ')
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+                .expect("a count");
+        } else {
+            received += 1;
+        }
+    }
+    assert!(missed > 0, "the laggard was never told it missed anything");
+    assert_eq!(
+        received + missed,
+        200,
+        "every message is either delivered or counted as missed"
+    );
+
+    // Still connected: it goes on receiving.
+    send(&mut laggard, "still here").await;
+    assert_eq!(
+        recv_text(&mut laggard).await,
+        tagged(&laggard, "still here")
+    );
+}
+
+#[tokio::test]
+async fn client_that_never_reads_does_not_stop_others_and_is_dropped() {
+    let server = Server::start(&["--write-timeout", "1s"]).await;
+    let mut stuck = connect_small_window(&server).await;
+    let mut sender = connect(&server.url()).await;
+    let mut healthy = reader(connect(&server.url()).await);
+
+    send_paced(&mut sender, 200, 32 * 1024).await;
+    for i in 0..200 {
+        let text = next(&mut healthy).await;
+        assert!(
+            text.contains(&format!("\"{i:06}x")),
+            "message {i} out of order: {}",
+            &text[..40]
+        );
+    }
+    server.stderr.wait_for("write timed out").await;
+    // The stuck client's connection was cut: reading on ends without a close handshake.
+    read_to_end(&mut stuck).await;
+
+    send(&mut sender, "life goes on").await;
+    assert_eq!(next(&mut healthy).await, tagged(&sender, "life goes on"));
+}
+
+/// Connects a client that misbehaves with `bad`, checks it is closed with `code`,
+/// and that two bystanders chat on undisturbed.
+async fn misbehave_and_expect_close(args: &[&str], bad: Message, code: u16) {
+    let server = Server::start(args).await;
+    let mut alice = connect(&server.url()).await;
+    let mut bob = connect(&server.url()).await;
+    let mut bad_client = connect(&server.url()).await;
+
+    let _ = bad_client.send(bad).await;
+    let (got, _reason) = recv_close(&mut bad_client).await;
+    assert_eq!(got, code);
+
+    send(&mut alice, "still chatting").await;
+    let expected = tagged(&alice, "still chatting");
+    assert_eq!(
+        recv_text(&mut bob).await,
+        expected,
+        "bob got something else first"
+    );
+    assert_eq!(recv_text(&mut alice).await, expected);
+}
+
+#[tokio::test]
+async fn oversized_message_gets_1009_while_others_keep_chatting() {
+    misbehave_and_expect_close(
+        &["--max-message-size", "1024"],
+        Message::text("x".repeat(2000)),
+        1009,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn binary_message_gets_1003_while_others_keep_chatting() {
+    misbehave_and_expect_close(&[], Message::binary(Bytes::from_static(b"\x00\x01")), 1003).await;
+}
+
+#[tokio::test]
+async fn invalid_utf8_gets_1007_while_others_keep_chatting() {
+    // `Message::text` does not check its payload, so this sends a text frame of bad UTF-8.
+    misbehave_and_expect_close(&[], Message::text(Bytes::from_static(b"ok \xff\xfe")), 1007).await;
+}
+
+#[tokio::test]
+async fn binary_close_reason_says_to_send_text() {
+    let server = Server::start(&[]).await;
+    let mut ws = connect(&server.url()).await;
+    ws.send(Message::binary(Bytes::from_static(b"x")))
+        .await
+        .expect("send");
+    assert_eq!(
+        recv_close(&mut ws).await,
+        (
+            1003,
+            "binary messages are not supported; send text".to_owned()
+        )
+    );
+}
+
+async fn raw_exchange(server: &Server, request: &[u8]) -> String {
+    let mut tcp = TcpStream::connect(server.addr()).await.expect("connect");
+    tcp.write_all(request).await.expect("write");
+    let mut answer = Vec::new();
+    timeout(WAIT, tcp.read_to_end(&mut answer))
+        .await
+        .expect("answer in time")
+        .expect("read answer");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn plain_http_garbage_and_stalled_handshakes_do_not_disturb_the_server() {
+    let server = Server::start(&["--handshake-timeout", "500ms"]).await;
+    let mut alice = connect(&server.url()).await;
+
+    let stalled = TcpStream::connect(server.addr()).await.expect("connect");
+    let mut stalled = stalled;
+    stalled
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+
+    let http = raw_exchange(&server, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    assert!(
+        http.starts_with("HTTP/1.1 426 Upgrade Required\r\n"),
+        "{http}"
+    );
+    assert!(
+        http.ends_with("connect with a WebSocket client such as `cargo run --bin client`\n"),
+        "{http}"
+    );
+
+    let garbage = raw_exchange(&server, b"\x16\x03\x01\x00\xa5garbage\r\n\r\n").await;
+    assert!(
+        garbage.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{garbage}"
+    );
+
+    // The stalled handshake is cut once the handshake timeout passes.
+    let mut rest = Vec::new();
+    timeout(WAIT, stalled.read_to_end(&mut rest))
+        .await
+        .expect("stalled connection closed in time")
+        .expect("read");
+    assert!(
+        rest.is_empty(),
+        "a stalled handshake gets no answer: {rest:?}"
+    );
+    server.stderr.wait_for("handshake timed out").await;
+
+    // Meanwhile chat goes on, for old and new clients.
+    let mut bob = connect(&server.url()).await;
+    send(&mut alice, "unbothered").await;
+    assert_eq!(recv_text(&mut bob).await, tagged(&alice, "unbothered"));
+}
+
+#[tokio::test]
+async fn silent_peer_is_dropped_by_keepalive_and_live_ones_stay() {
+    let server = Server::start(&["--ping-interval", "300ms"]).await;
+    // Never polled, so it never answers a ping: a half-open peer as far as the server can tell.
+    let mut silent = connect(&server.url()).await;
+    // Always polled, so it answers pings, but never says anything itself.
+    let listener = connect(&server.url()).await;
+    let listener_addr = local_addr(&listener);
+    let mut heard = reader(listener);
+    let talker = connect(&server.url()).await;
+    let talker_line = tagged(&talker, "are you there?");
+    let (talk, _talker_rx) = chatter(talker);
+
+    server.stderr.wait_for("keepalive timed out").await;
+    let texts = read_to_end(&mut silent).await;
+    assert_eq!(
+        texts,
+        Vec::<String>::new(),
+        "only pings reached the silent peer after the welcome"
+    );
+
+    // Several more intervals pass while the live clients stay: the server's pings
+    // went out and came back, and they are still here.
+    for round in 0..5 {
+        talk.send("are you there?".to_owned())
+            .expect("talker alive");
+        assert_eq!(next(&mut heard).await, talker_line, "round {round}");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        server
+            .stderr
+            .all()
+            .iter()
+            .filter(|l| l.contains("keepalive timed out"))
+            .count(),
+        1,
+        "only the silent peer was dropped"
+    );
+    assert!(
+        !server
+            .stderr
+            .all()
+            .iter()
+            .any(|l| l.contains(&listener_addr.to_string()) && l.contains("disconnected"))
+    );
+}
