@@ -1,1 +1,213 @@
-fn main() {}
+//! Fan-out benchmark: broadcast throughput, latency, loss, server CPU and memory per scenario.
+
+#[path = "fanout/load.rs"]
+mod load;
+#[path = "fanout/report.rs"]
+mod report;
+#[path = "fanout/run.rs"]
+mod run;
+#[path = "fanout/server.rs"]
+mod server;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use http::Uri;
+
+use load::{Pace, Plan, Target};
+use report::Outcome;
+use run::{ServerSource, Setup};
+
+/// Connections in the idle scenario, and the larger count tried if file descriptors allow.
+const IDLE_CONNECTIONS: usize = 5_000;
+const IDLE_CONNECTIONS_LARGE: usize = 10_000;
+/// File descriptors this process needs beyond one per connection.
+const FD_MARGIN: u64 = 512;
+
+/// Measures how the chat server fans messages out to many WebSocket clients.
+#[derive(Parser)]
+#[command(name = "fanout")]
+struct Args {
+    /// Scenarios to run, in this order [default: all]
+    #[arg(value_enum)]
+    scenarios: Vec<Scenario>,
+    /// Measure an already running server (ws://host:port/) instead of spawning one per scenario
+    #[arg(long)]
+    url: Option<String>,
+    /// Server binary to spawn [default: the one cargo built]
+    #[arg(long)]
+    server: Option<PathBuf>,
+    /// Pass `--buffer N` (broadcast channel capacity) to the spawned server
+    #[arg(long)]
+    buffer: Option<usize>,
+    /// Where to write the figures as JSON
+    #[arg(long, default_value = "target/fanout.json")]
+    json: PathBuf,
+    /// Connections being opened at once
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    concurrency: u32,
+    /// Runs per scenario; with more than one the table shows medians
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    runs: u32,
+    /// Seconds a scenario's send and delivery phase may take before the rest counts as lost
+    #[arg(long, default_value_t = 30)]
+    timeout: u64,
+    /// Passed by `cargo bench`; ignored
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// 100 connections, 1 sender, 2000 messages, at most 8 in flight
+    Burst,
+    /// 1000 connections, 1 sender, 500 messages, at most 4 in flight
+    Crowd,
+    /// 1000 connections, 1 sender at 200 messages/s for 2 s (open loop)
+    Steady,
+    /// 100 connections, 10 senders of 300 messages each, at most 8 in flight each
+    Senders,
+    /// 5000 (then 10000) idle connections and one broadcast
+    Idle,
+}
+
+impl Scenario {
+    const ALL: [Scenario; 5] = [
+        Scenario::Burst,
+        Scenario::Crowd,
+        Scenario::Steady,
+        Scenario::Senders,
+        Scenario::Idle,
+    ];
+
+    /// The runs this scenario consists of; `idle` has a larger second one if fds allow.
+    fn plans(self, fd_limit: Option<u64>) -> Vec<Plan> {
+        let plan = |scenario, connections, senders, messages, pace| Plan {
+            scenario,
+            connections,
+            senders,
+            messages,
+            pace,
+        };
+        match self {
+            Scenario::Burst => vec![plan("burst", 100, 1, 2000, Pace::Closed { window: 8 })],
+            Scenario::Crowd => vec![plan("crowd", 1000, 1, 500, Pace::Closed { window: 4 })],
+            Scenario::Steady => vec![plan("steady", 1000, 1, 400, Pace::Open { per_second: 200 })],
+            Scenario::Senders => vec![plan("senders", 100, 10, 300, Pace::Closed { window: 8 })],
+            Scenario::Idle => {
+                let idle =
+                    |connections| plan("idle", connections, 1, 1, Pace::Closed { window: 1 });
+                let mut plans = vec![idle(IDLE_CONNECTIONS)];
+                if fd_limit.unwrap_or(0) >= IDLE_CONNECTIONS_LARGE as u64 + FD_MARGIN {
+                    plans.push(idle(IDLE_CONNECTIONS_LARGE));
+                } else {
+                    eprintln!(
+                        "fanout: skipping idle with {IDLE_CONNECTIONS_LARGE} connections: the open \
+                         files limit ({fd_limit:?}) is below {}",
+                        IDLE_CONNECTIONS_LARGE as u64 + FD_MARGIN
+                    );
+                }
+                plans
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    // Two workers: the load generator shares this 2-core machine with the server.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("cannot build the tokio runtime");
+    match runtime.block_on(bench(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("fanout: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn bench(args: Args) -> Result<(), String> {
+    let source = match &args.url {
+        Some(url) => ServerSource::Url(resolve(url).await?),
+        None => ServerSource::Spawn {
+            path: args
+                .server
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_server"))),
+            buffer: args.buffer,
+        },
+    };
+    let setup = Setup {
+        source,
+        concurrency: args.concurrency as usize,
+        delivery_timeout: Duration::from_secs(args.timeout),
+        clock_ticks: server::clock_ticks_per_second(),
+        epoch: Instant::now(),
+    };
+    let scenarios = if args.scenarios.is_empty() {
+        Scenario::ALL.to_vec()
+    } else {
+        args.scenarios.clone()
+    };
+    let fd_limit = server::open_files_soft_limit();
+
+    let mut outcomes = Vec::new();
+    let mut run_number = 0;
+    for scenario in scenarios {
+        for plan in scenario.plans(fd_limit) {
+            let mut runs = Vec::new();
+            for _ in 0..args.runs {
+                run_number += 1;
+                let tag = format!("fo{:x}r{run_number}", std::process::id());
+                let started = Instant::now();
+                let outcome = run::run(&plan, &setup, tag).await?;
+                eprintln!(
+                    "fanout: {} with {} connections: {} of {} copies in {:.1} s",
+                    plan.scenario,
+                    plan.connections,
+                    outcome.delivered,
+                    outcome.expected,
+                    started.elapsed().as_secs_f64()
+                );
+                runs.push(outcome);
+            }
+            outcomes.push(Outcome::median(&runs));
+        }
+    }
+
+    print!("{}", report::table(&outcomes, args.runs as usize));
+    if let Some(dir) = args.json.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    std::fs::write(&args.json, report::json(&outcomes, args.runs as usize))
+        .map_err(|e| format!("cannot write {}: {e}", args.json.display()))?;
+    println!("JSON written to {}", args.json.display());
+    Ok(())
+}
+
+/// Turns `ws://host:port/path` into an address to connect to and the URI for the upgrade.
+async fn resolve(url: &str) -> Result<Target, String> {
+    let uri: Uri = url.parse().map_err(|e| format!("bad --url {url:?}: {e}"))?;
+    if uri.scheme_str() != Some("ws") {
+        return Err(format!("--url must start with ws:// (got {url:?})"));
+    }
+    let host = uri
+        .host()
+        .ok_or_else(|| format!("--url {url:?} has no host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let port = uri.port_u16().unwrap_or(80);
+    let addr = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| format!("cannot resolve {host}:{port}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{host}:{port} resolves to no address"))?;
+    Ok(Target { addr, uri })
+}

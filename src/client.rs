@@ -9,13 +9,16 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls;
+use tokio_websockets::tls::MaybeTlsStream;
 use tokio_websockets::{ClientBuilder, CloseCode, Message, WebSocketStream};
 
 use crate::config::ClientConfig;
 use crate::{Error, Result, protocol};
 
-/// A connected chat socket.
-pub type Connection = WebSocketStream<TcpStream>;
+/// A connected chat socket, over TLS for `wss://`.
+pub type Connection = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// How a chat session ended without an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,7 +34,7 @@ pub enum Ending {
     },
 }
 
-/// Checks that `url` is a `ws://` URL with a host, as the client needs it.
+/// Checks that `url` is a `ws://` or `wss://` URL with a host, as the client needs it.
 pub fn parse_url(url: &str) -> Result<http::Uri> {
     let invalid = |reason| Error::InvalidUrl {
         url: url.to_owned(),
@@ -75,30 +78,59 @@ pub async fn connect(config: &ClientConfig) -> Result<Connection> {
 async fn connect_inner(config: &ClientConfig, url: &str) -> Result<Connection> {
     let uri = &config.url;
     // `Uri::host` keeps the brackets of an IPv6 literal; the resolver wants them off.
-    let host = uri
-        .host()
-        .unwrap_or_default()
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    let port = uri.port_u16().unwrap_or(80);
-    let stream = TcpStream::connect((host, port))
-        .await
-        .map_err(|source| Error::Connect {
+    let host = uri.host().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let wss = uri.scheme_str() == Some("wss");
+    let port = uri.port_u16().unwrap_or(if wss { 443 } else { 80 });
+    let tcp = TcpStream::connect((host, port)).await.map_err(|source| {
+        let source = if source.to_string().contains("lookup") {
+            std::io::Error::new(std::io::ErrorKind::NotFound, source)
+        } else {
+            source
+        };
+        Error::Connect {
             url: url.to_owned(),
-            source: if source.to_string().contains("lookup") {
-                std::io::Error::new(std::io::ErrorKind::NotFound, source)
-            } else {
-                source
-            },
+            source,
+        }
+    })?;
+    let _ = tcp.set_nodelay(true);
+
+    // The scheme alone decides: a wss:// URL is TLS or nothing, never plain text.
+    let stream = if wss {
+        let tls = match &config.tls {
+            Some(tls) => tls.clone(),
+            None => crate::tls::client_config(None)?,
+        };
+        let name = rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(|_| {
+            Error::InvalidUrl {
+                url: url.to_owned(),
+                reason: "the host is not a valid TLS server name",
+            }
         })?;
-    let _ = stream.set_nodelay(true);
-    let (ws, _response) = ClientBuilder::from_uri(uri.clone())
-        .connect_on(stream)
-        .await
-        .map_err(|e| match e {
-            tokio_websockets::Error::Upgrade(
-                tokio_websockets::upgrade::Error::DidNotSwitchProtocols(status),
-            ) => Error::Refused {
+        let tls = TlsConnector::from(tls).connect(name, tcp).await;
+        MaybeTlsStream::Rustls(tls.map_err(|e| tls_error(url, e))?)
+    } else {
+        MaybeTlsStream::Plain(tcp)
+    };
+
+    let mut builder = ClientBuilder::from_uri(uri.clone());
+    if let Some(token) = &config.token {
+        let value = http::HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+            .map_err(|_| Error::InvalidToken)?;
+        builder = builder
+            .add_header(http::header::AUTHORIZATION, value)
+            .map_err(|source| Error::Handshake {
+                url: url.to_owned(),
+                source,
+            })?;
+    }
+    let (ws, _response) = builder.connect_on(stream).await.map_err(|e| {
+        use tokio_websockets::upgrade::Error::DidNotSwitchProtocols;
+        match e {
+            tokio_websockets::Error::Upgrade(DidNotSwitchProtocols(401)) => Error::Unauthorized {
+                sent: config.token.is_some(),
+            },
+            tokio_websockets::Error::Upgrade(DidNotSwitchProtocols(status)) => Error::Refused {
                 url: url.to_owned(),
                 status,
             },
@@ -110,8 +142,33 @@ async fn connect_inner(config: &ClientConfig, url: &str) -> Result<Connection> {
                 url: url.to_owned(),
                 source,
             },
-        })?;
+        }
+    })?;
     Ok(ws)
+}
+
+/// One line for a failed TLS handshake, with a hint at the likely cause.
+fn tls_error(url: &str, e: std::io::Error) -> Error {
+    let Some(tls) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    else {
+        return Error::Connect {
+            url: url.to_owned(),
+            source: e,
+        };
+    };
+    let hint = match tls {
+        rustls::Error::InvalidCertificate(_) => {
+            " (pass --ca FILE to trust a private CA or a self-signed certificate)"
+        }
+        rustls::Error::InvalidMessage(_) => " (is the server serving TLS? try ws://)",
+        _ => "",
+    };
+    Error::Tls {
+        url: url.to_owned(),
+        reason: format!("{tls}{hint}"),
+    }
 }
 
 /// Sends every line from `input` and writes every text message received to

@@ -1,5 +1,7 @@
 //! Every limit and timeout of the server and the client, with their defaults.
 
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The port the server listens on and the client connects to by default.
@@ -12,7 +14,7 @@ pub const DEFAULT_HOST: &str = "127.0.0.1";
 
 /// The server's limits and timeouts. `Default` gives the values the binary uses
 /// when no flag says otherwise.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Capacity of the broadcast channel, in messages. A client that falls further
     /// behind than this gets a notice of how many messages it missed.
@@ -31,6 +33,22 @@ pub struct ServerConfig {
     pub close_timeout: Duration,
     /// Most broadcast messages written to one client in one batch (one flush).
     pub max_batch: usize,
+    /// Most connections open at once, handshakes included; one more gets HTTP 503.
+    pub max_connections: usize,
+    /// Messages per second one client may send on average; 0 turns the limit off.
+    pub max_rate: f64,
+    /// Messages one client may send at once above the rate (a paste, a burst of typing).
+    pub max_burst: u32,
+    /// A client whose messages are dropped for exceeding the rate for this long
+    /// without a break of a second is closed with 1008.
+    pub flood_timeout: Duration,
+    /// When set, clients must send `Authorization: Bearer <token>`.
+    pub token: Option<Secret>,
+    /// When not empty, an upgrade with an `Origin` header not in this list gets 403.
+    /// Requests without `Origin` (non-browser clients) are not affected.
+    pub allowed_origins: Vec<String>,
+    /// When set, connections are TLS (`wss://`).
+    pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
 }
 
 impl Default for ServerConfig {
@@ -43,6 +61,13 @@ impl Default for ServerConfig {
             ping_interval: Duration::from_secs(30),
             close_timeout: Duration::from_secs(2),
             max_batch: 64,
+            max_connections: 10_000,
+            max_rate: 10.0,
+            max_burst: 30,
+            flood_timeout: Duration::from_secs(10),
+            token: None,
+            allowed_origins: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -56,6 +81,10 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// Time to wait for the server's answer to our close frame.
     pub close_timeout: Duration,
+    /// Sent as `Authorization: Bearer <token>` when set.
+    pub token: Option<Secret>,
+    /// How `wss://` servers are verified; `None` uses the bundled web PKI roots.
+    pub tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
 }
 
 impl ClientConfig {
@@ -65,7 +94,43 @@ impl ClientConfig {
             url,
             connect_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(1),
+            token: None,
+            tls: None,
         }
+    }
+}
+
+/// A shared secret such as the access token: never shown by `Debug`, compared in
+/// constant time.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps `value`.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for sending it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `candidate` equals the secret, in time that depends only on the
+    /// lengths, so that timing does not reveal how much of a guess was right.
+    pub fn matches(&self, candidate: &[u8]) -> bool {
+        let secret = self.0.as_bytes();
+        let mut diff = u8::from(secret.len() != candidate.len());
+        for (i, &b) in secret.iter().enumerate() {
+            diff |= b ^ candidate.get(i).copied().unwrap_or(!b);
+        }
+        std::hint::black_box(diff) == 0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
     }
 }
 
@@ -96,6 +161,22 @@ mod tests {
     #[test]
     fn default_url_points_at_the_default_port() {
         assert!(DEFAULT_URL.ends_with(&format!(":{DEFAULT_PORT}")));
+    }
+
+    #[test]
+    fn secrets_compare_exactly_and_never_show() {
+        let secret = Secret::new("s3cret");
+        assert!(secret.matches(b"s3cret"));
+        assert!(!secret.matches(b"s3cre"));
+        assert!(!secret.matches(b"s3cret!"));
+        assert!(!secret.matches(b"S3cret"));
+        assert!(!secret.matches(b""));
+        assert!(!format!("{secret:?}").contains("s3cret"));
+        let config = ServerConfig {
+            token: Some(secret),
+            ..ServerConfig::default()
+        };
+        assert!(!format!("{config:?}").contains("s3cret"));
     }
 
     #[test]

@@ -42,9 +42,7 @@ pub enum Error {
 
     /// The server answered the upgrade request with an HTTP status instead of
     /// switching to WebSocket.
-    #[error(
-        "cannot connect to {url}: the server refused the upgrade with HTTP {status} (is it a broadcast-chat server, and is the path right?)"
-    )]
+    #[error("cannot connect to {url}: the server refused the upgrade with HTTP {status} ({})", refusal_hint(*status))]
     Refused {
         /// The URL the client tried.
         url: String,
@@ -72,9 +70,42 @@ pub enum Error {
         source: tokio_websockets::Error,
     },
 
+    /// Certificates or keys could not be loaded or used.
+    #[error("{0}")]
+    TlsSetup(String),
+
+    /// The TLS handshake with the server failed (e.g. an untrusted certificate).
+    #[error("cannot connect to {url}: TLS handshake failed: {reason}")]
+    Tls {
+        /// The URL the client tried.
+        url: String,
+        /// What rustls reported, with a hint.
+        reason: String,
+    },
+
+    /// The server wants a token and ours was missing or wrong (HTTP 401).
+    #[error("{}", if *.sent { "the server refused the token (401)" } else { "the server requires a token (401): pass --token or set CHAT_TOKEN" })]
+    Unauthorized {
+        /// Whether we sent a token.
+        sent: bool,
+    },
+
+    /// The token cannot be sent in an HTTP header.
+    #[error("the token must be printable ASCII")]
+    InvalidToken,
+
     /// Writing to the local output (the terminal, a pipe) failed.
     #[error("cannot write output: {0}")]
     Output(#[source] io::Error),
+}
+
+/// Says what an HTTP refusal of the upgrade most likely means.
+fn refusal_hint(status: u16) -> &'static str {
+    match status {
+        403 => "this origin is not allowed",
+        503 => "the server is full; try again later",
+        _ => "is it a broadcast-chat server, and is the path right?",
+    }
 }
 
 /// Says what an I/O error means for a connection attempt, with a hint at the fix.

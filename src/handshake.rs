@@ -1,4 +1,4 @@
-//! The HTTP/1.1 upgrade to WebSocket, done by hand so that a refusal is a proper
+//! The HTTP/1.1 upgrade to WebSocket, done by hand so that a reply is a proper
 //! HTTP answer with a status and a one-line reason instead of a dropped connection.
 
 use std::borrow::Cow;
@@ -20,26 +20,37 @@ pub(crate) struct UpgradeRequest {
     /// The request target's path, e.g. `/` or `/rust`.
     pub(crate) path: String,
     /// The request target's query string, without the `?`.
-    #[allow(dead_code)] // Read by the checks that come with names and tokens.
+    #[allow(dead_code)] // Read by the checks that come with names.
     pub(crate) query: Option<String>,
     /// The request headers.
-    #[allow(dead_code)] // Read by the checks that come with names and tokens.
     pub(crate) headers: http::HeaderMap,
     /// The `Sec-WebSocket-Accept` value that answers the client's key.
     accept_key: String,
 }
 
-/// An HTTP answer that refuses the upgrade.
+/// An HTTP answer instead of an upgrade: a refusal, or the health check's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Refusal {
+pub(crate) struct Reply {
     /// The status code.
     pub(crate) status: StatusCode,
-    /// One line saying why, sent as the body.
+    /// One line saying why (or the health figures), sent as the body.
     pub(crate) reason: Cow<'static, str>,
 }
 
-impl Refusal {
-    /// A refusal with `status` and `reason`.
+/// What a connection asked for.
+#[derive(Debug)]
+pub(crate) enum Incoming {
+    /// A WebSocket upgrade.
+    Upgrade(UpgradeRequest),
+    /// `GET /healthz`, the health check.
+    Health,
+}
+
+/// The path of the health check.
+pub(crate) const HEALTH_PATH: &str = "/healthz";
+
+impl Reply {
+    /// A reply with `status` and `reason`.
     pub(crate) fn new(status: StatusCode, reason: impl Into<Cow<'static, str>>) -> Self {
         Self {
             status,
@@ -49,10 +60,10 @@ impl Refusal {
 
     /// The whole HTTP response, head and body.
     fn to_response(&self) -> Vec<u8> {
-        let extra = if self.status == StatusCode::UPGRADE_REQUIRED {
-            "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
-        } else {
-            ""
+        let extra = match self.status {
+            StatusCode::UPGRADE_REQUIRED => "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n",
+            StatusCode::UNAUTHORIZED => "WWW-Authenticate: Bearer\r\n",
+            _ => "",
         };
         format!(
             "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n{}\n",
@@ -69,7 +80,7 @@ impl Refusal {
 #[derive(Debug)]
 pub(crate) enum Failure {
     /// The request was malformed or refused; the peer should be told.
-    Refused(Refusal),
+    Refused(Reply),
     /// The connection itself failed (closed early, reset); there is nobody to tell.
     Io(std::io::Error),
 }
@@ -80,10 +91,10 @@ impl From<std::io::Error> for Failure {
     }
 }
 
-/// Reads and checks the client's upgrade request.
+/// Reads and checks the client's request: an upgrade, or the health check.
 pub(crate) async fn read_request<S: AsyncRead + Unpin>(
     stream: &mut S,
-) -> Result<UpgradeRequest, Failure> {
+) -> Result<Incoming, Failure> {
     let mut buf = Vec::with_capacity(1024);
     loop {
         if buf.len() >= MAX_REQUEST_HEAD {
@@ -118,12 +129,12 @@ pub(crate) async fn accept<S: AsyncWrite + Unpin>(
     stream.flush().await
 }
 
-/// Sends `refusal` as an HTTP answer and closes our side of the connection.
+/// Sends `reply` as an HTTP answer and closes our side of the connection.
 pub(crate) async fn reject<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
-    refusal: &Refusal,
+    reply: &Reply,
 ) -> std::io::Result<()> {
-    stream.write_all(&refusal.to_response()).await?;
+    stream.write_all(&reply.to_response()).await?;
     stream.shutdown().await?;
     // Read what the peer still sends until it closes, so that closing with unread
     // data does not reset the connection before the answer is read.
@@ -133,11 +144,11 @@ pub(crate) async fn reject<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 fn refuse(status: StatusCode, reason: impl Into<Cow<'static, str>>) -> Failure {
-    Failure::Refused(Refusal::new(status, reason))
+    Failure::Refused(Reply::new(status, reason))
 }
 
 /// Parses a complete request head in `buf`, or `Ok(None)` if it is not complete yet.
-fn parse(buf: &[u8]) -> Result<Option<UpgradeRequest>, Failure> {
+fn parse(buf: &[u8]) -> Result<Option<Incoming>, Failure> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
@@ -188,6 +199,9 @@ fn parse(buf: &[u8]) -> Result<Option<UpgradeRequest>, Failure> {
     if !has_token(http::header::UPGRADE, "websocket")
         || !has_token(http::header::CONNECTION, "upgrade")
     {
+        if req.path.and_then(|p| p.split('?').next()) == Some(HEALTH_PATH) {
+            return Ok(Some(Incoming::Health));
+        }
         return Err(refuse(
             StatusCode::UPGRADE_REQUIRED,
             "this is a WebSocket chat server: connect with a WebSocket client such as `cargo run --bin client`",
@@ -233,26 +247,26 @@ fn parse(buf: &[u8]) -> Result<Option<UpgradeRequest>, Failure> {
     let mut sha = sha1_smol::Sha1::new();
     sha.update(key);
     sha.update(WS_GUID.as_bytes());
-    Ok(Some(UpgradeRequest {
+    Ok(Some(Incoming::Upgrade(UpgradeRequest {
         path: path.to_owned(),
         query,
         accept_key: STANDARD.encode(sha.digest().bytes()),
         headers: map,
-    }))
+    })))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn request(head: &str) -> Result<Option<UpgradeRequest>, Failure> {
+    fn request(head: &str) -> Result<Option<Incoming>, Failure> {
         parse(head.replace('\n', "\r\n").as_bytes())
     }
 
-    fn status(result: Result<Option<UpgradeRequest>, Failure>) -> u16 {
+    fn status(result: Result<Option<Incoming>, Failure>) -> u16 {
         match result {
             Err(Failure::Refused(r)) => r.status.as_u16(),
-            other => panic!("expected a refusal, got {other:?}"),
+            other => panic!("expected a reply, got {other:?}"),
         }
     }
 
@@ -260,7 +274,9 @@ mod tests {
 
     #[test]
     fn accepts_a_valid_upgrade_with_the_rfc_accept_key() {
-        let req = request(UPGRADE).expect("valid").expect("complete");
+        let Ok(Some(Incoming::Upgrade(req))) = request(UPGRADE) else {
+            panic!("not an upgrade");
+        };
         // The example from RFC 6455 section 1.3.
         assert_eq!(req.accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
         assert_eq!(req.path, "/room");
@@ -275,6 +291,14 @@ mod tests {
     #[test]
     fn plain_http_gets_426_with_a_reason() {
         assert_eq!(status(request("GET / HTTP/1.1\nHost: x\n\n")), 426);
+    }
+
+    #[test]
+    fn health_check_is_answered_not_refused() {
+        assert!(matches!(
+            request("GET /healthz HTTP/1.1\nHost: x\n\n"),
+            Ok(Some(Incoming::Health))
+        ));
     }
 
     #[test]
@@ -307,9 +331,9 @@ mod tests {
     }
 
     #[test]
-    fn refusal_is_a_complete_http_response() {
+    fn reply_is_a_complete_http_response() {
         let text = String::from_utf8(
-            Refusal::new(StatusCode::FORBIDDEN, "origin not allowed").to_response(),
+            Reply::new(StatusCode::FORBIDDEN, "origin not allowed").to_response(),
         )
         .expect("utf-8");
         assert!(text.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{text}");

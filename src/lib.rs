@@ -11,8 +11,10 @@
 //! - [`protocol`]: the wire format: tagging, notices, close reasons.
 //! - `handshake`: the HTTP upgrade, done by hand so a refusal is a proper HTTP answer.
 //! - `hub`: the fan-out, one `tokio::sync::broadcast` channel.
+//! - `limits`: the per-client message rate limit.
 //! - [`server`]: the accept loop and graceful shutdown ([`server::run`]).
 //! - `session`: one connection's task: read, broadcast, write, keepalive, close.
+//! - [`tls`]: loading certificates for `wss://`, on both sides.
 //! - [`client`]: connect, and the stdin/socket loop ([`client::run`]).
 //!
 //! Data flows one way: socket → session → hub → every session → socket.
@@ -22,9 +24,11 @@ pub mod config;
 mod error;
 mod handshake;
 mod hub;
+mod limits;
 pub mod protocol;
 pub mod server;
 mod session;
+pub mod tls;
 
-pub use config::{ClientConfig, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_URL, ServerConfig};
+pub use config::{ClientConfig, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_URL, Secret, ServerConfig};
 pub use error::{Error, Result};

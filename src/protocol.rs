@@ -10,6 +10,8 @@ pub const WELCOME: &str = "Welcome to chat! Type a message";
 pub const REASON_SHUTDOWN: &str = "server shutting down";
 /// Close reason for a binary message (code 1003).
 pub const REASON_BINARY: &str = "binary messages are not supported; send text";
+/// Close reason for a client that kept sending over the rate limit (code 1008).
+pub const REASON_FLOOD: &str = "too many messages for too long";
 /// Close reason sent by the client when its input ends (code 1000).
 pub const REASON_BYE: &str = "bye";
 
@@ -25,6 +27,12 @@ pub fn tag(addr: SocketAddr, text: &str) -> String {
 pub fn missed_notice(missed: u64) -> String {
     let s = if missed == 1 { "" } else { "s" };
     format!("* you missed {missed} message{s}: your connection fell behind")
+}
+
+/// The notice a client gets when `dropped` of its messages went over the rate limit.
+pub fn rate_notice(dropped: u64, rate: f64) -> String {
+    let s = if dropped == 1 { "" } else { "s" };
+    format!("* slow down: {dropped} message{s} dropped (the limit is {rate} per second)")
 }
 
 /// Splits a broadcast line into its sender tag and the original text: the inverse

@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::config::ServerConfig;
+use crate::handshake::{self, Reply};
 use crate::hub::Hub;
 use crate::{Error, Result, session};
 
@@ -21,19 +22,19 @@ use crate::{Error, Result, session};
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// What every session shares.
-#[derive(Debug)]
 pub(crate) struct Shared {
     /// The limits and timeouts.
     pub(crate) config: ServerConfig,
     /// The fan-out channel.
     pub(crate) hub: Hub,
+    /// Accepts TLS connections when the server serves `wss://`.
+    pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
     /// Open connections, counted from accept to the end of their task. Updated by
     /// [`ConnectionGuard`] only.
     pub(crate) connections: AtomicUsize,
 }
 
 /// Counts one open connection for as long as it lives.
-#[derive(Debug)]
 pub(crate) struct ConnectionGuard(Arc<Shared>);
 
 impl ConnectionGuard {
@@ -76,6 +77,7 @@ pub async fn run(
     let close_timeout = config.close_timeout;
     let shared = Arc::new(Shared {
         hub: Hub::new(config.buffer),
+        tls: config.tls.clone().map(tokio_rustls::TlsAcceptor::from),
         config,
         connections: AtomicUsize::new(0),
     });
@@ -92,6 +94,10 @@ pub async fn run(
             Ok((stream, addr)) => {
                 // Batches are flushed whole, so Nagle's delay would only add latency.
                 let _ = stream.set_nodelay(true);
+                if shared.connections.load(Ordering::Relaxed) >= shared.config.max_connections {
+                    tracker.spawn(refuse_full(stream, addr, shared.config.close_timeout));
+                    continue;
+                }
                 let guard = ConnectionGuard::new(Arc::clone(&shared));
                 tracker.spawn(session::run(stream, addr, guard, cancel.child_token()));
             }
@@ -129,11 +135,52 @@ pub async fn run(
     result
 }
 
+/// Answers a connection over `--max-connections` with 503 before any upgrade.
+async fn refuse_full(mut stream: tokio::net::TcpStream, addr: SocketAddr, limit: Duration) {
+    info!(%addr, "refused: too many connections");
+    let reply = Reply::new(
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        "too many connections; try again later",
+    );
+    let _ = tokio::time::timeout(limit, handshake::reject(&mut stream, &reply)).await;
+}
+
 /// Whether an accept error means the listening socket itself is broken, as opposed
 /// to a passing condition (a connection reset before accept, no file descriptors).
 fn is_fatal(e: &io::Error) -> bool {
     // EBADF, EINVAL, ENOTSOCK, EOPNOTSUPP: the socket is not a listening socket.
     matches!(e.raw_os_error(), Some(9 | 22 | 88 | 95))
+}
+
+/// Pending connections the kernel queues before `accept`: enough for a crowd
+/// arriving at once (the default of 128 makes the rest retry after a second).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `host:port` with a listen backlog sized for bursts of connections, and
+/// `SO_REUSEADDR` so a restarted server can bind at once.
+pub async fn bind(host: &str, port: u16) -> io::Result<TcpListener> {
+    let mut last_error = None;
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket
+            .bind(addr)
+            .and_then(|()| socket.listen(LISTEN_BACKLOG))
+        {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::AddrNotAvailable,
+            "the host resolved to no address",
+        )
+    }))
 }
 
 /// The address of `listener`, for the readiness line.

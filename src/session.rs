@@ -5,14 +5,18 @@
 use std::net::SocketAddr;
 
 use futures_util::{SinkExt, StreamExt};
+use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
-use tokio::time::{Instant, MissedTickBehavior, timeout};
+use tokio::time::{Instant, MissedTickBehavior, timeout, timeout_at};
 use tokio_util::sync::CancellationToken;
 use tokio_websockets::{CloseCode, Limits, Message, ServerBuilder, WebSocketStream};
 use tracing::{debug, info};
 
-use crate::handshake::{self, Failure};
+use crate::config::ServerConfig;
+use crate::handshake::{self, Failure, Incoming, Reply, UpgradeRequest};
+use crate::limits::{RateLimit, Verdict};
 use crate::protocol;
 use crate::server::ConnectionGuard;
 
@@ -30,13 +34,37 @@ enum End {
     Dropped(&'static str),
 }
 
-/// Serves one connection from the upgrade to the close. Every error ends this
-/// connection only and is logged here.
-pub(crate) async fn run<S>(
-    mut stream: S,
+/// Serves one connection from the first byte to the close: TLS if configured,
+/// the upgrade, the chat. Every error ends this connection only and is logged here.
+pub(crate) async fn run(
+    tcp: TcpStream,
     addr: SocketAddr,
     guard: ConnectionGuard,
     shutdown: CancellationToken,
+) {
+    let shared = guard.shared();
+    let deadline = Instant::now() + shared.config.handshake_timeout;
+    let Some(tls) = shared.tls.clone() else {
+        return serve(tcp, addr, &guard, &shutdown, deadline).await;
+    };
+    let accepted = tokio::select! {
+        () = shutdown.cancelled() => return,
+        accepted = timeout_at(deadline, tls.accept(tcp)) => accepted,
+    };
+    match accepted {
+        Ok(Ok(stream)) => serve(stream, addr, &guard, &shutdown, deadline).await,
+        Ok(Err(e)) => debug!(%addr, error = %e, "TLS handshake failed"),
+        Err(_) => info!(%addr, "handshake timed out"),
+    }
+}
+
+/// The upgrade (finished by `deadline`), then the chat, then the close.
+async fn serve<S>(
+    mut stream: S,
+    addr: SocketAddr,
+    guard: &ConnectionGuard,
+    shutdown: &CancellationToken,
+    deadline: Instant,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -44,23 +72,27 @@ pub(crate) async fn run<S>(
     let config = &shared.config;
 
     let upgrade = async {
-        let request = handshake::read_request(&mut stream).await?;
+        let request = match handshake::read_request(&mut stream).await? {
+            Incoming::Upgrade(request) => request,
+            Incoming::Health => return Err(Failure::Refused(health(guard))),
+        };
+        admit(&request, config).map_err(Failure::Refused)?;
         handshake::accept(&mut stream, &request).await?;
         Ok::<_, Failure>(request)
     };
     let outcome = tokio::select! {
         () = shutdown.cancelled() => return,
-        outcome = timeout(config.handshake_timeout, upgrade) => outcome,
+        outcome = timeout_at(deadline, upgrade) => outcome,
     };
     let request = match outcome {
         Ok(Ok(request)) => request,
-        Ok(Err(Failure::Refused(refusal))) => {
-            info!(%addr, status = refusal.status.as_u16(), reason = %refusal.reason, "refused");
-            let _ = timeout(
-                config.close_timeout,
-                handshake::reject(&mut stream, &refusal),
-            )
-            .await;
+        Ok(Err(Failure::Refused(reply))) => {
+            if reply.status.is_success() {
+                debug!(%addr, "health check");
+            } else {
+                info!(%addr, status = reply.status.as_u16(), reason = %reply.reason, "refused");
+            }
+            let _ = timeout(config.close_timeout, handshake::reject(&mut stream, &reply)).await;
             return;
         }
         Ok(Err(Failure::Io(e))) => {
@@ -86,7 +118,7 @@ pub(crate) async fn run<S>(
     )
     .await
     {
-        Ok(Ok(())) => chat(&mut ws, &mut rx, addr, &guard, &shutdown).await,
+        Ok(Ok(())) => chat(&mut ws, &mut rx, addr, guard, shutdown).await,
         Ok(Err(_)) => End::Dropped("connection lost"),
         Err(_) => End::Dropped("write timed out"),
     };
@@ -99,6 +131,43 @@ pub(crate) async fn run<S>(
     };
     close(&mut ws, end, config.close_timeout).await;
     info!(%addr, reason, clients = guard.open() - 1, "disconnected");
+}
+
+/// Decides whether an upgrade request may join: the token, then the origin.
+fn admit(request: &UpgradeRequest, config: &ServerConfig) -> Result<(), Reply> {
+    if let Some(token) = &config.token {
+        let presented = request
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        if !presented.is_some_and(|p| token.matches(p)) {
+            return Err(Reply::new(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong token",
+            ));
+        }
+    }
+    if !config.allowed_origins.is_empty()
+        && let Some(origin) = request.headers.get(http::header::ORIGIN)
+    {
+        let origin = origin.to_str().unwrap_or_default().trim_end_matches('/');
+        if !config
+            .allowed_origins
+            .iter()
+            .any(|allowed| allowed.trim_end_matches('/').eq_ignore_ascii_case(origin))
+        {
+            return Err(Reply::new(StatusCode::FORBIDDEN, "origin not allowed"));
+        }
+    }
+    Ok(())
+}
+
+/// The health check's answer: the open connections, not counting itself.
+fn health(guard: &ConnectionGuard) -> Reply {
+    Reply::new(
+        StatusCode::OK,
+        format!("{{\"status\":\"ok\",\"connections\":{}}}", guard.open() - 1),
+    )
 }
 
 /// The chat loop: the client's messages go to the hub, the hub's to the client.
@@ -120,6 +189,12 @@ where
     // Whether the client sent anything since the last tick, and whether a ping is
     // waiting for an answer.
     let (mut heard, mut ping_sent) = (false, false);
+    let mut rate = RateLimit::new(
+        config.max_rate,
+        config.max_burst,
+        config.flood_timeout,
+        Instant::now(),
+    );
 
     loop {
         tokio::select! {
@@ -130,7 +205,18 @@ where
                 match frame {
                     Some(Ok(message)) => {
                         if let Some(text) = message.as_text() {
-                            shared.hub.publish(Message::text(protocol::tag(addr, text)));
+                            match rate.check(Instant::now()) {
+                                Verdict::Pass => shared.hub.publish(Message::text(protocol::tag(addr, text))),
+                                Verdict::Drop(None) => {}
+                                Verdict::Drop(Some(notice)) => {
+                                    match timeout(config.write_timeout, ws.send(Message::text(notice))).await {
+                                        Ok(Ok(())) => {}
+                                        Ok(Err(_)) => return End::Dropped("connection lost"),
+                                        Err(_) => return End::Dropped("write timed out"),
+                                    }
+                                }
+                                Verdict::Close => return End::Close(CloseCode::POLICY_VIOLATION, protocol::REASON_FLOOD),
+                            }
                         } else if message.is_binary() {
                             return End::Close(CloseCode::UNSUPPORTED_DATA, protocol::REASON_BINARY);
                         } else if message.is_close() {

@@ -39,7 +39,7 @@ async fn send_paced(sender: &mut Ws, count: usize, size: usize) {
 
 #[tokio::test]
 async fn lagging_client_gets_missed_notice_and_stays() {
-    let server = Server::start(&["--buffer", "16"]).await;
+    let server = Server::start(&["--buffer", "16", "--max-rate", "0"]).await;
     let mut laggard = connect_small_window(&server).await;
     assert_eq!(
         recv_text(&mut laggard).await,
@@ -86,7 +86,7 @@ async fn lagging_client_gets_missed_notice_and_stays() {
 
 #[tokio::test]
 async fn client_that_never_reads_does_not_stop_others_and_is_dropped() {
-    let server = Server::start(&["--write-timeout", "1s"]).await;
+    let server = Server::start(&["--write-timeout", "1s", "--max-rate", "0"]).await;
     let mut stuck = connect_small_window(&server).await;
     let mut sender = connect(&server.url()).await;
     let mut healthy = reader(connect(&server.url()).await);

@@ -1,14 +1,14 @@
 //! `server`: parse flags, bind, print the readiness line, serve until Ctrl-C or SIGTERM.
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use broadcast_chat::config::parse_duration;
-use broadcast_chat::{DEFAULT_HOST, DEFAULT_PORT, ServerConfig, server};
+use broadcast_chat::{DEFAULT_HOST, DEFAULT_PORT, Secret, ServerConfig, server, tls};
 use clap::Parser;
 use clap::builder::TypedValueParser;
-use tokio::net::TcpListener;
 
 /// A WebSocket broadcast chat server: every text message goes to every client.
 #[derive(Debug, Parser)]
@@ -21,36 +21,87 @@ struct Cli {
     #[arg(long, env = "CHAT_PORT", default_value_t = DEFAULT_PORT)]
     port: u16,
     /// Broadcast channel capacity, in messages; a client further behind gets a notice.
-    #[arg(long, value_name = "MESSAGES", default_value_t = ServerConfig::default().buffer, value_parser = clap::value_parser!(u32).range(1..=1_000_000).map(|n| n as usize))]
+    #[arg(long, value_name = "MESSAGES", default_value_t = ServerConfig::default().buffer,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000).map(|n| n as usize))]
     buffer: usize,
     /// Largest message accepted, in bytes; bigger ones close the sender with 1009.
     #[arg(long, value_name = "BYTES", default_value_t = ServerConfig::default().max_message_size)]
     max_message_size: usize,
+    /// Most connections at once; one more gets HTTP 503.
+    #[arg(long, value_name = "N", default_value_t = ServerConfig::default().max_connections)]
+    max_connections: usize,
+    /// Messages per second a client may send on average (0: no limit); over it they are dropped.
+    #[arg(long, value_name = "PER_SECOND", default_value_t = ServerConfig::default().max_rate,
+          value_parser = parse_rate)]
+    max_rate: f64,
+    /// Messages a client may send at once above the rate (a paste).
+    #[arg(long, value_name = "MESSAGES", default_value_t = ServerConfig::default().max_burst)]
+    max_burst: u32,
+    /// A client kept over the rate this long is closed with 1008.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    flood_timeout: Duration,
     /// Time a client has to complete the WebSocket handshake.
-    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     handshake_timeout: Duration,
     /// Time a write to a client may take before the client is dropped as stuck.
-    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     write_timeout: Duration,
     /// A quiet client is pinged after this long, and dropped if still silent after as long again.
-    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     ping_interval: Duration,
     /// Time allowed for close handshakes, at shutdown and when closing one client.
-    #[arg(long, default_value = "2s", value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
     close_timeout: Duration,
+    /// Require clients to send `Authorization: Bearer TOKEN`.
+    #[arg(long, env = "CHAT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Browser origins allowed to connect (repeatable); others get 403. Clients
+    /// that send no Origin header are not affected.
+    #[arg(long, value_name = "ORIGIN")]
+    allow_origin: Vec<String>,
+    /// PEM certificate chain: serve wss:// (needs --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(rate) if rate >= 0.0 && rate.is_finite() => Ok(rate),
+        _ => Err(format!(
+            "{s:?} is not a rate (messages per second, 0 or more)"
+        )),
+    }
 }
 
 impl Cli {
-    fn config(&self) -> ServerConfig {
-        ServerConfig {
+    fn config(&self) -> Result<ServerConfig, broadcast_chat::Error> {
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
+            _ => None,
+        };
+        Ok(ServerConfig {
             buffer: self.buffer,
             max_message_size: self.max_message_size,
+            max_connections: self.max_connections,
+            max_rate: self.max_rate,
+            max_burst: self.max_burst,
+            flood_timeout: self.flood_timeout,
             handshake_timeout: self.handshake_timeout,
             write_timeout: self.write_timeout,
             ping_interval: self.ping_interval,
             close_timeout: self.close_timeout,
+            token: self
+                .token
+                .clone()
+                .filter(|t| !t.is_empty())
+                .map(Secret::new),
+            allowed_origins: self.allow_origin.clone(),
+            tls,
             ..ServerConfig::default()
-        }
+        })
     }
 }
 
@@ -65,7 +116,14 @@ async fn main() -> ExitCode {
         )
         .init();
 
-    let listener = match TcpListener::bind((cli.host.as_str(), cli.port)).await {
+    let config = match cli.config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let listener = match server::bind(&cli.host, cli.port).await {
         Ok(listener) => listener,
         Err(e) => {
             eprintln!(
@@ -82,7 +140,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    match server::run(listener, cli.config(), server::shutdown_signal()).await {
+    match server::run(listener, config, server::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -97,9 +155,13 @@ mod tests {
 
     #[test]
     fn flag_defaults_are_the_library_defaults() {
+        let config = Cli::try_parse_from(["server"])
+            .expect("parse")
+            .config()
+            .expect("config");
         assert_eq!(
-            Cli::parse_from(["server"]).config(),
-            ServerConfig::default()
+            format!("{config:?}"),
+            format!("{:?}", ServerConfig::default())
         );
     }
 }

@@ -1,0 +1,303 @@
+//! One scenario run: server up, connect phase, send phase under a deadline, merge, server down.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinSet;
+use tokio::time::{MissedTickBehavior, timeout_at};
+
+use crate::load::{self, Plan, Shared, Target};
+use crate::report::Outcome;
+use crate::server::{self, ServerProcess};
+
+/// Bound on the whole connect phase.
+const CONNECT_PHASE_TIMEOUT: Duration = Duration::from_secs(60);
+/// After the senders are done, delivery ends when no new copy arrived for this long.
+const QUIET: Duration = Duration::from_secs(2);
+/// How long cancelled receive loops get to hand in their tallies.
+const WIND_DOWN: Duration = Duration::from_secs(5);
+
+/// The server to measure: spawned per scenario, or already running at a URL.
+pub enum ServerSource {
+    Spawn {
+        path: PathBuf,
+        buffer: Option<usize>,
+    },
+    Url(Target),
+}
+
+/// Settings shared by every scenario.
+pub struct Setup {
+    pub source: ServerSource,
+    /// At most this many connections are being opened at once.
+    pub concurrency: usize,
+    /// Bound on a scenario's send and delivery phase.
+    pub delivery_timeout: Duration,
+    pub clock_ticks: u64,
+    /// Timestamps in messages are nanoseconds since this instant.
+    pub epoch: Instant,
+}
+
+/// Runs `plan` once; `Err` only when the server cannot be started or reached.
+pub async fn run(plan: &Plan, setup: &Setup, tag: String) -> Result<Outcome, String> {
+    let (mut server, target) = match &setup.source {
+        ServerSource::Spawn { path, buffer } => {
+            let server = ServerProcess::spawn(path, *buffer)?;
+            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, server.port));
+            let uri = format!("ws://{addr}/")
+                .parse()
+                .map_err(|e| format!("bad server address {addr}: {e}"))?;
+            (Some(server), Target { addr, uri })
+        }
+        ServerSource::Url(target) => (None, target.clone()),
+    };
+    let rss_before = server.as_ref().and_then(ServerProcess::rss_kb);
+    let mut notes = Vec::new();
+
+    let (shared, mut channels) = Shared::new(
+        plan.clone(),
+        target.clone(),
+        tag,
+        setup.epoch,
+        setup.concurrency,
+    );
+    let overflows_before = server::listen_overflows();
+    let mut tasks = JoinSet::new();
+    let connect_start = Instant::now();
+    for id in 0..plan.connections {
+        tasks.spawn(load::connection(id, Arc::clone(&shared)));
+    }
+    let mut sinks = Vec::new();
+    let mut connected = 0;
+    let mut failures = Vec::new();
+    let connect_deadline = tokio::time::Instant::from_std(connect_start + CONNECT_PHASE_TIMEOUT);
+    for _ in 0..plan.connections {
+        match timeout_at(connect_deadline, channels.ready_rx.recv()).await {
+            Ok(Some(Ok(sink))) => {
+                connected += 1;
+                sinks.extend(sink);
+            }
+            Ok(Some(Err(error))) => failures.push(error),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let connect_s = connect_start.elapsed().as_secs_f64();
+    if let (Some(before), Some(after)) = (overflows_before, server::listen_overflows())
+        && after > before
+    {
+        notes.push(format!(
+            "the kernel dropped {} connection attempts on a full listen queue while connecting \
+             (system-wide ListenOverflows; each retry waits 1 s): the server's listen backlog \
+             is too small for {} concurrent connects, or its accept loop fell behind",
+            after - before,
+            setup.concurrency
+        ));
+    }
+    let connect_failures = (plan.connections - connected) as u64;
+    if connected == 0 {
+        let why = failures
+            .first()
+            .map_or("connect phase timed out", String::as_str);
+        return Err(format!(
+            "could not reach the server at {}: {why}",
+            target.uri
+        ));
+    }
+    if connect_failures > 0 {
+        notes.push(format!(
+            "{connect_failures} of {} connections failed, first: {}",
+            plan.connections,
+            failures
+                .first()
+                .map_or("connect phase timed out", String::as_str)
+        ));
+    }
+    let rss_connected = server.as_ref().and_then(ServerProcess::rss_kb);
+    let cpu_before = server.as_ref().and_then(ServerProcess::cpu_ticks);
+
+    let send_start = Instant::now();
+    let senders: Vec<_> = sinks
+        .into_iter()
+        .map(|(sender, sink)| {
+            tokio::spawn(load::send(sink, sender, Arc::clone(&shared), send_start))
+        })
+        .collect();
+
+    let mut tallies = Vec::with_capacity(connected);
+    let deadline = send_start + setup.delivery_timeout;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let (mut last_total, mut last_change) = (0, Instant::now());
+    let mut timed_out = false;
+    while tallies.len() < connected {
+        tokio::select! {
+            tally = channels.tally_rx.recv() => match tally {
+                Some(tally) => tallies.push(tally),
+                None => break,
+            },
+            _ = tick.tick() => {
+                let now = Instant::now();
+                if now >= deadline {
+                    timed_out = true;
+                    notes.push(format!(
+                        "delivery timed out after {:?}; the rest counts as lost",
+                        setup.delivery_timeout
+                    ));
+                    break;
+                }
+                if let Some(status) = server.as_mut().and_then(ServerProcess::exited) {
+                    notes.push(format!("server exited during the send phase: {status}"));
+                    break;
+                }
+                let total: u64 = shared.progress.iter().map(|p| p.0.load(Ordering::Relaxed)).sum();
+                if total != last_total {
+                    (last_total, last_change) = (total, now);
+                } else if senders.iter().all(|s| s.is_finished()) && now - last_change >= QUIET {
+                    notes.push(format!(
+                        "senders done and no copy arrived for {QUIET:?}; the rest counts as lost"
+                    ));
+                    break;
+                }
+            }
+        }
+    }
+    let cpu_after = server.as_ref().and_then(ServerProcess::cpu_ticks);
+    let peak_rss_kb = server.as_ref().and_then(ServerProcess::peak_rss_kb);
+
+    shared.cancel.cancel();
+    let wind_down = tokio::time::Instant::now() + WIND_DOWN;
+    while tallies.len() < connected {
+        match timeout_at(wind_down, channels.tally_rx.recv()).await {
+            Ok(Some(tally)) => tallies.push(tally),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let mut sent = 0;
+    let mut first_send_ns = None::<u64>;
+    for sender in senders {
+        match sender.await {
+            Ok(report) => {
+                sent += report.sent;
+                if let Some(ns) = report.first_send_ns {
+                    first_send_ns = Some(first_send_ns.map_or(ns, |f| f.min(ns)));
+                }
+                if report.stalls > 0 {
+                    notes.push(format!(
+                        "a sender waited in vain for its own copies {} times (window stall)",
+                        report.stalls
+                    ));
+                }
+                if let Some(error) = report.error {
+                    notes.push(format!("a sender failed: {error}"));
+                }
+            }
+            Err(e) => notes.push(format!("a sender task failed: {e}")),
+        }
+    }
+    if let Some(server) = server.take() {
+        let (lines, first) = server.log();
+        if lines > 0 {
+            notes.push(format!(
+                "server wrote {lines} stderr lines at RUST_LOG=warn, first: {}",
+                first.join(" | ")
+            ));
+        }
+        drop(server);
+    }
+    tasks.shutdown().await;
+
+    // Merge the tallies.
+    let mut outcome = Outcome {
+        scenario: plan.scenario,
+        receivers: plan.receivers(),
+        senders: plan.senders,
+        messages: (plan.senders * plan.messages) as u64,
+        sent,
+        connect_s,
+        connect_failures,
+        timed_out,
+        ..Outcome::default()
+    };
+    outcome.expected = outcome.messages * plan.connections as u64;
+    let mut latencies = Vec::new();
+    let (mut unique, mut other, mut last_copy_ns) = (0, 0, 0);
+    let mut ended = Vec::new();
+    for tally in tallies {
+        outcome.delivered += tally.copies;
+        unique += tally.unique;
+        outcome.duplicates += tally.duplicates;
+        outcome.out_of_order += tally.out_of_order;
+        outcome.lag_notices += tally.notices;
+        outcome.missed_reported += tally.missed;
+        other += tally.other;
+        last_copy_ns = last_copy_ns.max(tally.last_copy_ns);
+        latencies.extend_from_slice(&tally.latencies_us);
+        ended.extend(tally.ended);
+    }
+    outcome.lost = outcome.expected.saturating_sub(unique);
+    if outcome.messages == 1 {
+        notes.push(
+            "one broadcast: deliv/s is copies over the fan-out time, and cpu s/M rests on a few \
+             10 ms clock ticks"
+                .to_string(),
+        );
+    }
+    if sent < outcome.messages {
+        notes.push(format!(
+            "only {sent} of {} messages were sent",
+            outcome.messages
+        ));
+    }
+    if outcome.duplicates > 0 || outcome.out_of_order > 0 {
+        notes.push(format!(
+            "{} duplicate and {} out-of-order copies",
+            outcome.duplicates, outcome.out_of_order
+        ));
+    }
+    if outcome.lag_notices > 0 {
+        notes.push(format!(
+            "{} lag notices reporting {} missed messages",
+            outcome.lag_notices, outcome.missed_reported
+        ));
+    }
+    if other > 0 {
+        notes.push(format!("{other} messages were neither copies nor notices"));
+    }
+    if let Some(first) = ended.first() {
+        notes.push(format!(
+            "{} connections ended early, first: {first}",
+            ended.len()
+        ));
+    }
+
+    if let Some(first) = first_send_ns
+        && last_copy_ns > first
+    {
+        let seconds = (last_copy_ns - first) as f64 / 1e9;
+        outcome.deliveries_per_second = Some(outcome.delivered as f64 / seconds);
+    }
+    latencies.sort_unstable();
+    let percentile = |p: f64| {
+        let last = latencies.len().checked_sub(1)?;
+        let index = (last as f64 * p).round() as usize;
+        Some(f64::from(latencies[index]) / 1000.0)
+    };
+    outcome.p50_ms = percentile(0.50);
+    outcome.p99_ms = percentile(0.99);
+    outcome.max_ms = percentile(1.0);
+    if let (Some(before), Some(after)) = (cpu_before, cpu_after)
+        && outcome.delivered > 0
+    {
+        let cpu_s = (after - before) as f64 / setup.clock_ticks as f64;
+        outcome.cpu_s_per_million = Some(cpu_s / (outcome.delivered as f64 / 1e6));
+    }
+    outcome.peak_rss_mb = peak_rss_kb.map(|kb| kb as f64 / 1024.0);
+    if let (Some(before), Some(after)) = (rss_before, rss_connected) {
+        outcome.rss_per_connection_kb = Some((after as f64 - before as f64) / connected as f64);
+    }
+    outcome.notes = notes;
+    Ok(outcome)
+}

@@ -1,0 +1,169 @@
+//! The server under test as a child process: spawn, readiness line, CPU and memory from /proc.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+/// How long the server may take to print its readiness line.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many of the server's stderr lines are kept to show in the report.
+const KEPT_LOG_LINES: usize = 3;
+
+/// A running server process, killed when dropped.
+pub struct ServerProcess {
+    child: Child,
+    /// The port from the readiness line.
+    pub port: u16,
+    /// Stderr lines seen so far and the first few of them; written by a reader thread.
+    log: Arc<Mutex<(u64, Vec<String>)>>,
+}
+
+impl ServerProcess {
+    /// Starts `path --host 127.0.0.1 --port 0 --max-rate 0 [--buffer N]` and waits for
+    /// `Listening on port N`. The rate limit is off: the senders are load generators.
+    pub fn spawn(path: &Path, buffer: Option<usize>) -> Result<Self, String> {
+        let mut command = Command::new(path);
+        command.args(["--host", "127.0.0.1", "--port", "0", "--max-rate", "0"]);
+        if let Some(buffer) = buffer {
+            command.args(["--buffer", &buffer.to_string()]);
+        }
+        let mut child = command
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start server {}: {e}", path.display()))?;
+
+        let log = Arc::new(Mutex::new((0, Vec::new())));
+        let stderr = child.stderr.take().expect("stderr was piped");
+        let log_writer = Arc::clone(&log);
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                // std Mutex: only the report reads it, never across an .await.
+                let mut log = log_writer.lock().expect("log mutex poisoned");
+                log.0 += 1;
+                if log.1.len() < KEPT_LOG_LINES {
+                    log.1.push(line);
+                }
+            }
+        });
+
+        // The reader thread keeps draining stdout after the first line so the server never
+        // blocks on a full pipe.
+        let stdout = child.stdout.take().expect("stdout was piped");
+        let (line_tx, line_rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let first = lines.next();
+            let _ = line_tx.send(first);
+            for _ in lines {}
+        });
+        let first = match line_rx.recv_timeout(READY_TIMEOUT) {
+            Ok(Some(Ok(line))) => line,
+            Ok(_) => {
+                let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+                let log = log.lock().expect("log mutex poisoned").1.join(" | ");
+                return Err(format!(
+                    "server exited before its readiness line ({status}); stderr: {log}"
+                ));
+            }
+            Err(_) => {
+                let _ = child.kill();
+                return Err(format!(
+                    "server printed no readiness line within {READY_TIMEOUT:?}"
+                ));
+            }
+        };
+        let port = first
+            .strip_prefix("Listening on port ")
+            .and_then(|port| port.trim().parse().ok())
+            .ok_or_else(|| format!("unexpected readiness line from server: {first:?}"))?;
+        Ok(Self { child, port, log })
+    }
+
+    /// User plus system CPU time so far, in clock ticks.
+    pub fn cpu_ticks(&self) -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+        let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+        let utime: u64 = fields.next()?.parse().ok()?;
+        let stime: u64 = fields.next()?.parse().ok()?;
+        Some(utime + stime)
+    }
+
+    /// Current resident set size in kB (`VmRSS`).
+    pub fn rss_kb(&self) -> Option<u64> {
+        self.status_kb("VmRSS:")
+    }
+
+    /// Peak resident set size in kB (`VmHWM`).
+    pub fn peak_rss_kb(&self) -> Option<u64> {
+        self.status_kb("VmHWM:")
+    }
+
+    fn status_kb(&self, key: &str) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let line = status.lines().find(|line| line.starts_with(key))?;
+        line[key.len()..].split_whitespace().next()?.parse().ok()
+    }
+
+    /// Whether the process has exited, with its status.
+    pub fn exited(&mut self) -> Option<String> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Some(status.to_string()),
+            _ => None,
+        }
+    }
+
+    /// How many lines the server wrote to stderr, and the first few.
+    pub fn log(&self) -> (u64, Vec<String>) {
+        self.log.lock().expect("log mutex poisoned").clone()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Clock ticks per second for /proc CPU times (`getconf CLK_TCK`, 100 if that fails).
+pub fn clock_ticks_per_second() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(100)
+}
+
+/// The soft limit on open files of this process, from /proc/self/limits.
+pub fn open_files_soft_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))?;
+    match line["Max open files".len()..].split_whitespace().next()? {
+        "unlimited" => Some(u64::MAX),
+        soft => soft.parse().ok(),
+    }
+}
+
+/// The kernel's count of connection attempts dropped because a listen queue was full
+/// (`TcpExt ListenOverflows` in /proc/net/netstat; system-wide).
+pub fn listen_overflows() -> Option<u64> {
+    let netstat = std::fs::read_to_string("/proc/net/netstat").ok()?;
+    let mut tcp_ext = netstat.lines().filter(|line| line.starts_with("TcpExt:"));
+    let (names, values) = (tcp_ext.next()?, tcp_ext.next()?);
+    let index = names
+        .split_whitespace()
+        .position(|name| name == "ListenOverflows")?;
+    values.split_whitespace().nth(index)?.parse().ok()
+}
