@@ -42,13 +42,8 @@ pub fn parse_url(url: &str) -> Result<http::Uri> {
     };
     let uri: http::Uri = url.parse().map_err(|_| invalid("not a URL"))?;
     match uri.scheme_str() {
-        Some("ws") => {}
-        Some("wss") => {
-            return Err(invalid(
-                "wss:// (TLS) is not supported by this build; use ws://",
-            ));
-        }
-        Some(_) => return Err(invalid("the scheme must be ws://")),
+        Some("ws" | "wss") => {}
+        Some(_) => return Err(invalid("the scheme must be ws:// or wss://")),
         None => return Err(invalid("missing scheme: write ws://host:port")),
     }
     if uri.host().is_none_or(str::is_empty) {

@@ -124,6 +124,24 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_text_is_tagged_without_control_characters_and_round_trips(text in proptest::prelude::any::<String>(), port: u16) {
+            let from: SocketAddr = ([10, 0, 0, 1], port).into();
+            let line = tag(from, &text);
+            proptest::prop_assert!(!line.chars().any(char::is_control), "{:?}", line);
+            let expected_sender = from.to_string();
+            proptest::prop_assert_eq!(untag(&line), Some((expected_sender.as_str(), text)));
+        }
+
+        #[test]
+        fn control_heavy_text_round_trips(text in "[\\x00-\\x1f\\x7f\\u{80}-\\u{9f}\"\\\\'a-z\\u{300}-\\u{36f}\\u{202e}]{0,40}") {
+            let line = tag(addr(), &text);
+            proptest::prop_assert!(!line.chars().any(char::is_control), "{:?}", line);
+            proptest::prop_assert_eq!(untag(&line).map(|(_, t)| t), Some(text));
+        }
+    }
+
     #[test]
     fn notices_are_not_tagged_messages() {
         assert_eq!(untag(&missed_notice(3)), None);

@@ -116,12 +116,19 @@ pub struct Server {
 impl Server {
     /// Starts the server on `--port 0` with `args` and waits for its readiness line.
     pub async fn start(args: &[&str]) -> Server {
+        Self::start_with_env(args, &[]).await
+    }
+
+    /// Like [`Server::start`], with extra environment variables.
+    pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
             .args(["--port", "0"])
             .args(args)
             .env("RUST_LOG", "info")
             .env_remove("CHAT_HOST")
             .env_remove("CHAT_PORT")
+            .env_remove("CHAT_TOKEN")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -152,6 +159,10 @@ impl Server {
 
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("server running")
     }
 
     pub fn child_ref(&self) -> &Child {
@@ -196,9 +207,15 @@ pub struct Client {
 
 impl Client {
     pub fn start(args: &[&str]) -> Client {
+        Self::start_with_env(args, &[])
+    }
+
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Client {
         let mut child = Command::new(env!("CARGO_BIN_EXE_client"))
             .args(args)
             .env_remove("CHAT_URL")
+            .env_remove("CHAT_TOKEN")
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -394,4 +411,50 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("bind a free port")
         .port()
+}
+
+/// Sends a WebSocket upgrade request with `extra_headers` (each ending in `\r\n`)
+/// over plain TCP and returns the status line of the answer.
+pub async fn upgrade_status(addr: SocketAddr, path: &str, extra_headers: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut tcp = timeout(WAIT, TcpStream::connect(addr)).await.expect("connect in time").expect("connect");
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra_headers}\r\n"
+    );
+    tcp.write_all(request.as_bytes()).await.expect("write request");
+    let mut head = Vec::new();
+    timeout(WAIT, async {
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n") && tcp.read(&mut byte).await.expect("read answer") == 1 {
+            head.push(byte[0]);
+        }
+    })
+    .await
+    .expect("answer in time");
+    String::from_utf8_lossy(&head).trim_end().to_owned()
+}
+
+/// The server's open connections, from its health check.
+pub async fn open_connections(addr: SocketAddr) -> usize {
+    use tokio::io::AsyncReadExt;
+    let mut tcp = timeout(WAIT, TcpStream::connect(addr)).await.expect("connect in time").expect("connect");
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").await.expect("write");
+    let mut answer = String::new();
+    timeout(WAIT, tcp.read_to_string(&mut answer)).await.expect("answer in time").expect("read");
+    let body = answer.split("\r\n\r\n").nth(1).expect("a body");
+    body.split("\"connections\":")
+        .nth(1)
+        .and_then(|rest| rest.trim_end_matches(['}', '\n']).parse().ok())
+        .unwrap_or_else(|| panic!("unexpected health answer {answer:?}"))
+}
+
+/// The server process's resident memory, in kB.
+pub fn rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc status")
 }

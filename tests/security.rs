@@ -1,0 +1,349 @@
+//! Who may join (token, origin, connection limit), TLS, flood control, churn and
+//! memory bounds: abuse costs only the abuser.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use std::process::Stdio;
+
+use tokio::process::Command;
+use tokio::time::timeout;
+use tokio_websockets::{ClientBuilder, Message};
+
+#[tokio::test]
+async fn token_is_required_and_checked() {
+    let mut server = Server::start(&["--token", "s3cret-token"]).await;
+    let addr = server.addr();
+    assert!(upgrade_status(addr, "/", "").await.starts_with("HTTP/1.1 401"));
+    assert!(upgrade_status(addr, "/", "Authorization: Bearer wrong\r\n").await.starts_with("HTTP/1.1 401"));
+    assert!(upgrade_status(addr, "/", "Authorization: Bearer s3cret-token\r\n").await.starts_with("HTTP/1.1 101"));
+
+    let url = server.url();
+    let mut wrong = Client::start(&["--url", &url, "--token", "guess"]);
+    assert_eq!(wrong.wait().await.code(), Some(1));
+    assert_eq!(wrong.stderr.complete().await, ["error: the server refused the token (401)"]);
+
+    let mut none = Client::start(&["--url", &url]);
+    assert_eq!(none.wait().await.code(), Some(1));
+    assert_eq!(
+        none.stderr.complete().await,
+        ["error: the server requires a token (401): pass --token or set CHAT_TOKEN"]
+    );
+
+    let mut right = Client::start_with_env(&["--url", &url], &[("CHAT_TOKEN", "s3cret-token")]);
+    right.stdout.wait_for("From server: Welcome to chat! Type a message").await;
+    right.close_stdin();
+    assert_eq!(right.wait().await.code(), Some(0));
+
+    server.terminate();
+    assert_eq!(server.wait().await.code(), Some(0));
+    let log = server.stderr.complete().await;
+    assert!(log.iter().any(|l| l.contains("refused") && l.contains("401")), "{log:#?}");
+    assert!(!log.iter().any(|l| l.contains("s3cret")), "the token leaked into the log");
+}
+
+#[tokio::test]
+async fn token_from_the_environment_protects_the_server() {
+    let server = Server::start_with_env(&[], &[("CHAT_TOKEN", "from-env")]).await;
+    assert!(upgrade_status(server.addr(), "/", "").await.starts_with("HTTP/1.1 401"));
+    assert!(upgrade_status(server.addr(), "/", "Authorization: Bearer from-env\r\n").await.starts_with("HTTP/1.1 101"));
+}
+
+#[tokio::test]
+async fn origins_not_allowed_get_403_and_clients_without_origin_are_unaffected() {
+    let server = Server::start(&["--allow-origin", "https://chat.example", "--allow-origin", "http://localhost:8080"]).await;
+    let addr = server.addr();
+    assert!(upgrade_status(addr, "/", "Origin: https://evil.example\r\n").await.starts_with("HTTP/1.1 403"));
+    assert!(upgrade_status(addr, "/", "Origin: https://chat.example\r\n").await.starts_with("HTTP/1.1 101"));
+    assert!(upgrade_status(addr, "/", "Origin: http://localhost:8080\r\n").await.starts_with("HTTP/1.1 101"));
+    assert!(upgrade_status(addr, "/", "").await.starts_with("HTTP/1.1 101"));
+}
+
+#[tokio::test]
+async fn one_over_max_connections_gets_503_and_the_others_stay() {
+    let server = Server::start(&["--max-connections", "3"]).await;
+    let mut alice = connect(&server.url()).await;
+    let mut bob = connect(&server.url()).await;
+    let _carol = connect(&server.url()).await;
+
+    assert!(upgrade_status(server.addr(), "/", "").await.starts_with("HTTP/1.1 503"));
+    let mut client = Client::start(&["--url", &server.url()]);
+    assert_eq!(client.wait().await.code(), Some(1));
+    let stderr = client.stderr.complete().await;
+    assert_eq!(stderr.len(), 1, "{stderr:?}");
+    assert!(stderr[0].contains("HTTP 503 (the server is full; try again later)"), "{stderr:?}");
+
+    send(&mut alice, "still fine").await;
+    assert_eq!(recv_text(&mut bob).await, tagged(&alice, "still fine"));
+}
+
+#[tokio::test]
+async fn flooding_client_gets_notices_then_1008_and_others_keep_their_latency() {
+    let server = Server::start(&["--max-rate", "5", "--max-burst", "5", "--flood-timeout", "1s"]).await;
+    let mut flooder = connect(&server.url()).await;
+    let flooder_tag = format!("{:?}: ", local_addr(&flooder));
+    let bystander = connect(&server.url()).await;
+    let bystander_addr = local_addr(&bystander);
+    let (probe, mut heard) = chatter(bystander);
+
+    // The flooder sends 200 messages a second until it is closed.
+    let flood = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(5));
+        let (mut notices, mut sent) = (Vec::new(), 0);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    sent += 1;
+                    if flooder.send(Message::text(format!("flood {sent}"))).await.is_err() {
+                        break (notices, None);
+                    }
+                }
+                message = flooder.next() => match message {
+                    Some(Ok(m)) if m.is_close() => {
+                        let (code, reason) = m.as_close().expect("close");
+                        break (notices, Some((u16::from(code), reason.to_owned())));
+                    }
+                    Some(Ok(m)) => {
+                        if let Some(text) = m.as_text().filter(|t| t.starts_with("* ")) {
+                            notices.push(text.to_owned());
+                        }
+                    }
+                    _ => break (notices, None),
+                },
+            }
+        }
+    });
+
+    // Meanwhile the bystander's messages, at a human pace within the limit, go
+    // round as fast as ever.
+    let mut slowest = Duration::ZERO;
+    let mut flood_seen = 0;
+    for i in 0..5 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let text = format!("probe {i}");
+        let sent = Instant::now();
+        probe.send(text.clone()).expect("bystander alive");
+        let expected = format!("{bystander_addr:?}: {text:?}");
+        loop {
+            let line = next(&mut heard).await;
+            if line == expected {
+                break;
+            }
+            if line.starts_with(&flooder_tag) {
+                flood_seen += 1;
+            }
+        }
+        slowest = slowest.max(sent.elapsed());
+    }
+
+    let (notices, close) = timeout(WAIT, flood).await.expect("flooder closed in time").expect("flood task");
+    assert_eq!(close, Some((1008, "too many messages for too long".to_owned())));
+    assert!(!notices.is_empty(), "no slow-down notice");
+    assert!(notices[0].starts_with("* slow down: "), "{notices:?}");
+    assert!(notices[0].ends_with("dropped (the limit is 5 per second)"), "{notices:?}");
+    // Only the burst and the rate got through: far fewer than were sent.
+    assert!(flood_seen <= 5 + 5 * 3, "{flood_seen} flood messages got through");
+    assert!(slowest < Duration::from_secs(1), "a bystander's round trip took {slowest:?}");
+}
+
+#[tokio::test]
+async fn churn_of_a_thousand_connections_costs_the_chatters_nothing() {
+    let server = Server::start(&["--max-rate", "0", "--handshake-timeout", "2s"]).await;
+    let addr = server.addr();
+    let url = server.url();
+    let alice = connect(&url).await;
+    let alice_tag = format!("{:?}: ", local_addr(&alice));
+    let (alice_tx, _alice_rx) = chatter(alice);
+    let bob = connect(&url).await;
+    let (_bob_tx, mut bob_rx) = chatter(bob);
+
+    let churn = tokio::spawn(async move {
+        let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(100));
+        let mut tasks = Vec::new();
+        for i in 0..1000 {
+            let permit = limit.clone().acquire_owned().await.expect("semaphore");
+            let url = url.clone();
+            tasks.push(tokio::spawn(async move {
+                let _permit = permit;
+                match i % 4 {
+                    // Connect and vanish.
+                    0 => drop(TcpStream::connect(addr).await),
+                    // Half a handshake, then vanish.
+                    1 => {
+                        if let Ok(mut tcp) = TcpStream::connect(addr).await {
+                            let _ = tcp.write_all(b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n").await;
+                        }
+                    }
+                    // A real client that says a few things and drops the connection.
+                    2 => {
+                        let mut ws = connect_raw(&url).await;
+                        for n in 0..3 {
+                            let _ = ws.send(Message::text(format!("churn {i}.{n}"))).await;
+                        }
+                    }
+                    // Garbage.
+                    _ => {
+                        if let Ok(mut tcp) = TcpStream::connect(addr).await {
+                            let _ = tcp.write_all(b"\x00\xffnot http at all\r\n\r\n").await;
+                        }
+                    }
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.expect("churn task");
+        }
+    });
+
+    // Alice talks steadily through the churn; Bob must hear every word, in order.
+    let mut sent = 0;
+    while !churn.is_finished() || sent < 50 {
+        alice_tx.send(format!("steady {sent}")).expect("alice alive");
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut heard = 0;
+    while heard < sent {
+        let line = next(&mut bob_rx).await;
+        if line.starts_with(&alice_tag) {
+            assert_eq!(line, format!("{alice_tag}\"steady {heard}\""), "bob missed a message");
+            heard += 1;
+        }
+    }
+    churn.await.expect("churn");
+
+    // Every churned connection is gone; only Alice and Bob remain.
+    let settled = timeout(WAIT, async {
+        loop {
+            let open = open_connections(addr).await;
+            if open == 2 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(settled.is_ok(), "open connections never returned to 2: {}", open_connections(addr).await);
+}
+
+#[tokio::test]
+async fn stuck_client_costs_bounded_memory_and_is_dropped() {
+    let server = Server::start(&["--buffer", "64", "--write-timeout", "5s", "--max-rate", "0"]).await;
+    let stuck = {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("rcvbuf");
+        let tcp = socket.connect(server.addr()).await.expect("connect");
+        let uri: http::Uri = server.url().parse().expect("url");
+        ClientBuilder::from_uri(uri).connect_on(tcp).await.expect("upgrade").0
+    };
+    let mut sender = connect(&server.url()).await;
+    let before = rss_kb(server.pid());
+
+    // 1000 x 32 KiB = 32 MiB goes through while the stuck client reads nothing.
+    let payload = "x".repeat(32 * 1024);
+    let started = Instant::now();
+    for i in 0..1000 {
+        let text = format!("{i} {payload}");
+        send(&mut sender, &text).await;
+        assert_eq!(recv_text(&mut sender).await, tagged(&sender, &text));
+    }
+    let grown = rss_kb(server.pid()).saturating_sub(before);
+    // The channel holds 64 messages (2 MiB); the stuck session at most its write buffer.
+    assert!(grown < 16 * 1024, "server memory grew by {grown} kB while 32 MiB went past a stuck client");
+
+    server.stderr.wait_for("write timed out").await;
+    assert!(started.elapsed() < Duration::from_secs(5) + WAIT, "dropped too late");
+    drop(stuck);
+}
+
+/// A self-signed certificate for `localhost`, written as PEM files; returns the
+/// certificate's and the key's paths.
+fn self_signed(name: &str) -> (String, String) {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("tls-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("generate certificate");
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    std::fs::write(&cert, certified.cert.pem()).expect("write cert");
+    std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write key");
+    (cert.display().to_string(), key.display().to_string())
+}
+
+#[tokio::test]
+async fn chat_works_end_to_end_over_wss_with_the_right_ca() {
+    let (cert, key) = self_signed("ok");
+    let server = Server::start(&["--tls-cert", &cert, "--tls-key", &key]).await;
+    let url = format!("wss://localhost:{}", server.port);
+
+    let mut alice = Client::start(&["--url", &url, "--ca", &cert]);
+    let mut bob = Client::start(&["--url", &url, "--ca", &cert]);
+    alice.stdout.wait_for("From server: Welcome to chat! Type a message").await;
+    bob.stdout.wait_for("From server: Welcome to chat! Type a message").await;
+    server.stderr.wait_for_count("connected", 2).await;
+    alice.send_line("over tls").await;
+    let line = bob.stdout.wait_for("\"over tls\"").await;
+    assert!(line.starts_with("From server: 127.0.0.1:"), "{line}");
+    alice.stdout.wait_for("\"over tls\"").await;
+
+    alice.close_stdin();
+    bob.close_stdin();
+    assert_eq!(alice.wait().await.code(), Some(0));
+    assert_eq!(bob.wait().await.code(), Some(0));
+}
+
+#[tokio::test]
+async fn client_without_the_ca_is_refused_with_one_line() {
+    let (cert, key) = self_signed("noca");
+    let server = Server::start(&["--tls-cert", &cert, "--tls-key", &key]).await;
+    let url = format!("wss://localhost:{}", server.port);
+    let mut client = Client::start(&["--url", &url]);
+    assert_eq!(client.wait().await.code(), Some(1));
+    let stderr = client.stderr.complete().await;
+    assert_eq!(stderr.len(), 1, "{stderr:?}");
+    assert!(
+        stderr[0].starts_with(&format!("error: cannot connect to {url}: TLS handshake failed: invalid peer certificate")),
+        "{stderr:?}"
+    );
+    assert!(stderr[0].ends_with("(pass --ca FILE to trust a private CA or a self-signed certificate)"), "{stderr:?}");
+}
+
+#[tokio::test]
+async fn wss_url_never_falls_back_to_plain_text() {
+    let server = Server::start(&[]).await;
+    let url = format!("wss://localhost:{}", server.port);
+    let mut client = Client::start(&["--url", &url]);
+    assert_eq!(client.wait().await.code(), Some(1));
+    let stderr = client.stderr.complete().await;
+    assert_eq!(stderr.len(), 1, "{stderr:?}");
+    assert!(stderr[0].contains("TLS handshake failed"), "{stderr:?}");
+    assert!(client.stdout.complete().await.is_empty(), "the client chatted in plain text");
+}
+
+#[tokio::test]
+async fn plain_client_cannot_talk_to_a_tls_server() {
+    let (cert, key) = self_signed("plain");
+    let server = Server::start(&["--tls-cert", &cert, "--tls-key", &key]).await;
+    let mut client = Client::start(&["--url", &server.url()]);
+    assert_eq!(client.wait().await.code(), Some(1));
+    assert_eq!(client.stderr.complete().await.len(), 1);
+}
+
+#[tokio::test]
+async fn bad_certificate_files_are_a_one_line_error() {
+    let mut server = Command::new(env!("CARGO_BIN_EXE_server"))
+        .args(["--port", "0", "--tls-cert", "/nonexistent/cert.pem", "--tls-key", "/nonexistent/key.pem"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn server");
+    let output = timeout(WAIT, server.wait_with_output()).await.expect("exit in time").expect("output");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("error: cannot load TLS certificate /nonexistent/cert.pem: "), "{stderr}");
+}
