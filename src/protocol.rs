@@ -15,11 +15,74 @@ pub const REASON_FLOOD: &str = "too many messages for too long";
 /// Close reason sent by the client when its input ends (code 1000).
 pub const REASON_BYE: &str = "bye";
 
+/// Longest name or room name, in characters.
+pub const MAX_NAME_LEN: usize = 32;
+
+/// The query parameter that carries a client's name: `ws://host:2000/room?name=alice`.
+pub const NAME_PARAM: &str = "name";
+
+/// The text a client sends to ask who is in its room; the answer goes to it alone.
+pub const WHO_COMMAND: &str = "/who";
+
 /// Tags a message with its sender's address, exactly as `format!("{addr:?}: {text:?}")`
 /// writes it: `127.0.0.1:53422: "hello"`. The Debug quoting escapes control
 /// characters, so no terminal escape sequence reaches other people's terminals.
 pub fn tag(addr: SocketAddr, text: &str) -> String {
     format!("{addr:?}: {text:?}")
+}
+
+/// Who a client is in tags and notices: `alice@127.0.0.1:53422` for a named client,
+/// the address alone otherwise.
+pub fn sender(name: Option<&str>, addr: SocketAddr) -> String {
+    match name {
+        Some(name) => format!("{name}@{addr:?}"),
+        None => format!("{addr:?}"),
+    }
+}
+
+/// Tags a message with its sender as [`sender`] writes it:
+/// `alice@127.0.0.1:53422: "hello"`, or exactly [`tag`]'s output without a name.
+pub fn tag_from(sender: &str, text: &str) -> String {
+    format!("{sender}: {text:?}")
+}
+
+/// Checks a name or room name: 1 to 32 letters, digits, `-`, `_` or `.`.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if name.is_empty() || name.chars().count() > MAX_NAME_LEN || !name.chars().all(ok) {
+        return Err(format!(
+            "invalid name {name:?}: use 1 to {MAX_NAME_LEN} letters, digits, '-', '_' or '.'"
+        ));
+    }
+    Ok(())
+}
+
+/// The room a request path chooses: `/` is the lobby (`""`), `/rust` is `rust`.
+pub fn room_from_path(path: &str) -> Result<&str, String> {
+    let room = path.strip_prefix('/').unwrap_or(path).trim_end_matches('/');
+    if room.is_empty() {
+        return Ok("");
+    }
+    check_name(room).map_err(|e| e.replacen("invalid name", "invalid room name", 1))?;
+    Ok(room)
+}
+
+/// The `name` parameter of a query string, if present.
+pub fn name_from_query(query: Option<&str>) -> Option<&str> {
+    query?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(NAME_PARAM)?.strip_prefix('='))
+}
+
+/// A room's presence notice: `* alice@127.0.0.1:53422 joined (3 here)`.
+pub fn presence_notice(who: &str, joined: bool, here: usize) -> String {
+    let what = if joined { "joined" } else { "left" };
+    format!("* {who} {what} ({here} here)")
+}
+
+/// The answer to [`WHO_COMMAND`]: `* 3 here: alice@..., bob@..., 127.0.0.1:5`.
+pub fn who_notice(members: &[String]) -> String {
+    format!("* {} here: {}", members.len(), members.join(", "))
 }
 
 /// The notice a client gets when it fell `missed` messages behind the channel.
@@ -140,6 +203,48 @@ mod tests {
             proptest::prop_assert!(!line.chars().any(char::is_control), "{:?}", line);
             proptest::prop_assert_eq!(untag(&line).map(|(_, t)| t), Some(text));
         }
+    }
+
+    #[test]
+    fn named_senders_are_tagged_name_at_address() {
+        let alice = sender(Some("alice"), addr());
+        assert_eq!(tag_from(&alice, "hello"), r#"alice@127.0.0.1:53422: "hello""#);
+        assert_eq!(tag_from(&sender(None, addr()), "hello"), tag(addr(), "hello"));
+        assert_eq!(untag(&tag_from(&alice, "a: \"b\"")), Some(("alice@127.0.0.1:53422", "a: \"b\"".into())));
+    }
+
+    #[test]
+    fn names_are_short_and_plain() {
+        for good in ["alice", "a", "Bob_2", "x.y-z", &"n".repeat(32)] {
+            assert_eq!(check_name(good), Ok(()), "{good}");
+        }
+        for bad in ["", "al ice", "alice!", "ünï", "a/b", "\u{1b}[31m", &"n".repeat(33)] {
+            let err = check_name(bad).expect_err(bad);
+            assert!(err.contains("use 1 to 32 letters, digits, '-', '_' or '.'"), "{err}");
+        }
+    }
+
+    #[test]
+    fn paths_choose_rooms() {
+        assert_eq!(room_from_path("/"), Ok(""));
+        assert_eq!(room_from_path("/rust"), Ok("rust"));
+        assert_eq!(room_from_path("/rust/"), Ok("rust"));
+        assert!(room_from_path("/a/b").expect_err("nested").starts_with("invalid room name"));
+    }
+
+    #[test]
+    fn names_come_from_the_query() {
+        assert_eq!(name_from_query(Some("name=alice")), Some("alice"));
+        assert_eq!(name_from_query(Some("x=1&name=bob")), Some("bob"));
+        assert_eq!(name_from_query(Some("names=x")), None);
+        assert_eq!(name_from_query(None), None);
+    }
+
+    #[test]
+    fn presence_and_who_notices() {
+        assert_eq!(presence_notice("alice@127.0.0.1:1", true, 3), "* alice@127.0.0.1:1 joined (3 here)");
+        assert_eq!(presence_notice("127.0.0.1:2", false, 2), "* 127.0.0.1:2 left (2 here)");
+        assert_eq!(who_notice(&["a@1".into(), "b@2".into()]), "* 2 here: a@1, b@2");
     }
 
     #[test]
