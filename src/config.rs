@@ -85,6 +85,16 @@ pub struct ClientConfig {
     pub token: Option<Secret>,
     /// How `wss://` servers are verified; `None` uses the bundled web PKI roots.
     pub tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
+    /// Sent as the `name` query parameter, so the server tags us `name@address`.
+    pub name: Option<String>,
+    /// Whether to colour sender tags and notices with ANSI escape codes.
+    pub color: bool,
+    /// Whether to connect again when the server is not up or the connection is lost.
+    pub reconnect: bool,
+    /// The first wait before connecting again; it doubles with each failed attempt.
+    pub reconnect_min: Duration,
+    /// The longest wait before connecting again.
+    pub reconnect_max: Duration,
 }
 
 impl ClientConfig {
@@ -96,6 +106,11 @@ impl ClientConfig {
             close_timeout: Duration::from_secs(1),
             token: None,
             tls: None,
+            name: None,
+            color: false,
+            reconnect: false,
+            reconnect_min: Duration::from_millis(500),
+            reconnect_max: Duration::from_secs(30),
         }
     }
 }

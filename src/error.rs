@@ -42,12 +42,14 @@ pub enum Error {
 
     /// The server answered the upgrade request with an HTTP status instead of
     /// switching to WebSocket.
-    #[error("cannot connect to {url}: the server refused the upgrade with HTTP {status} ({})", refusal_hint(*status))]
+    #[error("cannot connect to {url}: the server refused the upgrade with HTTP {status}{}", refusal_detail(*status, reason.as_deref()))]
     Refused {
         /// The URL the client tried.
         url: String,
         /// The HTTP status code of the answer.
         status: u16,
+        /// The one-line reason the server gave in the body, if any.
+        reason: Option<String>,
     },
 
     /// The WebSocket handshake failed for another reason.
@@ -99,12 +101,20 @@ pub enum Error {
     Output(#[source] io::Error),
 }
 
-/// Says what an HTTP refusal of the upgrade most likely means.
-fn refusal_hint(status: u16) -> &'static str {
-    match status {
-        403 => "this origin is not allowed",
-        503 => "the server is full; try again later",
-        _ => "is it a broadcast-chat server, and is the path right?",
+/// What follows the status of a refused upgrade: the server's own reason when it
+/// gave one, with our hint for the statuses that have a specific one; the hint alone
+/// otherwise.
+fn refusal_detail(status: u16, reason: Option<&str>) -> String {
+    let hint = match status {
+        403 => Some("this origin is not allowed"),
+        503 => Some("the server is full; try again later"),
+        _ => None,
+    };
+    match (hint, reason) {
+        (Some(hint), Some(reason)) => format!(" ({hint}): {reason}"),
+        (None, Some(reason)) => format!(": {reason}"),
+        (Some(hint), None) => format!(" ({hint})"),
+        (None, None) => " (is it a broadcast-chat server, and is the path right?)".to_owned(),
     }
 }
 

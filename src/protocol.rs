@@ -24,6 +24,18 @@ pub const NAME_PARAM: &str = "name";
 /// The text a client sends to ask who is in its room; the answer goes to it alone.
 pub const WHO_COMMAND: &str = "/who";
 
+/// The GUID that RFC 6455 appends to the client's key before hashing.
+const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// The `Sec-WebSocket-Accept` value that answers a `Sec-WebSocket-Key` (RFC 6455).
+pub fn accept_key(key: &str) -> String {
+    use base64::{Engine, engine::general_purpose::STANDARD};
+    let mut sha = sha1_smol::Sha1::new();
+    sha.update(key.as_bytes());
+    sha.update(WS_GUID.as_bytes());
+    STANDARD.encode(sha.digest().bytes())
+}
+
 /// Tags a message with its sender's address, exactly as `format!("{addr:?}: {text:?}")`
 /// writes it: `127.0.0.1:53422: "hello"`. The Debug quoting escapes control
 /// characters, so no terminal escape sequence reaches other people's terminals.
@@ -245,6 +257,14 @@ mod tests {
         assert_eq!(presence_notice("alice@127.0.0.1:1", true, 3), "* alice@127.0.0.1:1 joined (3 here)");
         assert_eq!(presence_notice("127.0.0.1:2", false, 2), "* 127.0.0.1:2 left (2 here)");
         assert_eq!(who_notice(&["a@1".into(), "b@2".into()]), "* 2 here: a@1, b@2");
+    }
+
+    #[test]
+    fn accept_key_matches_the_rfc_example() {
+        assert_eq!(
+            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 
     #[test]

@@ -1,11 +1,12 @@
-//! `client`: parse flags, connect, chat between stdin and stdout, map the ending to
-//! an exit code.
+//! `client`: parse flags, pick the terminal or the plain line mode, chat, map the
+//! ending to an exit code.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use broadcast_chat::client::{self, Ending};
-use broadcast_chat::{ClientConfig, DEFAULT_URL, Secret, tls};
+use broadcast_chat::client::{self, Ending, Terminal};
+use broadcast_chat::{ClientConfig, DEFAULT_URL, Secret, protocol, tls};
 use clap::Parser;
 
 /// A terminal client for the broadcast chat: sends each line of input, prints each
@@ -23,11 +24,24 @@ struct Cli {
     /// (for a private CA or a self-signed server certificate).
     #[arg(long, value_name = "FILE")]
     ca: Option<PathBuf>,
+    /// Your name in the chat (1 to 32 letters, digits, '-', '_' or '.'): the server
+    /// tags your messages NAME@address.
+    #[arg(long, env = "CHAT_NAME", value_parser = parse_name)]
+    name: Option<String>,
+    /// Keep trying when the server is not up or the connection is lost, waiting
+    /// from 0.5 s up to 30 s between attempts.
+    #[arg(long)]
+    reconnect: bool,
 }
 
 /// Validates the URL at parse time, so a bad one is a usage error (exit 2).
 fn parse_url(url: &str) -> Result<http::Uri, String> {
     client::parse_url(url).map_err(|e| e.to_string())
+}
+
+/// Validates the name at parse time, so a bad one is a usage error (exit 2).
+fn parse_name(name: &str) -> Result<String, String> {
+    protocol::check_name(name).map(|()| name.to_owned())
 }
 
 impl Cli {
@@ -37,6 +51,12 @@ impl Cli {
         if let Some(ca) = &self.ca {
             config.tls = Some(tls::client_config(Some(ca))?);
         }
+        config.name = self.name;
+        config.reconnect = self.reconnect;
+        config.color = client::use_color(
+            std::io::stdout().is_terminal(),
+            std::env::var_os("NO_COLOR").as_deref(),
+        );
         Ok(config)
     }
 }
@@ -50,34 +70,33 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let ws = match client::connect(&config).await {
-        Ok(ws) => ws,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     let quit = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    match client::run(
-        ws,
-        &config,
-        client::stdin_lines(),
-        tokio::io::stdout(),
-        quit,
-    )
-    .await
-    {
+    // The prompt needs a terminal on both sides; anything else gets plain lines.
+    let terminal = if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
+        Terminal::start("> ").ok()
+    } else {
+        None
+    };
+    let ending = match terminal {
+        Some((terminal, input)) => {
+            let report = |event: client::Event| terminal.print(&event.to_string());
+            let ending = client::chat(&config, input, terminal.output(), quit, report).await;
+            // Give the terminal back before printing how the chat ended.
+            terminal.close().await;
+            ending
+        }
+        None => {
+            let report = |event: client::Event| eprintln!("{event}");
+            let input = client::stdin_lines();
+            client::chat(&config, input, tokio::io::stdout(), quit, report).await
+        }
+    };
+    match ending {
         Ok(Ending::InputClosed) => ExitCode::SUCCESS,
-        Ok(Ending::ServerClosed { code, reason }) => {
-            let code = code.map_or_else(|| "no code".to_owned(), |c| c.to_string());
-            let reason = if reason.is_empty() {
-                String::new()
-            } else {
-                format!(" ({reason})")
-            };
-            eprintln!("the server closed the connection: {code}{reason}");
+        Ok(ending @ Ending::ServerClosed { .. }) => {
+            eprintln!("{ending}");
             ExitCode::SUCCESS
         }
         Err(e) => {
