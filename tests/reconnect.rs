@@ -1,0 +1,108 @@
+//! `client --reconnect`: it waits for a server that is not up yet, comes back after
+//! a restart with what was typed meanwhile, and still exits 0 at once when asked.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[tokio::test]
+async fn reconnects_across_a_server_restart_and_sends_what_was_typed_meanwhile() {
+    let port = free_port();
+    let server = Server::start_at(port, &[]).await;
+    let url = server.url();
+    let mut client = Client::start(&["--url", &url, "--reconnect", "--name", "alice"]);
+    client.stdout.wait_for("Welcome").await;
+
+    signal(server.child_ref(), "KILL");
+    drop(server);
+    let retry = client.stderr.wait_for("reconnecting in").await;
+    assert!(
+        retry.starts_with(&format!("connection to {url} lost: ")),
+        "{retry}"
+    );
+    assert!(retry.ends_with(" s"), "{retry}");
+    client.send_line("typed while away").await;
+
+    let server = Server::start_at(port, &[]).await;
+    client
+        .stderr
+        .wait_for(&format!("reconnected to {url}"))
+        .await;
+    client.stdout.wait_for_count("Welcome", 2).await;
+    // The line typed while away went out on the new connection: the server echoes it.
+    client.stdout.wait_for("\"typed while away\"").await;
+
+    let mut other = connect(&server.url()).await;
+    server.stderr.wait_for_count("connected", 2).await;
+    client.send_line("typed now").await;
+    let line = loop {
+        let line = recv_text(&mut other).await;
+        if !line.starts_with("* ") {
+            break line;
+        }
+    };
+    assert!(line.ends_with(": \"typed now\""), "{line}");
+
+    client.close_stdin();
+    assert_eq!(client.wait().await.code(), Some(0));
+}
+
+#[tokio::test]
+async fn waits_for_a_server_that_is_not_up_yet() {
+    let port = free_port();
+    let url = format!("ws://127.0.0.1:{port}");
+    let mut client = Client::start(&["--url", &url, "--reconnect"]);
+    let retry = client.stderr.wait_for("retrying in").await;
+    assert!(
+        retry.starts_with(&format!("cannot connect to {url}: connection refused")),
+        "{retry}"
+    );
+
+    let server = Server::start_at(port, &[]).await;
+    client.stderr.wait_for(&format!("connected to {url}")).await;
+    client.stdout.wait_for("Welcome").await;
+    let mut other = connect(&server.url()).await;
+    server.stderr.wait_for_count("connected", 2).await;
+    client.send_line("made it").await;
+    assert!(recv_text(&mut other).await.ends_with(": \"made it\""));
+
+    client.close_stdin();
+    assert_eq!(client.wait().await.code(), Some(0));
+}
+
+#[tokio::test]
+async fn input_end_or_ctrl_c_while_waiting_exits_zero_at_once() {
+    let url = format!("ws://127.0.0.1:{}", free_port());
+    for stop in ["input end", "SIGINT"] {
+        let mut client = Client::start(&["--url", &url, "--reconnect"]);
+        // After a few attempts the wait is seconds long.
+        client.stderr.wait_for_count("retrying in", 3).await;
+        let asked = Instant::now();
+        match stop {
+            "input end" => client.close_stdin(),
+            _ => signal(&client.child, "INT"),
+        }
+        assert_eq!(client.wait().await.code(), Some(0), "{stop}");
+        assert!(
+            asked.elapsed() < Duration::from_millis(1500),
+            "{stop}: {:?}",
+            asked.elapsed()
+        );
+    }
+}
+
+#[tokio::test]
+async fn without_the_flag_a_restart_ends_the_client() {
+    let server = Server::start(&[]).await;
+    let mut client = Client::start(&["--url", &server.url()]);
+    client.stdout.wait_for("Welcome").await;
+    signal(server.child_ref(), "KILL");
+    assert_eq!(client.wait().await.code(), Some(1));
+    let stderr = client.stderr.complete().await;
+    assert!(
+        !stderr.iter().any(|l| l.contains("reconnecting")),
+        "{stderr:?}"
+    );
+}
