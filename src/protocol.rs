@@ -220,9 +220,18 @@ mod tests {
     #[test]
     fn named_senders_are_tagged_name_at_address() {
         let alice = sender(Some("alice"), addr());
-        assert_eq!(tag_from(&alice, "hello"), r#"alice@127.0.0.1:53422: "hello""#);
-        assert_eq!(tag_from(&sender(None, addr()), "hello"), tag(addr(), "hello"));
-        assert_eq!(untag(&tag_from(&alice, "a: \"b\"")), Some(("alice@127.0.0.1:53422", "a: \"b\"".into())));
+        assert_eq!(
+            tag_from(&alice, "hello"),
+            r#"alice@127.0.0.1:53422: "hello""#
+        );
+        assert_eq!(
+            tag_from(&sender(None, addr()), "hello"),
+            tag(addr(), "hello")
+        );
+        assert_eq!(
+            untag(&tag_from(&alice, "a: \"b\"")),
+            Some(("alice@127.0.0.1:53422", "a: \"b\"".into()))
+        );
     }
 
     #[test]
@@ -230,9 +239,20 @@ mod tests {
         for good in ["alice", "a", "Bob_2", "x.y-z", &"n".repeat(32)] {
             assert_eq!(check_name(good), Ok(()), "{good}");
         }
-        for bad in ["", "al ice", "alice!", "ünï", "a/b", "\u{1b}[31m", &"n".repeat(33)] {
+        for bad in [
+            "",
+            "al ice",
+            "alice!",
+            "ünï",
+            "a/b",
+            "\u{1b}[31m",
+            &"n".repeat(33),
+        ] {
             let err = check_name(bad).expect_err(bad);
-            assert!(err.contains("use 1 to 32 letters, digits, '-', '_' or '.'"), "{err}");
+            assert!(
+                err.contains("use 1 to 32 letters, digits, '-', '_' or '.'"),
+                "{err}"
+            );
         }
     }
 
@@ -241,7 +261,11 @@ mod tests {
         assert_eq!(room_from_path("/"), Ok(""));
         assert_eq!(room_from_path("/rust"), Ok("rust"));
         assert_eq!(room_from_path("/rust/"), Ok("rust"));
-        assert!(room_from_path("/a/b").expect_err("nested").starts_with("invalid room name"));
+        assert!(
+            room_from_path("/a/b")
+                .expect_err("nested")
+                .starts_with("invalid room name")
+        );
     }
 
     #[test]
@@ -254,9 +278,18 @@ mod tests {
 
     #[test]
     fn presence_and_who_notices() {
-        assert_eq!(presence_notice("alice@127.0.0.1:1", true, 3), "* alice@127.0.0.1:1 joined (3 here)");
-        assert_eq!(presence_notice("127.0.0.1:2", false, 2), "* 127.0.0.1:2 left (2 here)");
-        assert_eq!(who_notice(&["a@1".into(), "b@2".into()]), "* 2 here: a@1, b@2");
+        assert_eq!(
+            presence_notice("alice@127.0.0.1:1", true, 3),
+            "* alice@127.0.0.1:1 joined (3 here)"
+        );
+        assert_eq!(
+            presence_notice("127.0.0.1:2", false, 2),
+            "* 127.0.0.1:2 left (2 here)"
+        );
+        assert_eq!(
+            who_notice(&["a@1".into(), "b@2".into()]),
+            "* 2 here: a@1, b@2"
+        );
     }
 
     #[test]

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
+use std::process::Stdio;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use std::process::Stdio;
 
 use tokio::process::Command;
 use tokio::time::timeout;
@@ -19,14 +19,29 @@ use tokio_websockets::{ClientBuilder, Message};
 async fn token_is_required_and_checked() {
     let mut server = Server::start(&["--token", "s3cret-token"]).await;
     let addr = server.addr();
-    assert!(upgrade_status(addr, "/", "").await.starts_with("HTTP/1.1 401"));
-    assert!(upgrade_status(addr, "/", "Authorization: Bearer wrong\r\n").await.starts_with("HTTP/1.1 401"));
-    assert!(upgrade_status(addr, "/", "Authorization: Bearer s3cret-token\r\n").await.starts_with("HTTP/1.1 101"));
+    assert!(
+        upgrade_status(addr, "/", "")
+            .await
+            .starts_with("HTTP/1.1 401")
+    );
+    assert!(
+        upgrade_status(addr, "/", "Authorization: Bearer wrong\r\n")
+            .await
+            .starts_with("HTTP/1.1 401")
+    );
+    assert!(
+        upgrade_status(addr, "/", "Authorization: Bearer s3cret-token\r\n")
+            .await
+            .starts_with("HTTP/1.1 101")
+    );
 
     let url = server.url();
     let mut wrong = Client::start(&["--url", &url, "--token", "guess"]);
     assert_eq!(wrong.wait().await.code(), Some(1));
-    assert_eq!(wrong.stderr.complete().await, ["error: the server refused the token (401)"]);
+    assert_eq!(
+        wrong.stderr.complete().await,
+        ["error: the server refused the token (401)"]
+    );
 
     let mut none = Client::start(&["--url", &url]);
     assert_eq!(none.wait().await.code(), Some(1));
@@ -36,32 +51,72 @@ async fn token_is_required_and_checked() {
     );
 
     let mut right = Client::start_with_env(&["--url", &url], &[("CHAT_TOKEN", "s3cret-token")]);
-    right.stdout.wait_for("From server: Welcome to chat! Type a message").await;
+    right
+        .stdout
+        .wait_for("From server: Welcome to chat! Type a message")
+        .await;
     right.close_stdin();
     assert_eq!(right.wait().await.code(), Some(0));
 
     server.terminate();
     assert_eq!(server.wait().await.code(), Some(0));
     let log = server.stderr.complete().await;
-    assert!(log.iter().any(|l| l.contains("refused") && l.contains("401")), "{log:#?}");
-    assert!(!log.iter().any(|l| l.contains("s3cret")), "the token leaked into the log");
+    assert!(
+        log.iter()
+            .any(|l| l.contains("refused") && l.contains("401")),
+        "{log:#?}"
+    );
+    assert!(
+        !log.iter().any(|l| l.contains("s3cret")),
+        "the token leaked into the log"
+    );
 }
 
 #[tokio::test]
 async fn token_from_the_environment_protects_the_server() {
     let server = Server::start_with_env(&[], &[("CHAT_TOKEN", "from-env")]).await;
-    assert!(upgrade_status(server.addr(), "/", "").await.starts_with("HTTP/1.1 401"));
-    assert!(upgrade_status(server.addr(), "/", "Authorization: Bearer from-env\r\n").await.starts_with("HTTP/1.1 101"));
+    assert!(
+        upgrade_status(server.addr(), "/", "")
+            .await
+            .starts_with("HTTP/1.1 401")
+    );
+    assert!(
+        upgrade_status(server.addr(), "/", "Authorization: Bearer from-env\r\n")
+            .await
+            .starts_with("HTTP/1.1 101")
+    );
 }
 
 #[tokio::test]
 async fn origins_not_allowed_get_403_and_clients_without_origin_are_unaffected() {
-    let server = Server::start(&["--allow-origin", "https://chat.example", "--allow-origin", "http://localhost:8080"]).await;
+    let server = Server::start(&[
+        "--allow-origin",
+        "https://chat.example",
+        "--allow-origin",
+        "http://localhost:8080",
+    ])
+    .await;
     let addr = server.addr();
-    assert!(upgrade_status(addr, "/", "Origin: https://evil.example\r\n").await.starts_with("HTTP/1.1 403"));
-    assert!(upgrade_status(addr, "/", "Origin: https://chat.example\r\n").await.starts_with("HTTP/1.1 101"));
-    assert!(upgrade_status(addr, "/", "Origin: http://localhost:8080\r\n").await.starts_with("HTTP/1.1 101"));
-    assert!(upgrade_status(addr, "/", "").await.starts_with("HTTP/1.1 101"));
+    assert!(
+        upgrade_status(addr, "/", "Origin: https://evil.example\r\n")
+            .await
+            .starts_with("HTTP/1.1 403")
+    );
+    assert!(
+        upgrade_status(addr, "/", "Origin: https://chat.example\r\n")
+            .await
+            .starts_with("HTTP/1.1 101")
+    );
+    assert!(
+        upgrade_status(addr, "/", "Origin: http://localhost:8080\r\n")
+            .await
+            .starts_with("HTTP/1.1 101")
+    );
+    assert!(
+        upgrade_status(addr, "/", "")
+            .await
+            .starts_with("HTTP/1.1 101")
+    );
 }
 
 #[tokio::test]
@@ -71,12 +126,19 @@ async fn one_over_max_connections_gets_503_and_the_others_stay() {
     let mut bob = connect(&server.url()).await;
     let _carol = connect(&server.url()).await;
 
-    assert!(upgrade_status(server.addr(), "/", "").await.starts_with("HTTP/1.1 503"));
+    assert!(
+        upgrade_status(server.addr(), "/", "")
+            .await
+            .starts_with("HTTP/1.1 503")
+    );
     let mut client = Client::start(&["--url", &server.url()]);
     assert_eq!(client.wait().await.code(), Some(1));
     let stderr = client.stderr.complete().await;
     assert_eq!(stderr.len(), 1, "{stderr:?}");
-    assert!(stderr[0].contains("HTTP 503 (the server is full; try again later)"), "{stderr:?}");
+    assert!(
+        stderr[0].contains("HTTP 503 (the server is full; try again later)"),
+        "{stderr:?}"
+    );
 
     send(&mut alice, "still fine").await;
     assert_eq!(recv_text(&mut bob).await, tagged(&alice, "still fine"));
@@ -84,7 +146,15 @@ async fn one_over_max_connections_gets_503_and_the_others_stay() {
 
 #[tokio::test]
 async fn flooding_client_gets_notices_then_1008_and_others_keep_their_latency() {
-    let server = Server::start(&["--max-rate", "5", "--max-burst", "5", "--flood-timeout", "1s"]).await;
+    let server = Server::start(&[
+        "--max-rate",
+        "5",
+        "--max-burst",
+        "5",
+        "--flood-timeout",
+        "1s",
+    ])
+    .await;
     let mut flooder = connect(&server.url()).await;
     let flooder_tag = format!("{:?}: ", local_addr(&flooder));
     let bystander = connect(&server.url()).await;
@@ -141,14 +211,29 @@ async fn flooding_client_gets_notices_then_1008_and_others_keep_their_latency() 
         slowest = slowest.max(sent.elapsed());
     }
 
-    let (notices, close) = timeout(WAIT, flood).await.expect("flooder closed in time").expect("flood task");
-    assert_eq!(close, Some((1008, "too many messages for too long".to_owned())));
+    let (notices, close) = timeout(WAIT, flood)
+        .await
+        .expect("flooder closed in time")
+        .expect("flood task");
+    assert_eq!(
+        close,
+        Some((1008, "too many messages for too long".to_owned()))
+    );
     assert!(!notices.is_empty(), "no slow-down notice");
     assert!(notices[0].starts_with("* slow down: "), "{notices:?}");
-    assert!(notices[0].ends_with("dropped (the limit is 5 per second)"), "{notices:?}");
+    assert!(
+        notices[0].ends_with("dropped (the limit is 5 per second)"),
+        "{notices:?}"
+    );
     // Only the burst and the rate got through: far fewer than were sent.
-    assert!(flood_seen <= 5 + 5 * 3, "{flood_seen} flood messages got through");
-    assert!(slowest < Duration::from_secs(1), "a bystander's round trip took {slowest:?}");
+    assert!(
+        flood_seen <= 5 + 5 * 3,
+        "{flood_seen} flood messages got through"
+    );
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a bystander's round trip took {slowest:?}"
+    );
 }
 
 #[tokio::test]
@@ -176,7 +261,9 @@ async fn churn_of_a_thousand_connections_costs_the_chatters_nothing() {
                     // Half a handshake, then vanish.
                     1 => {
                         if let Ok(mut tcp) = TcpStream::connect(addr).await {
-                            let _ = tcp.write_all(b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n").await;
+                            let _ = tcp
+                                .write_all(b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n")
+                                .await;
                         }
                     }
                     // A real client that says a few things and drops the connection.
@@ -203,7 +290,9 @@ async fn churn_of_a_thousand_connections_costs_the_chatters_nothing() {
     // Alice talks steadily through the churn; Bob must hear every word, in order.
     let mut sent = 0;
     while !churn.is_finished() || sent < 50 {
-        alice_tx.send(format!("steady {sent}")).expect("alice alive");
+        alice_tx
+            .send(format!("steady {sent}"))
+            .expect("alice alive");
         sent += 1;
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -211,7 +300,11 @@ async fn churn_of_a_thousand_connections_costs_the_chatters_nothing() {
     while heard < sent {
         let line = next(&mut bob_rx).await;
         if line.starts_with(&alice_tag) {
-            assert_eq!(line, format!("{alice_tag}\"steady {heard}\""), "bob missed a message");
+            assert_eq!(
+                line,
+                format!("{alice_tag}\"steady {heard}\""),
+                "bob missed a message"
+            );
             heard += 1;
         }
     }
@@ -228,18 +321,27 @@ async fn churn_of_a_thousand_connections_costs_the_chatters_nothing() {
         }
     })
     .await;
-    assert!(settled.is_ok(), "open connections never returned to 2: {}", open_connections(addr).await);
+    assert!(
+        settled.is_ok(),
+        "open connections never returned to 2: {}",
+        open_connections(addr).await
+    );
 }
 
 #[tokio::test]
 async fn stuck_client_costs_bounded_memory_and_is_dropped() {
-    let server = Server::start(&["--buffer", "64", "--write-timeout", "5s", "--max-rate", "0"]).await;
+    let server =
+        Server::start(&["--buffer", "64", "--write-timeout", "5s", "--max-rate", "0"]).await;
     let stuck = {
         let socket = tokio::net::TcpSocket::new_v4().expect("socket");
         socket.set_recv_buffer_size(4096).expect("rcvbuf");
         let tcp = socket.connect(server.addr()).await.expect("connect");
         let uri: http::Uri = server.url().parse().expect("url");
-        ClientBuilder::from_uri(uri).connect_on(tcp).await.expect("upgrade").0
+        ClientBuilder::from_uri(uri)
+            .connect_on(tcp)
+            .await
+            .expect("upgrade")
+            .0
     };
     let mut sender = connect(&server.url()).await;
     let before = rss_kb(server.pid());
@@ -254,19 +356,27 @@ async fn stuck_client_costs_bounded_memory_and_is_dropped() {
     }
     let grown = rss_kb(server.pid()).saturating_sub(before);
     // The channel holds 64 messages (2 MiB); the stuck session at most its write buffer.
-    assert!(grown < 16 * 1024, "server memory grew by {grown} kB while 32 MiB went past a stuck client");
+    assert!(
+        grown < 16 * 1024,
+        "server memory grew by {grown} kB while 32 MiB went past a stuck client"
+    );
 
     server.stderr.wait_for("write timed out").await;
-    assert!(started.elapsed() < Duration::from_secs(5) + WAIT, "dropped too late");
+    assert!(
+        started.elapsed() < Duration::from_secs(5) + WAIT,
+        "dropped too late"
+    );
     drop(stuck);
 }
 
 /// A self-signed certificate for `localhost`, written as PEM files; returns the
 /// certificate's and the key's paths.
 fn self_signed(name: &str) -> (String, String) {
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("tls-{name}-{}", std::process::id()));
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("tls-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("create temp dir");
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("generate certificate");
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+        .expect("generate certificate");
     let cert = dir.join("cert.pem");
     let key = dir.join("key.pem");
     std::fs::write(&cert, certified.cert.pem()).expect("write cert");
@@ -282,8 +392,13 @@ async fn chat_works_end_to_end_over_wss_with_the_right_ca() {
 
     let mut alice = Client::start(&["--url", &url, "--ca", &cert]);
     let mut bob = Client::start(&["--url", &url, "--ca", &cert]);
-    alice.stdout.wait_for("From server: Welcome to chat! Type a message").await;
-    bob.stdout.wait_for("From server: Welcome to chat! Type a message").await;
+    alice
+        .stdout
+        .wait_for("From server: Welcome to chat! Type a message")
+        .await;
+    bob.stdout
+        .wait_for("From server: Welcome to chat! Type a message")
+        .await;
     server.stderr.wait_for_count("connected", 2).await;
     alice.send_line("over tls").await;
     let line = bob.stdout.wait_for("\"over tls\"").await;
@@ -306,10 +421,15 @@ async fn client_without_the_ca_is_refused_with_one_line() {
     let stderr = client.stderr.complete().await;
     assert_eq!(stderr.len(), 1, "{stderr:?}");
     assert!(
-        stderr[0].starts_with(&format!("error: cannot connect to {url}: TLS handshake failed: invalid peer certificate")),
+        stderr[0].starts_with(&format!(
+            "error: cannot connect to {url}: TLS handshake failed: invalid peer certificate"
+        )),
         "{stderr:?}"
     );
-    assert!(stderr[0].ends_with("(pass --ca FILE to trust a private CA or a self-signed certificate)"), "{stderr:?}");
+    assert!(
+        stderr[0].ends_with("(pass --ca FILE to trust a private CA or a self-signed certificate)"),
+        "{stderr:?}"
+    );
 }
 
 #[tokio::test]
@@ -321,7 +441,10 @@ async fn wss_url_never_falls_back_to_plain_text() {
     let stderr = client.stderr.complete().await;
     assert_eq!(stderr.len(), 1, "{stderr:?}");
     assert!(stderr[0].contains("TLS handshake failed"), "{stderr:?}");
-    assert!(client.stdout.complete().await.is_empty(), "the client chatted in plain text");
+    assert!(
+        client.stdout.complete().await.is_empty(),
+        "the client chatted in plain text"
+    );
 }
 
 #[tokio::test]
@@ -335,15 +458,28 @@ async fn plain_client_cannot_talk_to_a_tls_server() {
 
 #[tokio::test]
 async fn bad_certificate_files_are_a_one_line_error() {
-    let mut server = Command::new(env!("CARGO_BIN_EXE_server"))
-        .args(["--port", "0", "--tls-cert", "/nonexistent/cert.pem", "--tls-key", "/nonexistent/key.pem"])
+    let server = Command::new(env!("CARGO_BIN_EXE_server"))
+        .args([
+            "--port",
+            "0",
+            "--tls-cert",
+            "/nonexistent/cert.pem",
+            "--tls-key",
+            "/nonexistent/key.pem",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn server");
-    let output = timeout(WAIT, server.wait_with_output()).await.expect("exit in time").expect("output");
+    let output = timeout(WAIT, server.wait_with_output())
+        .await
+        .expect("exit in time")
+        .expect("output");
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.starts_with("error: cannot load TLS certificate /nonexistent/cert.pem: "), "{stderr}");
+    assert!(
+        stderr.starts_with("error: cannot load TLS certificate /nonexistent/cert.pem: "),
+        "{stderr}"
+    );
 }

@@ -427,12 +427,17 @@ pub fn free_port() -> u16 {
 /// over plain TCP and returns the status line of the answer.
 pub async fn upgrade_status(addr: SocketAddr, path: &str, extra_headers: &str) -> String {
     use tokio::io::AsyncReadExt;
-    let mut tcp = timeout(WAIT, TcpStream::connect(addr)).await.expect("connect in time").expect("connect");
+    let mut tcp = timeout(WAIT, TcpStream::connect(addr))
+        .await
+        .expect("connect in time")
+        .expect("connect");
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra_headers}\r\n"
     );
-    tcp.write_all(request.as_bytes()).await.expect("write request");
+    tcp.write_all(request.as_bytes())
+        .await
+        .expect("write request");
     let mut head = Vec::new();
     timeout(WAIT, async {
         let mut byte = [0u8; 1];
@@ -448,10 +453,18 @@ pub async fn upgrade_status(addr: SocketAddr, path: &str, extra_headers: &str) -
 /// The server's open connections, from its health check.
 pub async fn open_connections(addr: SocketAddr) -> usize {
     use tokio::io::AsyncReadExt;
-    let mut tcp = timeout(WAIT, TcpStream::connect(addr)).await.expect("connect in time").expect("connect");
-    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").await.expect("write");
+    let mut tcp = timeout(WAIT, TcpStream::connect(addr))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("write");
     let mut answer = String::new();
-    timeout(WAIT, tcp.read_to_string(&mut answer)).await.expect("answer in time").expect("read");
+    timeout(WAIT, tcp.read_to_string(&mut answer))
+        .await
+        .expect("answer in time")
+        .expect("read");
     let body = answer.split("\r\n\r\n").nth(1).expect("a body");
     body.split("\"connections\":")
         .nth(1)
