@@ -47,15 +47,20 @@ pub(crate) async fn run(
     let Some(tls) = shared.tls.clone() else {
         return serve(tcp, addr, &guard, &shutdown, deadline).await;
     };
-    let accepted = tokio::select! {
-        () = shutdown.cancelled() => return,
-        accepted = timeout_at(deadline, tls.accept(tcp)) => accepted,
-    };
-    match accepted {
-        Ok(Ok(stream)) => serve(stream, addr, &guard, &shutdown, deadline).await,
-        Ok(Err(e)) => debug!(%addr, error = %e, "TLS handshake failed"),
-        Err(_) => info!(%addr, "handshake timed out"),
-    }
+    // Boxed: a TLS session's state is several kB, and every plain connection's
+    // task would otherwise reserve room for it.
+    Box::pin(async move {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = timeout_at(deadline, tls.accept(tcp)) => accepted,
+        };
+        match accepted {
+            Ok(Ok(stream)) => serve(stream, addr, &guard, &shutdown, deadline).await,
+            Ok(Err(e)) => debug!(%addr, error = %e, "TLS handshake failed"),
+            Err(_) => info!(%addr, "handshake timed out"),
+        }
+    })
+    .await;
 }
 
 /// The upgrade (finished by `deadline`), then the chat, then the close.
@@ -68,49 +73,22 @@ async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let shared = guard.shared();
-    let config = &shared.config;
-
-    let upgrade = async {
-        let request = match handshake::read_request(&mut stream).await? {
-            Incoming::Upgrade(request) => request,
-            Incoming::Health => return Err(Failure::Refused(health(guard))),
-        };
-        admit(&request, config).map_err(Failure::Refused)?;
-        handshake::accept(&mut stream, &request).await?;
-        Ok::<_, Failure>(request)
-    };
-    let outcome = tokio::select! {
-        () = shutdown.cancelled() => return,
-        outcome = timeout_at(deadline, upgrade) => outcome,
-    };
-    let request = match outcome {
-        Ok(Ok(request)) => request,
-        Ok(Err(Failure::Refused(reply))) => {
-            if reply.status.is_success() {
-                debug!(%addr, "health check");
-            } else {
-                info!(%addr, status = reply.status.as_u16(), reason = %reply.reason, "refused");
-            }
-            let _ = timeout(config.close_timeout, handshake::reject(&mut stream, &reply)).await;
-            return;
-        }
-        Ok(Err(Failure::Io(e))) => {
-            debug!(%addr, error = %e, "handshake failed");
-            return;
-        }
-        Err(_) => {
-            info!(%addr, "handshake timed out");
-            return;
-        }
+    let config = &guard.shared().config;
+    // Boxed so that the handshake's buffers and timer are freed once it is done
+    // instead of taking room in the task for the whole session.
+    let upgraded = Box::pin(upgrade(&mut stream, addr, guard, shutdown, deadline)).await;
+    let Some(request) = upgraded else {
+        return;
     };
 
     let mut ws = ServerBuilder::new()
         .limits(Limits::default().max_payload_len(Some(config.max_message_size)))
         .serve(stream);
     // Subscribe before greeting: everything published from here on reaches us.
-    let mut rx = shared.hub.subscribe();
+    let mut rx = guard.shared().hub.subscribe();
     info!(%addr, path = %request.path, clients = guard.open(), "connected");
+    // Nothing else needs the request: free its headers now, not at the end of the session.
+    drop(request);
 
     let end = match timeout(
         config.write_timeout,
@@ -131,6 +109,54 @@ async fn serve<S>(
     };
     close(&mut ws, end, config.close_timeout).await;
     info!(%addr, reason, clients = guard.open() - 1, "disconnected");
+}
+
+/// Reads and answers the upgrade request by `deadline`. `None` when the connection
+/// got an HTTP answer instead, or failed; either is logged here.
+async fn upgrade<S>(
+    stream: &mut S,
+    addr: SocketAddr,
+    guard: &ConnectionGuard,
+    shutdown: &CancellationToken,
+    deadline: Instant,
+) -> Option<UpgradeRequest>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let config = &guard.shared().config;
+    let upgrade = async {
+        let request = match handshake::read_request(&mut *stream).await? {
+            Incoming::Upgrade(request) => request,
+            Incoming::Health => return Err(Failure::Refused(health(guard))),
+        };
+        admit(&request, config).map_err(Failure::Refused)?;
+        handshake::accept(&mut *stream, &request).await?;
+        Ok::<_, Failure>(request)
+    };
+    let outcome = tokio::select! {
+        () = shutdown.cancelled() => return None,
+        outcome = timeout_at(deadline, upgrade) => outcome,
+    };
+    match outcome {
+        Ok(Ok(request)) => Some(request),
+        Ok(Err(Failure::Refused(reply))) => {
+            if reply.status.is_success() {
+                debug!(%addr, "health check");
+            } else {
+                info!(%addr, status = reply.status.as_u16(), reason = %reply.reason, "refused");
+            }
+            let _ = timeout(config.close_timeout, handshake::reject(stream, &reply)).await;
+            None
+        }
+        Ok(Err(Failure::Io(e))) => {
+            debug!(%addr, error = %e, "handshake failed");
+            None
+        }
+        Err(_) => {
+            info!(%addr, "handshake timed out");
+            None
+        }
+    }
 }
 
 /// Decides whether an upgrade request may join: the token, then the origin.
