@@ -17,16 +17,6 @@ use crate::handshake::{self, Reply};
 use crate::hub::Hub;
 use crate::{Error, Result, session};
 
-/// The process's allocator. Every WebSocket connection gets an 8 KiB read buffer
-/// from tokio-websockets that an idle client never fills; glibc's malloc writes
-/// chunk headers around it and so makes about half of it resident, jemalloc keeps
-/// its metadata apart and leaves it untouched (idle RSS per connection: 7 kB with
-/// glibc, 3 kB with jemalloc). It belongs in the server binary; it is here until
-/// it moves there, and the client and tests get it too meanwhile.
-#[cfg(not(target_env = "msvc"))]
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 /// Pause after an accept error such as running out of file descriptors, so the
 /// loop does not spin while the condition lasts.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
