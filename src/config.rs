@@ -49,6 +49,14 @@ pub struct ServerConfig {
     pub allowed_origins: Vec<String>,
     /// When set, connections are TLS (`wss://`).
     pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    /// Messages each room keeps and sends to newcomers after the welcome; 0 keeps none.
+    pub history: usize,
+    /// Most rooms at once; joining a new room beyond it gets HTTP 503.
+    pub max_rooms: usize,
+    /// Whether joins and leaves are announced to the room.
+    pub presence: bool,
+    /// Whether a sender is spared its own messages.
+    pub no_echo: bool,
 }
 
 impl Default for ServerConfig {
@@ -68,6 +76,10 @@ impl Default for ServerConfig {
             token: None,
             allowed_origins: Vec::new(),
             tls: None,
+            history: 0,
+            max_rooms: 100,
+            presence: false,
+            no_echo: false,
         }
     }
 }

@@ -25,8 +25,10 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 pub(crate) struct Shared {
     /// The limits and timeouts.
     pub(crate) config: ServerConfig,
-    /// The fan-out channel.
-    pub(crate) hub: Hub,
+    /// The rooms and their fan-out channels.
+    pub(crate) hub: Arc<Hub>,
+    /// The next connection id, which tells a session its own messages apart.
+    pub(crate) next_id: std::sync::atomic::AtomicU64,
     /// Accepts TLS connections when the server serves `wss://`.
     pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
     /// Open connections, counted from accept to the end of their task. Updated by
@@ -76,7 +78,13 @@ pub async fn run(
 ) -> Result<()> {
     let close_timeout = config.close_timeout;
     let shared = Arc::new(Shared {
-        hub: Hub::new(config.buffer),
+        hub: Arc::new(Hub::new(
+            config.buffer,
+            config.history,
+            config.max_rooms,
+            config.presence,
+        )),
+        next_id: std::sync::atomic::AtomicU64::new(crate::hub::SERVER + 1),
         tls: config.tls.clone().map(tokio_rustls::TlsAcceptor::from),
         config,
         connections: AtomicUsize::new(0),

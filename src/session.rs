@@ -3,6 +3,7 @@
 //! bounded close.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 
 use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
@@ -16,6 +17,7 @@ use tracing::{debug, info};
 
 use crate::config::ServerConfig;
 use crate::handshake::{self, Failure, Incoming, Reply, UpgradeRequest};
+use crate::hub::{Delivery, Joined, Membership, SenderId, TooManyRooms};
 use crate::limits::{RateLimit, Verdict};
 use crate::protocol;
 use crate::server::ConnectionGuard;
@@ -77,30 +79,45 @@ async fn serve<S>(
     // Boxed so that the handshake's buffers and timer are freed once it is done
     // instead of taking room in the task for the whole session.
     let upgraded = Box::pin(upgrade(&mut stream, addr, guard, shutdown, deadline)).await;
-    let Some(request) = upgraded else {
+    // Joined the room during the upgrade, so the receiver saw everything since.
+    let Some((
+        Joined {
+            membership,
+            mut rx,
+            history,
+        },
+        who,
+    )) = upgraded
+    else {
         return;
     };
 
     let mut ws = ServerBuilder::new()
         .limits(Limits::default().max_payload_len(Some(config.max_message_size)))
         .serve(stream);
-    // Subscribe before greeting: everything published from here on reaches us.
-    let mut rx = guard.shared().hub.subscribe();
-    info!(%addr, path = %request.path, clients = guard.open(), "connected");
-    // Nothing else needs the request: free its headers now, not at the end of the session.
-    drop(request);
+    info!(%addr, who, clients = guard.open(), "connected");
 
-    let end = match timeout(
-        config.write_timeout,
-        ws.send(Message::text(protocol::WELCOME)),
-    )
-    .await
-    {
-        Ok(Ok(())) => chat(&mut ws, &mut rx, addr, guard, shutdown).await,
+    // The welcome, then the room's history, then live traffic.
+    let greeting = async {
+        ws.feed(Message::text(protocol::WELCOME)).await?;
+        for message in history {
+            ws.feed(message).await?;
+        }
+        ws.flush().await
+    };
+    let end = match timeout(config.write_timeout, greeting).await {
+        Ok(Ok(())) => {
+            let member = Member {
+                membership: &membership,
+                who: &who,
+            };
+            chat(&mut ws, &mut rx, &member, guard, shutdown).await
+        }
         Ok(Err(_)) => End::Dropped("connection lost"),
         Err(_) => End::Dropped("write timed out"),
     };
     drop(rx);
+    drop(membership);
 
     let reason = match &end {
         End::Close(_, reason) | End::Dropped(reason) => (*reason).to_owned(),
@@ -111,34 +128,61 @@ async fn serve<S>(
     info!(%addr, reason, clients = guard.open() - 1, "disconnected");
 }
 
-/// Reads and answers the upgrade request by `deadline`. `None` when the connection
-/// got an HTTP answer instead, or failed; either is logged here.
+/// A session's identity in its room.
+struct Member<'a> {
+    /// Its place in the room, to publish and to list the room.
+    membership: &'a Membership,
+    /// How its messages are tagged: `alice@127.0.0.1:53422` or the address alone.
+    who: &'a str,
+}
+
+/// Reads and answers the upgrade request by `deadline`, joining the room it
+/// names. `None` when the connection got an HTTP answer instead, or failed;
+/// either is logged here.
 async fn upgrade<S>(
     stream: &mut S,
     addr: SocketAddr,
     guard: &ConnectionGuard,
     shutdown: &CancellationToken,
     deadline: Instant,
-) -> Option<UpgradeRequest>
+) -> Option<(Joined, String)>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let config = &guard.shared().config;
+    let shared = guard.shared();
+    let config = &shared.config;
     let upgrade = async {
         let request = match handshake::read_request(&mut *stream).await? {
             Incoming::Upgrade(request) => request,
             Incoming::Health => return Err(Failure::Refused(health(guard))),
         };
         admit(&request, config).map_err(Failure::Refused)?;
+        let bad_request = |reason| Failure::Refused(Reply::new(StatusCode::BAD_REQUEST, reason));
+        let room = protocol::room_from_path(&request.path).map_err(bad_request)?;
+        let name = protocol::name_from_query(request.query.as_deref());
+        if let Some(name) = name {
+            protocol::check_name(name).map_err(bad_request)?;
+        }
+        let who = protocol::sender(name, addr);
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let joined = shared
+            .hub
+            .join(room, id, who.clone())
+            .map_err(|TooManyRooms| {
+                Failure::Refused(Reply::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many rooms; join an existing one",
+                ))
+            })?;
         handshake::accept(&mut *stream, &request).await?;
-        Ok::<_, Failure>(request)
+        Ok::<_, Failure>((joined, who))
     };
     let outcome = tokio::select! {
         () = shutdown.cancelled() => return None,
         outcome = timeout_at(deadline, upgrade) => outcome,
     };
     match outcome {
-        Ok(Ok(request)) => Some(request),
+        Ok(Ok(joined)) => Some(joined),
         Ok(Err(Failure::Refused(reply))) => {
             if reply.status.is_success() {
                 debug!(%addr, "health check");
@@ -199,8 +243,8 @@ fn health(guard: &ConnectionGuard) -> Reply {
 /// The chat loop: the client's messages go to the hub, the hub's to the client.
 async fn chat<S>(
     ws: &mut WebSocketStream<S>,
-    rx: &mut broadcast::Receiver<Message>,
-    addr: SocketAddr,
+    rx: &mut broadcast::Receiver<Delivery>,
+    member: &Member<'_>,
     guard: &ConnectionGuard,
     shutdown: &CancellationToken,
 ) -> End
@@ -221,6 +265,8 @@ where
         config.flood_timeout,
         Instant::now(),
     );
+    // With no-echo, our own messages are left out of what we write.
+    let skip = config.no_echo.then(|| member.membership.id());
 
     loop {
         tokio::select! {
@@ -231,17 +277,23 @@ where
                 match frame {
                     Some(Ok(message)) => {
                         if let Some(text) = message.as_text() {
-                            match rate.check(Instant::now()) {
-                                Verdict::Pass => shared.hub.publish(Message::text(protocol::tag(addr, text))),
-                                Verdict::Drop(None) => {}
-                                Verdict::Drop(Some(notice)) => {
-                                    match timeout(config.write_timeout, ws.send(Message::text(notice))).await {
+                            let reply = match rate.check(Instant::now()) {
+                                Verdict::Pass if text == protocol::WHO_COMMAND => {
+                                    Some(protocol::who_notice(&member.membership.members()))
+                                }
+                                Verdict::Pass => {
+                                    member.membership.publish(Message::text(protocol::tag_from(member.who, text)));
+                                    None
+                                }
+                                Verdict::Drop(notice) => notice,
+                                Verdict::Close => return End::Close(CloseCode::POLICY_VIOLATION, protocol::REASON_FLOOD),
+                            };
+                            if let Some(reply) = reply {
+                                    match timeout(config.write_timeout, ws.send(Message::text(reply))).await {
                                         Ok(Ok(())) => {}
                                         Ok(Err(_)) => return End::Dropped("connection lost"),
                                         Err(_) => return End::Dropped("write timed out"),
                                     }
-                                }
-                                Verdict::Close => return End::Close(CloseCode::POLICY_VIOLATION, protocol::REASON_FLOOD),
                             }
                         } else if message.is_binary() {
                             return End::Close(CloseCode::UNSUPPORTED_DATA, protocol::REASON_BINARY);
@@ -256,11 +308,12 @@ where
             }
             received = rx.recv() => {
                 let first = match received {
-                    Ok(message) => message,
+                    Ok(delivery) if Some(delivery.from) == skip => continue,
+                    Ok(delivery) => delivery.message,
                     Err(RecvError::Lagged(missed)) => Message::text(protocol::missed_notice(missed)),
                     Err(RecvError::Closed) => return End::Close(CloseCode::GOING_AWAY, protocol::REASON_SHUTDOWN),
                 };
-                match timeout(config.write_timeout, write_batch(ws, rx, first, config.max_batch)).await {
+                match timeout(config.write_timeout, write_batch(ws, rx, first, config.max_batch, skip)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return End::Dropped("connection lost"),
                     Err(_) => return End::Dropped("write timed out"),
@@ -288,9 +341,10 @@ where
 /// messages) with one flush, so a burst costs one write, not one per message.
 async fn write_batch<S>(
     ws: &mut WebSocketStream<S>,
-    rx: &mut broadcast::Receiver<Message>,
+    rx: &mut broadcast::Receiver<Delivery>,
     first: Message,
     max_batch: usize,
+    skip: Option<SenderId>,
 ) -> Result<(), tokio_websockets::Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -298,7 +352,8 @@ where
     ws.feed(first).await?;
     for _ in 1..max_batch {
         let next = match rx.try_recv() {
-            Ok(message) => message,
+            Ok(delivery) if Some(delivery.from) == skip => continue,
+            Ok(delivery) => delivery.message,
             Err(TryRecvError::Lagged(missed)) => Message::text(protocol::missed_notice(missed)),
             Err(TryRecvError::Empty | TryRecvError::Closed) => break,
         };

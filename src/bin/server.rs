@@ -68,6 +68,19 @@ struct Cli {
     /// that send no Origin header are not affected.
     #[arg(long, value_name = "ORIGIN")]
     allow_origin: Vec<String>,
+    /// Messages each room keeps and sends to newcomers after the welcome (0: none).
+    #[arg(long, value_name = "MESSAGES", default_value_t = ServerConfig::default().history,
+          value_parser = clap::value_parser!(u32).range(0..=100_000).map(|n| n as usize))]
+    history: usize,
+    /// Most rooms at once (the URL path picks the room); a new room beyond it gets HTTP 503.
+    #[arg(long, value_name = "N", default_value_t = ServerConfig::default().max_rooms)]
+    max_rooms: usize,
+    /// Announce joins and leaves to the room: `* alice@127.0.0.1:53422 joined (3 here)`.
+    #[arg(long)]
+    presence: bool,
+    /// Do not send senders their own messages back.
+    #[arg(long)]
+    no_echo: bool,
     /// PEM certificate chain: serve wss:// (needs --tls-key).
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -109,6 +122,10 @@ impl Cli {
                 .map(Secret::new),
             allowed_origins: self.allow_origin.clone(),
             tls,
+            history: self.history,
+            max_rooms: self.max_rooms,
+            presence: self.presence,
+            no_echo: self.no_echo,
             ..ServerConfig::default()
         })
     }
