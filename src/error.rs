@@ -110,10 +110,10 @@ fn refusal_detail(status: u16, reason: Option<&str>) -> String {
         503 => Some("the server is full; try again later"),
         _ => None,
     };
-    match (hint, reason) {
-        (Some(hint), Some(reason)) => format!(" ({hint}): {reason}"),
-        (None, Some(reason)) => format!(": {reason}"),
-        (Some(hint), None) => format!(" ({hint})"),
+    // The server's own reason says it best; the hints are for servers that give none.
+    match (reason, hint) {
+        (Some(reason), _) => format!(": {reason}"),
+        (None, Some(hint)) => format!(" ({hint})"),
         (None, None) => " (is it a broadcast-chat server, and is the path right?)".to_owned(),
     }
 }

@@ -183,6 +183,11 @@ impl Membership {
         members
     }
 
+    /// The room's name; `""` is the lobby.
+    pub(crate) fn room(&self) -> &str {
+        &self.room_name
+    }
+
     /// This member's id, as it appears in [`Delivery::from`].
     pub(crate) fn id(&self) -> SenderId {
         self.id

@@ -96,3 +96,41 @@ async fn three_hundred_clients_each_receive_all_twenty_messages_sent_at_once() {
         assert_eq!(task.await.expect("client task"), expected);
     }
 }
+
+#[tokio::test]
+async fn closed_loop_burst_to_two_hundred_clients_loses_nothing() {
+    const CLIENTS: usize = 200;
+    const MESSAGES: usize = 1000;
+    const WINDOW: usize = 8;
+    let server = Server::start(&["--max-rate", "0"]).await;
+    let url = server.url();
+    let mut readers = Vec::new();
+    for _ in 0..CLIENTS - 1 {
+        readers.push(reader(connect(&url).await));
+    }
+    let sender = connect(&url).await;
+    let sender_tag = format!("{:?}: ", local_addr(&sender));
+    let (talk, mut own) = chatter(sender);
+
+    // At most WINDOW messages in flight, counted by the sender's own copies.
+    let mut sent = 0;
+    for received in 0..MESSAGES {
+        while sent < MESSAGES && sent < received + WINDOW {
+            talk.send(format!("{sent}")).expect("sender alive");
+            sent += 1;
+        }
+        assert_eq!(next(&mut own).await, format!("{sender_tag}\"{received}\""));
+    }
+    // Every other client got every message, in order, and no lag notice.
+    let checks = readers.into_iter().map(|mut rx| {
+        let sender_tag = sender_tag.clone();
+        tokio::spawn(async move {
+            for i in 0..MESSAGES {
+                assert_eq!(next(&mut rx).await, format!("{sender_tag}\"{i}\""));
+            }
+        })
+    });
+    for check in checks.collect::<Vec<_>>() {
+        check.await.expect("every copy delivered in order");
+    }
+}

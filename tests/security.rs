@@ -136,7 +136,9 @@ async fn one_over_max_connections_gets_503_and_the_others_stay() {
     let stderr = client.stderr.complete().await;
     assert_eq!(stderr.len(), 1, "{stderr:?}");
     assert!(
-        stderr[0].contains("HTTP 503 (the server is full; try again later)"),
+        stderr[0].contains(
+            "the server refused the upgrade with HTTP 503: too many connections; try again later"
+        ),
         "{stderr:?}"
     );
 
