@@ -167,17 +167,6 @@ async fn binary_close_reason_says_to_send_text() {
     );
 }
 
-async fn raw_exchange(server: &Server, request: &[u8]) -> String {
-    let mut tcp = TcpStream::connect(server.addr()).await.expect("connect");
-    tcp.write_all(request).await.expect("write");
-    let mut answer = Vec::new();
-    timeout(WAIT, tcp.read_to_end(&mut answer))
-        .await
-        .expect("answer in time")
-        .expect("read answer");
-    String::from_utf8_lossy(&answer).into_owned()
-}
-
 #[tokio::test]
 async fn plain_http_garbage_and_stalled_handshakes_do_not_disturb_the_server() {
     let server = Server::start(&["--handshake-timeout", "500ms"]).await;
@@ -190,7 +179,7 @@ async fn plain_http_garbage_and_stalled_handshakes_do_not_disturb_the_server() {
         .await
         .expect("write");
 
-    let http = raw_exchange(&server, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    let http = raw_exchange(server.addr(), b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
     assert!(
         http.starts_with("HTTP/1.1 426 Upgrade Required\r\n"),
         "{http}"
@@ -200,7 +189,7 @@ async fn plain_http_garbage_and_stalled_handshakes_do_not_disturb_the_server() {
         "{http}"
     );
 
-    let garbage = raw_exchange(&server, b"\x16\x03\x01\x00\xa5garbage\r\n\r\n").await;
+    let garbage = raw_exchange(server.addr(), b"\x16\x03\x01\x00\xa5garbage\r\n\r\n").await;
     assert!(
         garbage.starts_with("HTTP/1.1 400 Bad Request\r\n"),
         "{garbage}"

@@ -92,17 +92,3 @@ async fn input_end_or_ctrl_c_while_waiting_exits_zero_at_once() {
         );
     }
 }
-
-#[tokio::test]
-async fn without_the_flag_a_restart_ends_the_client() {
-    let server = Server::start(&[]).await;
-    let mut client = Client::start(&["--url", &server.url()]);
-    client.stdout.wait_for("Welcome").await;
-    signal(server.child_ref(), "KILL");
-    assert_eq!(client.wait().await.code(), Some(1));
-    let stderr = client.stderr.complete().await;
-    assert!(
-        !stderr.iter().any(|l| l.contains("reconnecting")),
-        "{stderr:?}"
-    );
-}

@@ -3,24 +3,11 @@
 mod common;
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 /// The whole HTTP answer to an upgrade request for `target`.
 async fn answer_to(server: &Server, target: &str) -> String {
-    let mut tcp = TcpStream::connect(server.addr()).await.expect("connect");
-    let request = format!(
-        "GET {target} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-    );
-    tcp.write_all(request.as_bytes()).await.expect("write");
-    let mut answer = Vec::new();
-    timeout(WAIT, tcp.read_to_end(&mut answer))
-        .await
-        .expect("answer in time")
-        .expect("read");
-    String::from_utf8_lossy(&answer).into_owned()
+    raw_exchange(server.addr(), upgrade_request(target, "").as_bytes()).await
 }
 
 #[tokio::test]

@@ -431,11 +431,7 @@ pub async fn upgrade_status(addr: SocketAddr, path: &str, extra_headers: &str) -
         .await
         .expect("connect in time")
         .expect("connect");
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra_headers}\r\n"
-    );
-    tcp.write_all(request.as_bytes())
+    tcp.write_all(upgrade_request(path, extra_headers).as_bytes())
         .await
         .expect("write request");
     let mut head = Vec::new();
@@ -448,6 +444,31 @@ pub async fn upgrade_status(addr: SocketAddr, path: &str, extra_headers: &str) -
     .await
     .expect("answer in time");
     String::from_utf8_lossy(&head).trim_end().to_owned()
+}
+
+/// A WebSocket upgrade request for `target` with `extra_headers` (each ending in `\r\n`).
+pub fn upgrade_request(target: &str, extra_headers: &str) -> String {
+    format!(
+        "GET {target} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra_headers}\r\n"
+    )
+}
+
+/// Sends `request` over plain TCP and returns the whole answer, up to the
+/// server's close.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut tcp = timeout(WAIT, TcpStream::connect(addr))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    tcp.write_all(request).await.expect("write");
+    let mut answer = Vec::new();
+    timeout(WAIT, tcp.read_to_end(&mut answer))
+        .await
+        .expect("answer in time")
+        .expect("read answer");
+    String::from_utf8_lossy(&answer).into_owned()
 }
 
 /// The server's open connections, from its health check.
