@@ -81,6 +81,8 @@ pub(crate) struct Membership {
     room_name: String,
     room: Arc<Room>,
     id: SenderId,
+    /// How this member is tagged: `alice@127.0.0.1:53422` or the address alone.
+    who: String,
 }
 
 /// Locks `mutex`, going on with the data if a panic poisoned it: every change
@@ -132,7 +134,7 @@ impl Hub {
                 message: Message::text(notice),
             });
         }
-        state.members.insert(id, who);
+        state.members.insert(id, who.clone());
         drop(state);
         drop(rooms);
         let membership = Membership {
@@ -140,6 +142,7 @@ impl Hub {
             room_name: room_name.to_owned(),
             room,
             id,
+            who,
         };
         Ok(Joined {
             membership,
@@ -186,6 +189,11 @@ impl Membership {
     /// The room's name; `""` is the lobby.
     pub(crate) fn room(&self) -> &str {
         &self.room_name
+    }
+
+    /// How this member is tagged: `alice@127.0.0.1:53422` or the address alone.
+    pub(crate) fn who(&self) -> &str {
+        &self.who
     }
 
     /// This member's id, as it appears in [`Delivery::from`].

@@ -80,14 +80,11 @@ async fn serve<S>(
     // instead of taking room in the task for the whole session.
     let upgraded = Box::pin(upgrade(&mut stream, addr, guard, shutdown, deadline)).await;
     // Joined the room during the upgrade, so the receiver saw everything since.
-    let Some((
-        Joined {
-            membership,
-            mut rx,
-            history,
-        },
-        who,
-    )) = upgraded
+    let Some(Joined {
+        membership,
+        mut rx,
+        history,
+    }) = upgraded
     else {
         return;
     };
@@ -95,7 +92,7 @@ async fn serve<S>(
     let mut ws = ServerBuilder::new()
         .limits(Limits::default().max_payload_len(Some(config.max_message_size)))
         .serve(stream);
-    info!(%addr, %who, room = membership.room(), clients = guard.open(), "connected");
+    info!(%addr, who = membership.who(), room = membership.room(), clients = guard.open(), "connected");
 
     // The welcome, then the room's history, then live traffic.
     let greeting = async {
@@ -105,16 +102,9 @@ async fn serve<S>(
         }
         ws.flush().await
     };
-    let end = match timeout(config.write_timeout, greeting).await {
-        Ok(Ok(())) => {
-            let member = Member {
-                membership: &membership,
-                who: &who,
-            };
-            chat(&mut ws, &mut rx, &member, guard, shutdown).await
-        }
-        Ok(Err(_)) => End::Dropped("connection lost"),
-        Err(_) => End::Dropped("write timed out"),
+    let end = match bounded(config.write_timeout, greeting).await {
+        Ok(()) => chat(&mut ws, &mut rx, &membership, guard, shutdown).await,
+        Err(end) => end,
     };
     drop(rx);
     drop(membership);
@@ -128,14 +118,6 @@ async fn serve<S>(
     info!(%addr, reason, clients = guard.open() - 1, "disconnected");
 }
 
-/// A session's identity in its room.
-struct Member<'a> {
-    /// Its place in the room, to publish and to list the room.
-    membership: &'a Membership,
-    /// How its messages are tagged: `alice@127.0.0.1:53422` or the address alone.
-    who: &'a str,
-}
-
 /// Reads and answers the upgrade request by `deadline`, joining the room it
 /// names. `None` when the connection got an HTTP answer instead, or failed;
 /// either is logged here.
@@ -145,7 +127,7 @@ async fn upgrade<S>(
     guard: &ConnectionGuard,
     shutdown: &CancellationToken,
     deadline: Instant,
-) -> Option<(Joined, String)>
+) -> Option<Joined>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -165,17 +147,14 @@ where
         }
         let who = protocol::sender(name, addr);
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let joined = shared
-            .hub
-            .join(room, id, who.clone())
-            .map_err(|TooManyRooms| {
-                Failure::Refused(Reply::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "too many rooms; join an existing one",
-                ))
-            })?;
+        let joined = shared.hub.join(room, id, who).map_err(|TooManyRooms| {
+            Failure::Refused(Reply::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many rooms; join an existing one",
+            ))
+        })?;
         handshake::accept(&mut *stream, &request).await?;
-        Ok::<_, Failure>((joined, who))
+        Ok::<_, Failure>(joined)
     };
     let outcome = tokio::select! {
         () = shutdown.cancelled() => return None,
@@ -244,7 +223,7 @@ fn health(guard: &ConnectionGuard) -> Reply {
 async fn chat<S>(
     ws: &mut WebSocketStream<S>,
     rx: &mut broadcast::Receiver<Delivery>,
-    member: &Member<'_>,
+    membership: &Membership,
     guard: &ConnectionGuard,
     shutdown: &CancellationToken,
 ) -> End
@@ -266,7 +245,7 @@ where
         Instant::now(),
     );
     // With no-echo, our own messages are left out of what we write.
-    let skip = config.no_echo.then(|| member.membership.id());
+    let skip = config.no_echo.then(|| membership.id());
 
     loop {
         tokio::select! {
@@ -279,21 +258,19 @@ where
                         if let Some(text) = message.as_text() {
                             let reply = match rate.check(Instant::now()) {
                                 Verdict::Pass if text == protocol::WHO_COMMAND => {
-                                    Some(protocol::who_notice(&member.membership.members()))
+                                    Some(protocol::who_notice(&membership.members()))
                                 }
                                 Verdict::Pass => {
-                                    member.membership.publish(Message::text(protocol::tag_from(member.who, text)));
+                                    membership.publish(Message::text(protocol::tag_from(membership.who(), text)));
                                     None
                                 }
                                 Verdict::Drop(notice) => notice,
                                 Verdict::Close => return End::Close(CloseCode::POLICY_VIOLATION, protocol::REASON_FLOOD),
                             };
-                            if let Some(reply) = reply {
-                                    match timeout(config.write_timeout, ws.send(Message::text(reply))).await {
-                                        Ok(Ok(())) => {}
-                                        Ok(Err(_)) => return End::Dropped("connection lost"),
-                                        Err(_) => return End::Dropped("write timed out"),
-                                    }
+                            if let Some(reply) = reply
+                                && let Err(end) = bounded(config.write_timeout, ws.send(Message::text(reply))).await
+                            {
+                                return end;
                             }
                         } else if message.is_binary() {
                             return End::Close(CloseCode::UNSUPPORTED_DATA, protocol::REASON_BINARY);
@@ -313,10 +290,8 @@ where
                     Err(RecvError::Lagged(missed)) => Message::text(protocol::missed_notice(missed)),
                     Err(RecvError::Closed) => return End::Close(CloseCode::GOING_AWAY, protocol::REASON_SHUTDOWN),
                 };
-                match timeout(config.write_timeout, write_batch(ws, rx, first, config.max_batch, skip)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => return End::Dropped("connection lost"),
-                    Err(_) => return End::Dropped("write timed out"),
+                if let Err(end) = bounded(config.write_timeout, write_batch(ws, rx, first, config.max_batch, skip)).await {
+                    return end;
                 }
             }
             _ = keepalive.tick() => {
@@ -326,14 +301,25 @@ where
                     return End::Dropped("keepalive timed out");
                 } else {
                     ping_sent = true;
-                    match timeout(config.write_timeout, ws.send(Message::ping(bytes::Bytes::new()))).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(_)) => return End::Dropped("connection lost"),
-                        Err(_) => return End::Dropped("write timed out"),
+                    if let Err(end) = bounded(config.write_timeout, ws.send(Message::ping(bytes::Bytes::new()))).await {
+                        return end;
                     }
                 }
             }
         }
+    }
+}
+
+/// Runs `write` for at most `limit`: a client whose writes stall that long is
+/// stuck, and one whose writes fail is gone; either way the session ends.
+async fn bounded(
+    limit: std::time::Duration,
+    write: impl Future<Output = Result<(), tokio_websockets::Error>>,
+) -> Result<(), End> {
+    match timeout(limit, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(End::Dropped("connection lost")),
+        Err(_) => Err(End::Dropped("write timed out")),
     }
 }
 
