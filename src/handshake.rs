@@ -11,8 +11,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
 /// Most header lines accepted.
 const MAX_HEADERS: usize = 32;
-/// The GUID that RFC 6455 appends to the key before hashing.
-const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 /// What the server needs to know of an upgrade request.
 #[derive(Debug, Clone)]
@@ -219,7 +217,7 @@ fn parse(buf: &[u8]) -> Result<Option<Incoming>, Failure> {
     }
     let key = map
         .get(http::header::SEC_WEBSOCKET_KEY)
-        .map(|k| k.as_bytes())
+        .and_then(|k| k.to_str().ok())
         .filter(|k| STANDARD.decode(k).is_ok_and(|raw| raw.len() == 16))
         .ok_or_else(|| {
             refuse(
@@ -244,13 +242,10 @@ fn parse(buf: &[u8]) -> Result<Option<Incoming>, Failure> {
         Some((path, query)) => (path, Some(query.to_owned())),
         None => (target, None),
     };
-    let mut sha = sha1_smol::Sha1::new();
-    sha.update(key);
-    sha.update(WS_GUID.as_bytes());
     Ok(Some(Incoming::Upgrade(UpgradeRequest {
         path: path.to_owned(),
         query,
-        accept_key: STANDARD.encode(sha.digest().bytes()),
+        accept_key: crate::protocol::accept_key(key),
         headers: map,
     })))
 }
