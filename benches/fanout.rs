@@ -42,6 +42,9 @@ struct Args {
     /// Pass `--buffer N` (broadcast channel capacity) to the spawned server
     #[arg(long)]
     buffer: Option<usize>,
+    /// Pass `--threads N` (worker threads) to the spawned server
+    #[arg(long)]
+    threads: Option<usize>,
     /// Where to write the figures as JSON
     #[arg(long, default_value = "target/fanout.json")]
     json: PathBuf,
@@ -140,7 +143,11 @@ async fn bench(args: Args) -> Result<(), String> {
                 .server
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_server"))),
-            buffer: args.buffer,
+            args: [("--buffer", args.buffer), ("--threads", args.threads)]
+                .into_iter()
+                .filter_map(|(flag, value)| Some([flag.to_owned(), value?.to_string()]))
+                .flatten()
+                .collect(),
         },
     };
     let setup = Setup {

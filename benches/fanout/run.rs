@@ -24,7 +24,8 @@ const WIND_DOWN: Duration = Duration::from_secs(5);
 pub enum ServerSource {
     Spawn {
         path: PathBuf,
-        buffer: Option<usize>,
+        /// Extra flags for the server, e.g. `--buffer 256`.
+        args: Vec<String>,
     },
     Url(Target),
 }
@@ -44,8 +45,8 @@ pub struct Setup {
 /// Runs `plan` once; `Err` only when the server cannot be started or reached.
 pub async fn run(plan: &Plan, setup: &Setup, tag: String) -> Result<Outcome, String> {
     let (mut server, target) = match &setup.source {
-        ServerSource::Spawn { path, buffer } => {
-            let server = ServerProcess::spawn(path, *buffer)?;
+        ServerSource::Spawn { path, args } => {
+            let server = ServerProcess::spawn(path, args)?;
             let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, server.port));
             let uri = format!("ws://{addr}/")
                 .parse()

@@ -23,14 +23,12 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    /// Starts `path --host 127.0.0.1 --port 0 --max-rate 0 [--buffer N]` and waits for
+    /// Starts `path --host 127.0.0.1 --port 0 --max-rate 0 [ARGS]` and waits for
     /// `Listening on port N`. The rate limit is off: the senders are load generators.
-    pub fn spawn(path: &Path, buffer: Option<usize>) -> Result<Self, String> {
+    pub fn spawn(path: &Path, args: &[String]) -> Result<Self, String> {
         let mut command = Command::new(path);
         command.args(["--host", "127.0.0.1", "--port", "0", "--max-rate", "0"]);
-        if let Some(buffer) = buffer {
-            command.args(["--buffer", &buffer.to_string()]);
-        }
+        command.args(args);
         let mut child = command
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
