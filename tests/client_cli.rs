@@ -110,3 +110,61 @@ async fn lost_connection_without_close_is_an_error_exit_1() {
         "{stderr:?}"
     );
 }
+
+#[tokio::test]
+async fn host_port_and_url_come_from_the_environment_too() {
+    use tokio::io::AsyncBufReadExt;
+    let port = free_port();
+    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_server"))
+        .env("CHAT_HOST", "127.0.0.1")
+        .env("CHAT_PORT", port.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn server");
+    let stdout = server.stdout.take().expect("piped stdout");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let first = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .expect("readiness line in time")
+        .expect("read")
+        .expect("a line");
+    assert_eq!(first, format!("Listening on port {port}"));
+
+    let url = format!("ws://127.0.0.1:{port}");
+    let mut client = Client::start_with_env(&[], &[("CHAT_URL", &url)]);
+    client
+        .stdout
+        .wait_for("From server: Welcome to chat! Type a message")
+        .await;
+    client.close_stdin();
+    assert_eq!(client.wait().await.code(), Some(0));
+}
+
+#[tokio::test]
+async fn a_port_in_use_is_a_one_line_error_and_exit_1() {
+    let server = Server::start(&[]).await;
+    let output = tokio::time::timeout(
+        WAIT,
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_server"))
+            .args(["--port", &server.port.to_string()])
+            .output(),
+    )
+    .await
+    .expect("exit in time")
+    .expect("run server");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        output.stdout.is_empty(),
+        "no readiness line when nothing listens"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        stderr.trim_end(),
+        format!(
+            "error: cannot listen on 127.0.0.1:{}: address already in use (is another server running? choose another --port)",
+            server.port
+        )
+    );
+}
