@@ -15,7 +15,7 @@ use clap::builder::TypedValueParser;
 /// chunk headers around it and so makes about half of it resident, jemalloc keeps
 /// its metadata apart and leaves it untouched (idle RSS per connection: 7 kB with
 /// glibc, 3 kB with jemalloc; see the README's Performance section).
-#[cfg(not(target_env = "msvc"))]
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
