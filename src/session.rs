@@ -92,7 +92,13 @@ async fn serve<S>(
     let mut ws = ServerBuilder::new()
         .limits(Limits::default().max_payload_len(Some(config.max_message_size)))
         .serve(stream);
-    info!(%addr, who = membership.who(), room = membership.room(), clients = guard.open(), "connected");
+    info!(
+        %addr,
+        who = %membership.who(),
+        room = %format_args!("/{}", membership.room()),
+        clients = guard.open(),
+        "connected"
+    );
 
     // The welcome, then the room's history, then live traffic.
     let greeting = async {
