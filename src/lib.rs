@@ -8,14 +8,16 @@
 //!
 //! # Layout
 //! - [`config`]: every limit and timeout, with defaults ([`ServerConfig`], [`ClientConfig`]).
-//! - [`protocol`]: the wire format: tagging, notices, close reasons.
+//! - [`protocol`]: the wire format: tagging, names and rooms, notices, close reasons.
 //! - `handshake`: the HTTP upgrade, done by hand so a refusal is a proper HTTP answer.
-//! - `hub`: the fan-out, one `tokio::sync::broadcast` channel.
+//! - `hub`: the fan-out: rooms, each a `tokio::sync::broadcast` channel with its
+//!   members and history.
 //! - `limits`: the per-client message rate limit.
 //! - [`server`]: the accept loop and graceful shutdown ([`server::run`]).
 //! - `session`: one connection's task: read, broadcast, write, keepalive, close.
 //! - [`tls`]: loading certificates for `wss://`, on both sides.
-//! - [`client`]: connect, and the stdin/socket loop ([`client::run`]).
+//! - [`client`]: connect, the stdin/socket loop ([`client::chat`], with reconnects),
+//!   commands and the terminal mode.
 //!
 //! Data flows one way: socket → session → hub → every session → socket.
 
