@@ -18,7 +18,6 @@ pub(crate) struct UpgradeRequest {
     /// The request target's path, e.g. `/` or `/rust`.
     pub(crate) path: String,
     /// The request target's query string, without the `?`.
-    #[allow(dead_code)] // Read by the checks that come with names.
     pub(crate) query: Option<String>,
     /// The request headers.
     pub(crate) headers: http::HeaderMap,
@@ -26,13 +25,16 @@ pub(crate) struct UpgradeRequest {
     accept_key: String,
 }
 
-/// An HTTP answer instead of an upgrade: a refusal, or the health check's answer.
+/// An HTTP answer instead of an upgrade: a refusal with a one-line reason, or the
+/// answer to a plain request such as the health check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Reply {
     /// The status code.
     pub(crate) status: StatusCode,
-    /// One line saying why (or the health figures), sent as the body.
-    pub(crate) reason: Cow<'static, str>,
+    /// The body's media type.
+    content_type: &'static str,
+    /// The body: one line saying why, or the health figures. A newline is added.
+    pub(crate) body: Cow<'static, str>,
 }
 
 /// What a connection asked for.
@@ -48,11 +50,21 @@ pub(crate) enum Incoming {
 pub(crate) const HEALTH_PATH: &str = "/healthz";
 
 impl Reply {
-    /// A reply with `status` and `reason`.
+    /// A plain-text reply with `status` and a one-line `reason`.
     pub(crate) fn new(status: StatusCode, reason: impl Into<Cow<'static, str>>) -> Self {
         Self {
             status,
-            reason: reason.into(),
+            content_type: "text/plain; charset=utf-8",
+            body: reason.into(),
+        }
+    }
+
+    /// A JSON reply with `status` and `body`.
+    pub(crate) fn json(status: StatusCode, body: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            status,
+            content_type: "application/json",
+            body: body.into(),
         }
     }
 
@@ -64,11 +76,12 @@ impl Reply {
             _ => "",
         };
         format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n{}\n",
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n{extra}\r\n{}\n",
             self.status.as_u16(),
             self.status.canonical_reason().unwrap_or(""),
-            self.reason.len() + 1,
-            self.reason,
+            self.content_type,
+            self.body.len() + 1,
+            self.body,
         )
         .into_bytes()
     }
@@ -128,7 +141,7 @@ pub(crate) async fn accept<S: AsyncWrite + Unpin>(
 }
 
 /// Sends `reply` as an HTTP answer and closes our side of the connection.
-pub(crate) async fn reject<S: AsyncRead + AsyncWrite + Unpin>(
+pub(crate) async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     reply: &Reply,
 ) -> std::io::Result<()> {

@@ -94,13 +94,14 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Hub {
-    pub(crate) fn new(capacity: usize, history: usize, max_rooms: usize, presence: bool) -> Self {
+    /// The rooms of a server with `config`'s limits; none exists yet.
+    pub(crate) fn new(config: &crate::ServerConfig) -> Self {
         Self {
             rooms: Mutex::new(HashMap::new()),
-            capacity: capacity.max(1),
-            history,
-            max_rooms: max_rooms.max(1),
-            presence,
+            capacity: config.buffer.max(1),
+            history: config.history,
+            max_rooms: config.max_rooms.max(1),
+            presence: config.presence,
         }
     }
 
@@ -231,13 +232,23 @@ impl Drop for Membership {
 mod tests {
     use super::*;
 
+    fn hub(buffer: usize, history: usize, max_rooms: usize, presence: bool) -> Arc<Hub> {
+        Arc::new(Hub::new(&crate::ServerConfig {
+            buffer,
+            history,
+            max_rooms,
+            presence,
+            ..crate::ServerConfig::default()
+        }))
+    }
+
     fn text(d: &Delivery) -> &str {
         d.message.as_text().expect("text")
     }
 
     #[test]
     fn rooms_appear_on_first_join_and_vanish_when_empty() {
-        let hub = Arc::new(Hub::new(16, 0, 10, false));
+        let hub = hub(16, 0, 10, false);
         let a = hub.join("rust", 1, "a".into()).expect("join");
         let b = hub.join("rust", 2, "b".into()).expect("join");
         let c = hub.join("", 3, "c".into()).expect("join");
@@ -252,7 +263,7 @@ mod tests {
 
     #[test]
     fn messages_stay_in_their_room() {
-        let hub = Arc::new(Hub::new(16, 0, 10, false));
+        let hub = hub(16, 0, 10, false);
         let mut rust = hub.join("rust", 1, "a".into()).expect("join");
         let mut lobby = hub.join("", 2, "b".into()).expect("join");
         rust.membership.publish(Message::text("in rust"));
@@ -267,7 +278,7 @@ mod tests {
 
     #[test]
     fn max_rooms_is_enforced_but_existing_rooms_can_be_joined() {
-        let hub = Arc::new(Hub::new(16, 0, 1, false));
+        let hub = hub(16, 0, 1, false);
         let _a = hub.join("one", 1, "a".into()).expect("join");
         assert_eq!(hub.join("two", 2, "b".into()).err(), Some(TooManyRooms));
         assert!(hub.join("one", 3, "c".into()).is_ok());
@@ -275,7 +286,7 @@ mod tests {
 
     #[test]
     fn history_and_live_messages_meet_without_gap_or_overlap() {
-        let hub = Arc::new(Hub::new(64, 3, 10, false));
+        let hub = hub(64, 3, 10, false);
         let speaker = hub.join("", 1, "a".into()).expect("join");
         for i in 0..5 {
             speaker.membership.publish(Message::text(format!("m{i}")));
@@ -294,7 +305,7 @@ mod tests {
 
     #[test]
     fn presence_announces_joins_and_leaves_with_the_count() {
-        let hub = Arc::new(Hub::new(16, 0, 10, true));
+        let hub = hub(16, 0, 10, true);
         let mut a = hub.join("", 1, "alice@x".into()).expect("join");
         assert_eq!(
             text(&a.rx.try_recv().expect("own join")),

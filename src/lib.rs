@@ -30,6 +30,7 @@ mod limits;
 pub mod protocol;
 pub mod server;
 mod session;
+mod state;
 pub mod tls;
 
 pub use config::{ClientConfig, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_URL, Secret, ServerConfig};

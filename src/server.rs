@@ -4,7 +4,6 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -14,53 +13,12 @@ use tracing::{error, info, warn};
 
 use crate::config::ServerConfig;
 use crate::handshake::{self, Reply};
-use crate::hub::Hub;
+use crate::state::{ConnectionGuard, Shared};
 use crate::{Error, Result, session};
 
 /// Pause after an accept error such as running out of file descriptors, so the
 /// loop does not spin while the condition lasts.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-
-/// What every session shares.
-pub(crate) struct Shared {
-    /// The limits and timeouts.
-    pub(crate) config: ServerConfig,
-    /// The rooms and their fan-out channels.
-    pub(crate) hub: Arc<Hub>,
-    /// The next connection id, which tells a session its own messages apart.
-    pub(crate) next_id: std::sync::atomic::AtomicU64,
-    /// Accepts TLS connections when the server serves `wss://`.
-    pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
-    /// Open connections, counted from accept to the end of their task. Updated by
-    /// [`ConnectionGuard`] only.
-    pub(crate) connections: AtomicUsize,
-}
-
-/// Counts one open connection for as long as it lives.
-pub(crate) struct ConnectionGuard(Arc<Shared>);
-
-impl ConnectionGuard {
-    fn new(shared: Arc<Shared>) -> Self {
-        shared.connections.fetch_add(1, Ordering::Relaxed);
-        Self(shared)
-    }
-
-    /// What every session shares.
-    pub(crate) fn shared(&self) -> &Shared {
-        &self.0
-    }
-
-    /// Open connections now, this one included.
-    pub(crate) fn open(&self) -> usize {
-        self.0.connections.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for ConnectionGuard {
-    fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 /// Serves chat clients on `listener` until `shutdown` completes, then closes every
 /// client with 1001 and waits at most `config.close_timeout` for them.
@@ -77,18 +35,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let close_timeout = config.close_timeout;
-    let shared = Arc::new(Shared {
-        hub: Arc::new(Hub::new(
-            config.buffer,
-            config.history,
-            config.max_rooms,
-            config.presence,
-        )),
-        next_id: std::sync::atomic::AtomicU64::new(crate::hub::SERVER + 1),
-        tls: config.tls.clone().map(tokio_rustls::TlsAcceptor::from),
-        config,
-        connections: AtomicUsize::new(0),
-    });
+    let shared = Arc::new(Shared::new(config));
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     tokio::pin!(shutdown);
@@ -102,7 +49,7 @@ pub async fn run(
             Ok((stream, addr)) => {
                 // Batches are flushed whole, so Nagle's delay would only add latency.
                 let _ = stream.set_nodelay(true);
-                if shared.connections.load(Ordering::Relaxed) >= shared.config.max_connections {
+                if shared.is_full() {
                     tracker.spawn(refuse_full(stream, addr, shared.config.close_timeout));
                     continue;
                 }
@@ -124,10 +71,7 @@ pub async fn run(
     };
 
     drop(listener);
-    info!(
-        clients = shared.connections.load(Ordering::Relaxed),
-        "shutting down"
-    );
+    info!(clients = shared.open_connections(), "shutting down");
     cancel.cancel();
     tracker.close();
     // Each session bounds its own close handshake; this bounds everything else.
@@ -150,14 +94,25 @@ async fn refuse_full(mut stream: tokio::net::TcpStream, addr: SocketAddr, limit:
         http::StatusCode::SERVICE_UNAVAILABLE,
         "too many connections; try again later",
     );
-    let _ = tokio::time::timeout(limit, handshake::reject(&mut stream, &reply)).await;
+    let _ = tokio::time::timeout(limit, handshake::respond(&mut stream, &reply)).await;
 }
 
 /// Whether an accept error means the listening socket itself is broken, as opposed
 /// to a passing condition (a connection reset before accept, no file descriptors).
+#[cfg(unix)]
 fn is_fatal(e: &io::Error) -> bool {
-    // EBADF, EINVAL, ENOTSOCK, EOPNOTSUPP: the socket is not a listening socket.
-    matches!(e.raw_os_error(), Some(9 | 22 | 88 | 95))
+    use rustix::io::Errno;
+    // The socket is not (or no longer) a listening socket.
+    matches!(
+        Errno::from_io_error(e),
+        Some(Errno::BADF | Errno::INVAL | Errno::NOTSOCK | Errno::OPNOTSUPP)
+    )
+}
+
+/// Whether an accept error means the listening socket itself is broken.
+#[cfg(not(unix))]
+fn is_fatal(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::InvalidInput
 }
 
 /// Pending connections the kernel queues before `accept`: enough for a crowd

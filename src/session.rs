@@ -3,7 +3,6 @@
 //! bounded close.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 
 use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
@@ -20,7 +19,7 @@ use crate::handshake::{self, Failure, Incoming, Reply, UpgradeRequest};
 use crate::hub::{Delivery, Joined, Membership, SenderId, TooManyRooms};
 use crate::limits::{RateLimit, Verdict};
 use crate::protocol;
-use crate::server::ConnectionGuard;
+use crate::state::ConnectionGuard;
 
 /// Why a session ended; decides how the connection is closed and what is logged.
 #[derive(Debug)]
@@ -142,7 +141,7 @@ where
     let upgrade = async {
         let request = match handshake::read_request(&mut *stream).await? {
             Incoming::Upgrade(request) => request,
-            Incoming::Health => return Err(Failure::Refused(health(guard))),
+            Incoming::Health => return Ok(None),
         };
         admit(&request, config).map_err(Failure::Refused)?;
         let bad_request = |reason| Failure::Refused(Reply::new(StatusCode::BAD_REQUEST, reason));
@@ -152,29 +151,36 @@ where
             protocol::check_name(name).map_err(bad_request)?;
         }
         let who = protocol::sender(name, addr);
-        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let joined = shared.hub.join(room, id, who).map_err(|TooManyRooms| {
-            Failure::Refused(Reply::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too many rooms; join an existing one",
-            ))
-        })?;
+        let joined = shared
+            .hub
+            .join(room, shared.next_id(), who)
+            .map_err(|TooManyRooms| {
+                Failure::Refused(Reply::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many rooms; join an existing one",
+                ))
+            })?;
         handshake::accept(&mut *stream, &request).await?;
-        Ok::<_, Failure>(joined)
+        Ok::<_, Failure>(Some(joined))
     };
     let outcome = tokio::select! {
         () = shutdown.cancelled() => return None,
         outcome = timeout_at(deadline, upgrade) => outcome,
     };
     match outcome {
-        Ok(Ok(joined)) => Some(joined),
+        Ok(Ok(Some(joined))) => Some(joined),
+        Ok(Ok(None)) => {
+            debug!(%addr, "health check");
+            let _ = timeout(
+                config.close_timeout,
+                handshake::respond(stream, &health(guard)),
+            )
+            .await;
+            None
+        }
         Ok(Err(Failure::Refused(reply))) => {
-            if reply.status.is_success() {
-                debug!(%addr, "health check");
-            } else {
-                info!(%addr, status = reply.status.as_u16(), reason = %reply.reason, "refused");
-            }
-            let _ = timeout(config.close_timeout, handshake::reject(stream, &reply)).await;
+            info!(%addr, status = reply.status.as_u16(), reason = %reply.body, "refused");
+            let _ = timeout(config.close_timeout, handshake::respond(stream, &reply)).await;
             None
         }
         Ok(Err(Failure::Io(e))) => {
@@ -219,7 +225,7 @@ fn admit(request: &UpgradeRequest, config: &ServerConfig) -> Result<(), Reply> {
 
 /// The health check's answer: the open connections, not counting itself.
 fn health(guard: &ConnectionGuard) -> Reply {
-    Reply::new(
+    Reply::json(
         StatusCode::OK,
         format!("{{\"status\":\"ok\",\"connections\":{}}}", guard.open() - 1),
     )

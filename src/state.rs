@@ -1,0 +1,79 @@
+//! What every session shares with the accept loop: the configuration, the hub, the
+//! connection count. Both `server` and `session` use it; neither imports the other.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use crate::config::ServerConfig;
+use crate::hub::{Hub, SERVER, SenderId};
+
+/// The server's shared state, built once by `server::run` and read by every session.
+pub(crate) struct Shared {
+    /// The limits and timeouts.
+    pub(crate) config: ServerConfig,
+    /// The rooms and their fan-out channels.
+    pub(crate) hub: Arc<Hub>,
+    /// Accepts TLS connections when the server serves `wss://`.
+    pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The next connection id, which tells a session its own messages apart.
+    next_id: AtomicU64,
+    /// Open connections, counted from accept to the end of their task. Changed only
+    /// by [`ConnectionGuard`].
+    connections: AtomicUsize,
+}
+
+impl Shared {
+    /// The state for a server with `config`.
+    pub(crate) fn new(config: ServerConfig) -> Self {
+        Self {
+            hub: Arc::new(Hub::new(&config)),
+            tls: config.tls.clone().map(tokio_rustls::TlsAcceptor::from),
+            config,
+            next_id: AtomicU64::new(SERVER + 1),
+            connections: AtomicUsize::new(0),
+        }
+    }
+
+    /// A new connection id, never [`SERVER`] and never given out twice.
+    pub(crate) fn next_id(&self) -> SenderId {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Connections open now, handshakes included.
+    pub(crate) fn open_connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Whether one more connection would go over `--max-connections`.
+    pub(crate) fn is_full(&self) -> bool {
+        self.open_connections() >= self.config.max_connections
+    }
+}
+
+/// Counts one open connection for as long as it lives, and gives its session the
+/// shared state.
+pub(crate) struct ConnectionGuard(Arc<Shared>);
+
+impl ConnectionGuard {
+    /// Counts a new connection.
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        shared.connections.fetch_add(1, Ordering::Relaxed);
+        Self(shared)
+    }
+
+    /// What every session shares.
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.0
+    }
+
+    /// Open connections now, this one included.
+    pub(crate) fn open(&self) -> usize {
+        self.0.open_connections()
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
