@@ -163,6 +163,10 @@ impl fmt::Debug for Secret {
 
 /// Parses a duration as the command line takes it: `500ms`, `2s`, `1.5` (seconds),
 /// `1m`.
+///
+/// # Errors
+/// A one-line message when `s` is not a number with one of those units, or is
+/// negative or too large.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (number, scale) = if let Some(n) = s.strip_suffix("ms") {

@@ -59,6 +59,9 @@ pub fn tag_from(sender: &str, text: &str) -> String {
 }
 
 /// Checks a name or room name: 1 to 32 letters, digits, `-`, `_` or `.`.
+///
+/// # Errors
+/// A one-line message naming the rule when `name` breaks it.
 pub fn check_name(name: &str) -> Result<(), String> {
     let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
     if name.is_empty() || name.chars().count() > MAX_NAME_LEN || !name.chars().all(ok) {
@@ -70,6 +73,9 @@ pub fn check_name(name: &str) -> Result<(), String> {
 }
 
 /// The room a request path chooses: `/` is the lobby (`""`), `/rust` is `rust`.
+///
+/// # Errors
+/// A one-line message when the path is not a valid room name (nested paths included).
 pub fn room_from_path(path: &str) -> Result<&str, String> {
     let room = path.strip_prefix('/').unwrap_or(path).trim_end_matches('/');
     if room.is_empty() {

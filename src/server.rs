@@ -27,8 +27,9 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// session sees the signal in its `select!`) and `TaskTracker` (to wait for the
 /// sessions' close handshakes without keeping their `JoinHandle`s).
 ///
-/// A connection's errors end that connection only; this returns an error only if
-/// the listener itself fails.
+/// # Errors
+/// A connection's errors end that connection only; this returns
+/// [`Error::Listener`] only if the listener itself fails.
 pub async fn run(
     listener: TcpListener,
     config: ServerConfig,
@@ -121,6 +122,10 @@ const LISTEN_BACKLOG: u32 = 4096;
 
 /// Binds `host:port` with a listen backlog sized for bursts of connections, and
 /// `SO_REUSEADDR` so a restarted server can bind at once.
+///
+/// # Errors
+/// The operating system's error when the host does not resolve or no address can
+/// be bound; [`describe_bind_error`] words it for people.
 pub async fn bind(host: &str, port: u16) -> io::Result<TcpListener> {
     let mut last_error = None;
     for addr in tokio::net::lookup_host((host, port)).await? {
@@ -147,6 +152,9 @@ pub async fn bind(host: &str, port: u16) -> io::Result<TcpListener> {
 }
 
 /// The address of `listener`, for the readiness line.
+///
+/// # Errors
+/// [`Error::Listener`] if the socket cannot tell its address.
 pub fn local_addr(listener: &TcpListener) -> Result<SocketAddr> {
     listener.local_addr().map_err(Error::Listener)
 }
