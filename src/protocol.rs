@@ -36,13 +36,6 @@ pub fn accept_key(key: &str) -> String {
     STANDARD.encode(sha.digest().bytes())
 }
 
-/// Tags a message with its sender's address, exactly as `format!("{addr:?}: {text:?}")`
-/// writes it: `127.0.0.1:53422: "hello"`. The Debug quoting escapes control
-/// characters, so no terminal escape sequence reaches other people's terminals.
-pub fn tag(addr: SocketAddr, text: &str) -> String {
-    format!("{addr:?}: {text:?}")
-}
-
 /// Who a client is in tags and notices: `alice@127.0.0.1:53422` for a named client,
 /// the address alone otherwise.
 pub fn sender(name: Option<&str>, addr: SocketAddr) -> String {
@@ -53,7 +46,10 @@ pub fn sender(name: Option<&str>, addr: SocketAddr) -> String {
 }
 
 /// Tags a message with its sender as [`sender`] writes it:
-/// `alice@127.0.0.1:53422: "hello"`, or exactly [`tag`]'s output without a name.
+/// `alice@127.0.0.1:53422: "hello"`, or for an unnamed sender exactly the classic
+/// exercise's `format!("{addr:?}: {text:?}")`: `127.0.0.1:53422: "hello"`. The
+/// `Debug` quoting escapes control characters, so no terminal escape sequence
+/// reaches other people's terminals.
 pub fn tag_from(sender: &str, text: &str) -> String {
     format!("{sender}: {text:?}")
 }
@@ -117,7 +113,7 @@ pub fn rate_notice(dropped: u64, rate: f64) -> String {
 }
 
 /// Splits a broadcast line into its sender tag and the original text: the inverse
-/// of [`tag`]. Returns `None` for lines that are not tagged messages (notices).
+/// of [`tag_from`]. Returns `None` for lines that are not tagged messages (notices).
 pub fn untag(line: &str) -> Option<(&str, String)> {
     let (sender, quoted) = line.split_once(": \"")?;
     let body = quoted.strip_suffix('"')?;
@@ -158,6 +154,11 @@ mod tests {
 
     fn addr() -> SocketAddr {
         "127.0.0.1:53422".parse().expect("valid address")
+    }
+
+    /// What the server broadcasts for an unnamed sender at `addr`.
+    fn tag(addr: SocketAddr, text: &str) -> String {
+        tag_from(&sender(None, addr), text)
     }
 
     #[test]
@@ -232,7 +233,7 @@ mod tests {
         );
         assert_eq!(
             tag_from(&sender(None, addr()), "hello"),
-            tag(addr(), "hello")
+            r#"127.0.0.1:53422: "hello""#
         );
         assert_eq!(
             untag(&tag_from(&alice, "a: \"b\"")),
@@ -295,14 +296,6 @@ mod tests {
         assert_eq!(
             who_notice(&["a@1".into(), "b@2".into()]),
             "* 2 here: a@1, b@2"
-        );
-    }
-
-    #[test]
-    fn accept_key_matches_the_rfc_example() {
-        assert_eq!(
-            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
     }
 

@@ -257,6 +257,85 @@ async fn silent_peer_is_dropped_by_keepalive_and_live_ones_stay() {
             .stderr
             .all()
             .iter()
-            .any(|l| l.contains(&listener_addr.to_string()) && l.contains("disconnected"))
+            .any(|l| l.contains(&listener_addr.to_string()) && log_event(l) == Some("disconnected"))
     );
+}
+
+#[tokio::test]
+async fn an_oversized_request_head_gets_431_and_others_keep_chatting() {
+    let server = Server::start(&[]).await;
+    let mut alice = connect(&server.url()).await;
+    let mut bob = connect(&server.url()).await;
+
+    let big = upgrade_request("/", &format!("X-Padding: {}\r\n", "x".repeat(9000)));
+    let answer = raw_exchange(server.addr(), big.as_bytes()).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+        "{answer}"
+    );
+    assert!(
+        answer.ends_with("\r\n\r\nrequest head too large\n"),
+        "{answer}"
+    );
+
+    let many: String = (0..40).map(|i| format!("X-Header-{i}: {i}\r\n")).collect();
+    let answer = raw_exchange(server.addr(), upgrade_request("/", &many).as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
+    assert!(
+        answer.ends_with("\r\n\r\ntoo many header lines\n"),
+        "{answer}"
+    );
+
+    send(&mut alice, "unbothered").await;
+    assert_eq!(recv_text(&mut bob).await, tagged(&alice, "unbothered"));
+}
+
+#[tokio::test]
+async fn a_protocol_violation_gets_1002_and_others_keep_chatting() {
+    let server = Server::start(&[]).await;
+    let mut alice = connect(&server.url()).await;
+    let mut bob = connect(&server.url()).await;
+
+    // A text frame with a reserved bit set (RSV1, no extension agreed): a violation.
+    let mut tcp = TcpStream::connect(server.addr()).await.expect("connect");
+    tcp.write_all(upgrade_request("/", "").as_bytes())
+        .await
+        .expect("upgrade request");
+    let mut head = Vec::new();
+    timeout(WAIT, async {
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(tcp.read_u8().await.expect("read the answer"));
+        }
+    })
+    .await
+    .expect("an answer in time");
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+    tcp.write_all(&[0xc1, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2])
+        .await
+        .expect("the bad frame");
+    let mut rest = Vec::new();
+    timeout(WAIT, tcp.read_to_end(&mut rest))
+        .await
+        .expect("closed in time")
+        .expect("read");
+    // The welcome frame, then a close frame with 1002.
+    let close = rest
+        .windows(4)
+        .position(|w| w[0] == 0x88 && w[2..4] == 1002u16.to_be_bytes())
+        .unwrap_or_else(|| panic!("no close frame with 1002 in {rest:?}"));
+    assert!(close > 0, "the welcome came first: {rest:?}");
+
+    send(&mut alice, "unbothered").await;
+    assert_eq!(recv_text(&mut bob).await, tagged(&alice, "unbothered"));
+}
+
+#[tokio::test]
+async fn sigterm_exits_zero_even_when_a_client_never_answers_the_close() {
+    let mut server = Server::start(&["--close-timeout", "500ms"]).await;
+    // Never polled: it neither reads the close frame nor answers it.
+    let _deaf = connect(&server.url()).await;
+    server.stderr.wait_for_event("connected").await;
+    server.terminate();
+    // Its exact timing is checked with a paused clock in tests/timeouts.rs.
+    assert_eq!(server.wait().await.code(), Some(0));
 }

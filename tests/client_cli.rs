@@ -79,7 +79,7 @@ async fn sigterm_closes_clients_with_1001_and_everyone_exits_zero() {
     let mut client = Client::start(&["--url", &server.url()]);
     client.stdout.wait_for("Welcome").await;
     let mut ws = connect(&server.url()).await;
-    server.stderr.wait_for_count("connected", 2).await;
+    server.stderr.wait_for_events("connected", 2).await;
 
     server.terminate();
     assert_eq!(

@@ -35,7 +35,7 @@ async fn reconnects_across_a_server_restart_and_sends_what_was_typed_meanwhile()
     client.stdout.wait_for("\"typed while away\"").await;
 
     let mut other = connect(&server.url()).await;
-    server.stderr.wait_for_count("connected", 2).await;
+    server.stderr.wait_for_events("connected", 2).await;
     client.send_line("typed now").await;
     let line = loop {
         let line = recv_text(&mut other).await;
@@ -64,7 +64,7 @@ async fn waits_for_a_server_that_is_not_up_yet() {
     client.stderr.wait_for(&format!("connected to {url}")).await;
     client.stdout.wait_for("Welcome").await;
     let mut other = connect(&server.url()).await;
-    server.stderr.wait_for_count("connected", 2).await;
+    server.stderr.wait_for_events("connected", 2).await;
     client.send_line("made it").await;
     assert!(recv_text(&mut other).await.ends_with(": \"made it\""));
 

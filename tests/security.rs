@@ -73,6 +73,65 @@ async fn token_is_required_and_checked() {
 }
 
 #[tokio::test]
+async fn health_check_answers_without_the_token() {
+    let server = Server::start(&["--token", "s3cret-token"]).await;
+    let answer = raw_exchange(
+        server.addr(),
+        b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(
+        answer.contains("\r\nContent-Type: application/json\r\n"),
+        "{answer}"
+    );
+    assert!(
+        answer.ends_with("\r\n\r\n{\"status\":\"ok\",\"connections\":0}\n"),
+        "{answer}"
+    );
+}
+
+#[tokio::test]
+async fn handshakes_in_progress_count_toward_max_connections() {
+    let server = Server::start(&["--max-connections", "2"]).await;
+    // Two connections that have sent only half a request: no WebSocket yet.
+    let mut half = Vec::new();
+    for _ in 0..2 {
+        let mut tcp = TcpStream::connect(server.addr()).await.expect("connect");
+        tcp.write_all(b"GET / HTTP/1.1\r\n").await.expect("write");
+        half.push(tcp);
+    }
+    // Until the server has accepted both, an upgrade may still get through; once it
+    // has, upgrades are refused.
+    let status = timeout(WAIT, async {
+        loop {
+            let status = upgrade_status(server.addr(), "/", "").await;
+            if status.starts_with("HTTP/1.1 503") {
+                return status;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("a 503 once two handshakes are open");
+    assert_eq!(status, "HTTP/1.1 503 Service Unavailable");
+    // One of them goes away: there is room again.
+    half.pop();
+    let status = timeout(WAIT, async {
+        loop {
+            let status = upgrade_status(server.addr(), "/", "").await;
+            if status.starts_with("HTTP/1.1 101") {
+                return status;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("an upgrade once a slot is free");
+    assert_eq!(status, "HTTP/1.1 101 Switching Protocols");
+}
+
+#[tokio::test]
 async fn token_from_the_environment_protects_the_server() {
     let server = Server::start_with_env(&[], &[("CHAT_TOKEN", "from-env")]).await;
     assert!(
@@ -350,7 +409,6 @@ async fn stuck_client_costs_bounded_memory_and_is_dropped() {
 
     // 1000 x 32 KiB = 32 MiB goes through while the stuck client reads nothing.
     let payload = "x".repeat(32 * 1024);
-    let started = Instant::now();
     for i in 0..1000 {
         let text = format!("{i} {payload}");
         send(&mut sender, &text).await;
@@ -363,11 +421,9 @@ async fn stuck_client_costs_bounded_memory_and_is_dropped() {
         "server memory grew by {grown} kB while 32 MiB went past a stuck client"
     );
 
+    // Dropped at the write timeout (its exact timing is checked with a paused clock
+    // in tests/timeouts.rs).
     server.stderr.wait_for("write timed out").await;
-    assert!(
-        started.elapsed() < Duration::from_secs(5) + WAIT,
-        "dropped too late"
-    );
     drop(stuck);
 }
 
@@ -401,7 +457,7 @@ async fn chat_works_end_to_end_over_wss_with_the_right_ca() {
     bob.stdout
         .wait_for("From server: Welcome to chat! Type a message")
         .await;
-    server.stderr.wait_for_count("connected", 2).await;
+    server.stderr.wait_for_events("connected", 2).await;
     alice.send_line("over tls").await;
     let line = bob.stdout.wait_for("\"over tls\"").await;
     assert!(line.starts_with("From server: 127.0.0.1:"), "{line}");

@@ -70,7 +70,7 @@ async fn half_typed_line_survives_incoming_messages_and_commands_stay_local() {
     );
     assert!(alice.stderr.complete().await.is_empty());
     // /quit closes cleanly: the server saw a close frame, not a lost peer.
-    let log = server.stderr.wait_for("disconnected").await;
+    let log = server.stderr.wait_for_event("disconnected").await;
     assert!(log.contains("closed by client"), "{log}");
     drop(bob_tx);
 }

@@ -87,23 +87,69 @@ impl Lines {
 
     /// Waits until `count` lines containing `needle` have been printed.
     pub async fn wait_for_count(&self, needle: &str, count: usize) {
+        self.wait_until(&format!("{count} lines containing {needle:?}"), |lines| {
+            lines.iter().filter(|l| l.contains(needle)).count() >= count
+        })
+        .await;
+    }
+
+    /// Waits until the server has logged the event `event` (the log line's message,
+    /// exactly: `connected` does not match `disconnected`) `count` times; returns
+    /// those lines.
+    pub async fn wait_for_events(&self, event: &str, count: usize) -> Vec<String> {
+        let matching = |lines: &[String]| -> Vec<String> {
+            lines
+                .iter()
+                .filter(|l| log_event(l) == Some(event))
+                .cloned()
+                .collect()
+        };
+        self.wait_until(&format!("{count} {event:?} events"), |lines| {
+            matching(lines).len() >= count
+        })
+        .await;
+        matching(&self.all())
+    }
+
+    /// Waits for the first log line whose event is exactly `event`, and returns it.
+    pub async fn wait_for_event(&self, event: &str) -> String {
+        self.wait_for_events(event, 1).await.remove(0)
+    }
+
+    /// Waits until `done` holds for the lines printed so far; `what` names it for
+    /// the panic message.
+    async fn wait_until(&self, what: &str, done: impl Fn(&[String]) -> bool) {
         let found = timeout(WAIT, async {
             loop {
                 let notified = self.changed.notified();
-                if self.all().iter().filter(|l| l.contains(needle)).count() >= count {
+                if done(&self.all()) {
                     return;
                 }
                 notified.await;
             }
         })
         .await;
-        found.unwrap_or_else(|_| {
-            panic!(
-                "fewer than {count} lines containing {needle:?}; got {:#?}",
-                self.all()
-            )
-        })
+        found.unwrap_or_else(|_| panic!("waited {WAIT:?} for {what}; got {:#?}", self.all()));
     }
+}
+
+/// The event of a server log line: its message, e.g. `connected` in
+/// `... INFO broadcast_chat::session: connected addr=127.0.0.1:5 ...`.
+pub fn log_event(line: &str) -> Option<&str> {
+    let (_, rest) = line.split_once(" broadcast_chat::")?;
+    let (_, message) = rest.split_once(": ")?;
+    // The message runs up to the first `key=value` field.
+    let end = message
+        .match_indices(' ')
+        .map(|(i, _)| i)
+        .find(|&i| {
+            message[i + 1..]
+                .split(' ')
+                .next()
+                .is_some_and(|word| word.contains('='))
+        })
+        .unwrap_or(message.len());
+    Some(&message[..end])
 }
 
 /// A running `server` binary, killed when dropped.
@@ -415,12 +461,34 @@ pub async fn next(rx: &mut mpsc::UnboundedReceiver<String>) -> String {
         .expect("reader still running")
 }
 
-/// A port that nothing listens on (bound, then released).
+/// A port that nothing listens on, for a server that must come back at the same
+/// address. It lies below the kernel's ephemeral range, which every `--port 0`
+/// server and every outgoing connection of the parallel tests draw from, so none of
+/// them can take it between this check and the server's bind; two tests picking the
+/// same one is left to chance (1 in several thousand), and the bind check.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind a free port")
-        .port()
+    let (low, _) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| {
+            let mut ends = range.split_whitespace().map(|n| n.parse::<u16>().ok());
+            Some((ends.next()??, ends.next()??))
+        })
+        .unwrap_or((32768, 60999));
+    let floor = 10_000.min(low / 2);
+    for _ in 0..100 {
+        let port = fastrand_port(floor, low);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {floor} and {low}");
+}
+
+/// A random port in `low..high`, from the standard library's randomly seeded hasher.
+fn fastrand_port(low: u16, high: u16) -> u16 {
+    use std::hash::{BuildHasher, RandomState};
+    let span = u64::from(high - low);
+    low + (RandomState::new().hash_one(std::time::Instant::now()) % span) as u16
 }
 
 /// Sends a WebSocket upgrade request with `extra_headers` (each ending in `\r\n`)

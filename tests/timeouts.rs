@@ -1,0 +1,139 @@
+//! The server's timeouts, exactly: the library runs in this process on tokio's
+//! paused clock, which jumps ahead whenever everything waits, so a 60-second
+//! keepalive takes no real time and is measured to the millisecond. (The flood
+//! rule's timing is checked the same way, on the rate limit itself, in
+//! `src/limits.rs`.)
+
+mod common;
+
+use std::time::Duration;
+
+use broadcast_chat::ServerConfig;
+use broadcast_chat::server;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// A server from the library on a free port, and what stops it.
+struct InProcess {
+    addr: std::net::SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<broadcast_chat::Result<()>>,
+}
+
+impl InProcess {
+    async fn start(config: ServerConfig) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server::run(listener, config, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Asks the server to shut down, as SIGTERM does.
+    fn shut_down(&mut self) {
+        let _ = self.stop.take().expect("not stopped yet").send(());
+    }
+}
+
+/// Opens a connection and upgrades it by hand, reading the answer's head and the
+/// welcome frame; returns the raw TCP stream, which nobody polls unless the test does.
+async fn raw_client(addr: std::net::SocketAddr) -> TcpStream {
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(common::upgrade_request("/", "").as_bytes())
+        .await
+        .expect("request");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(tcp.read_u8().await.expect("answer"));
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+    let welcome = read_frame(&mut tcp).await.expect("the welcome");
+    assert_eq!(welcome, (0x81, b"Welcome to chat! Type a message".to_vec()));
+    tcp
+}
+
+/// Reads one unmasked frame (as servers send them): its first byte and payload;
+/// `None` at the end of the stream.
+async fn read_frame(tcp: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+    let first = tcp.read_u8().await.ok()?;
+    let len = match tcp.read_u8().await.ok()? {
+        126 => u64::from(tcp.read_u16().await.ok()?),
+        127 => tcp.read_u64().await.ok()?,
+        n => u64::from(n),
+    };
+    let mut payload = vec![0; usize::try_from(len).ok()?];
+    tcp.read_exact(&mut payload).await.ok()?;
+    Some((first, payload))
+}
+
+/// Reads frames until the server ends the connection; returns their first bytes.
+async fn frames_until_closed(tcp: &mut TcpStream) -> Vec<u8> {
+    let mut kinds = Vec::new();
+    while let Some((first, _)) = read_frame(tcp).await {
+        kinds.push(first);
+    }
+    kinds
+}
+
+const PING: u8 = 0x89;
+const CLOSE: u8 = 0x88;
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_peer_is_pinged_after_one_interval_and_dropped_after_two() {
+    let server = InProcess::start(ServerConfig::default()).await;
+    let mut silent = raw_client(server.addr).await;
+    let start = Instant::now();
+    let (first, _) = read_frame(&mut silent).await.expect("a ping");
+    assert_eq!(first, PING);
+    assert_eq!(start.elapsed().as_secs(), 30, "pinged after one interval");
+    // It never answers, so the next tick drops it without a close frame.
+    assert_eq!(frames_until_closed(&mut silent).await, Vec::<u8>::new());
+    assert_eq!(start.elapsed().as_secs(), 60, "dropped after two intervals");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_handshake_is_cut_at_the_handshake_timeout() {
+    let server = InProcess::start(ServerConfig {
+        handshake_timeout: Duration::from_secs(10),
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("half a request");
+    let start = Instant::now();
+    let mut rest = Vec::new();
+    tcp.read_to_end(&mut rest).await.expect("read");
+    assert!(rest.is_empty(), "a stalled handshake gets no answer");
+    assert_eq!(start.elapsed().as_secs(), 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_ends_within_the_close_timeout_when_a_client_never_answers() {
+    let mut server = InProcess::start(ServerConfig {
+        close_timeout: Duration::from_secs(2),
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut deaf = raw_client(server.addr).await;
+    let start = Instant::now();
+    server.shut_down();
+    let (first, payload) = read_frame(&mut deaf).await.expect("a close frame");
+    assert_eq!(first, CLOSE);
+    assert_eq!(&payload[..2], &1001u16.to_be_bytes());
+    assert_eq!(&payload[2..], b"server shutting down");
+    // The client never answers the close; the server gives up on it and returns.
+    let result = server.task.await.expect("server task");
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(start.elapsed().as_secs(), 2, "{:?}", start.elapsed());
+}
