@@ -98,7 +98,10 @@ pub fn is_transient(result: &Result<Ending>) -> bool {
         Ok(Ending::ServerClosed { code, .. }) => matches!(code, Some(1001 | 1011 | 1012 | 1013)),
         Ok(Ending::InputClosed) => false,
         Err(
-            Error::Connect { .. } | Error::ConnectTimeout { .. } | Error::ConnectionLost { .. },
+            Error::Resolve { .. }
+            | Error::Connect { .. }
+            | Error::ConnectTimeout { .. }
+            | Error::ConnectionLost { .. },
         ) => true,
         Err(Error::Refused { status, .. }) => matches!(status, 502..=504),
         Err(_) => false,
@@ -308,6 +311,12 @@ mod tests {
         let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         assert!(is_transient(&Err(Error::Connect {
             url: url.clone(),
+            source: io
+        })));
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        assert!(is_transient(&Err(Error::Resolve {
+            url: url.clone(),
+            host: "h".into(),
             source: io
         })));
         assert!(is_transient(&Err(Error::ConnectTimeout {

@@ -1,5 +1,7 @@
-//! Opening the connection: TCP, then TLS for `wss://`, then the upgrade, within the
+//! Opening the connection: resolve the host, TCP, then TLS for `wss://`, then the upgrade, within the
 //! connect timeout; a failed TLS handshake as one line with a hint.
+
+use std::net::SocketAddr;
 
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -36,13 +38,14 @@ async fn connect_inner(config: &ClientConfig, url: &str) -> Result<Connection> {
         url: url.to_owned(),
         source,
     };
-    let tcp = TcpStream::connect((host, port)).await.map_err(|source| {
-        if source.to_string().contains("lookup") {
-            connect_error(std::io::Error::new(std::io::ErrorKind::NotFound, source))
-        } else {
-            connect_error(source)
-        }
+    let addrs = resolve(host, port).await.map_err(|source| Error::Resolve {
+        url: url.to_owned(),
+        host: host.to_owned(),
+        source,
     })?;
+    let tcp = TcpStream::connect(&addrs[..])
+        .await
+        .map_err(connect_error)?;
     let _ = tcp.set_nodelay(true);
 
     // The scheme alone decides: a wss:// URL is TLS or nothing, never plain text.
@@ -63,6 +66,19 @@ async fn connect_inner(config: &ClientConfig, url: &str) -> Result<Connection> {
         MaybeTlsStream::Plain(tcp)
     };
     upgrade(stream, config, url).await
+}
+
+/// The addresses of `host`: a step of its own, so that a failure here is known to
+/// be the name's, whatever the resolver's message says.
+async fn resolve(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
+    if addrs.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "the name has no address",
+        ));
+    }
+    Ok(addrs)
 }
 
 /// One line for a failed TLS handshake, with a hint at the likely cause.
@@ -86,5 +102,26 @@ fn tls_error(url: &str, e: std::io::Error) -> Error {
     Error::Tls {
         url: url.to_owned(),
         reason: format!("{tls}{hint}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::client::parse_url;
+
+    #[tokio::test]
+    async fn a_name_that_does_not_resolve_is_a_resolve_error() {
+        // `.invalid` never resolves (RFC 6761).
+        let mut config = ClientConfig::new(parse_url("ws://nosuch.invalid:2000").expect("url"));
+        config.connect_timeout = Duration::from_secs(10);
+        let err = connect(&config).await.expect_err("no such host");
+        assert!(matches!(err, Error::Resolve { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "cannot connect to ws://nosuch.invalid:2000: cannot resolve the host name nosuch.invalid (check the URL's host)"
+        );
     }
 }
