@@ -91,8 +91,9 @@ impl fmt::Display for Event {
 }
 
 /// Whether `result` of a connection attempt or session is worth another attempt:
-/// the server was not reachable, the connection was lost, the server was full, or
-/// it closed with a code that says "come back later".
+/// the server was not reachable, the connection was lost, the server (or a proxy in
+/// front of it: 502, 504) was unavailable, or it closed with a code that says "come
+/// back later".
 pub fn is_transient(result: &Result<Ending>) -> bool {
     match result {
         Ok(Ending::ServerClosed { code, .. }) => matches!(code, Some(1001 | 1011 | 1012 | 1013)),
@@ -329,7 +330,10 @@ mod tests {
                 reason: None,
             })
         };
+        assert!(is_transient(&refused(502)));
         assert!(is_transient(&refused(503)));
+        assert!(is_transient(&refused(504)));
+        assert!(!is_transient(&refused(500)));
         assert!(!is_transient(&refused(400)));
         assert!(!is_transient(&Err(Error::Unauthorized { sent: true })));
     }
