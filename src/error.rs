@@ -93,7 +93,7 @@ pub enum Error {
     Tls {
         /// The URL the client tried.
         url: String,
-        /// What rustls reported, with a hint.
+        /// What went wrong, in words, with a hint where one helps.
         reason: String,
     },
 

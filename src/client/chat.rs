@@ -1,5 +1,4 @@
-//! The chat itself: send input lines, print what arrives, and connect again after a
-//! transient failure. How the chat ends ([`Ending`]) and what it reports ([`Event`]).
+//! The chat loop and the reconnect loop around it; how a chat ends and what it reports.
 
 use std::collections::VecDeque;
 use std::fmt;

@@ -1,5 +1,4 @@
-//! Opening the connection: resolve the host, TCP, then TLS for `wss://`, then the upgrade, within the
-//! connect timeout; a failed TLS handshake as one line with a hint.
+//! Opening a connection: resolve, TCP, TLS for `wss://`, upgrade; TLS failures in words.
 
 use std::net::SocketAddr;
 

@@ -1,6 +1,6 @@
-//! The client: connect (doing the HTTP upgrade itself, to report refusals), then send
-//! input lines and print what the server sends, both at once; reconnect, and the
-//! interactive terminal with its commands and colours.
+//! The chat client: connect, send input lines and print what arrives, reconnect, the terminal.
+//!
+//! It does the HTTP upgrade itself, to report refusals, and sends and prints at once.
 //!
 //! # Layout
 //! - `url`: checking the URL, the request target and `Host` it gives.

@@ -1,5 +1,4 @@
-//! The interactive terminal (a prompt with line editing, output printed above it)
-//! and the plain line reader used when input or output is piped.
+//! The interactive terminal (a prompt, line editing, output above it) and the piped line reader.
 
 use std::io::{BufRead, Write};
 use std::pin::Pin;

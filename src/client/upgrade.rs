@@ -1,5 +1,4 @@
-//! The WebSocket upgrade, written by hand so that a refusal shows the server's
-//! status and one-line reason: the request, reading the answer, the refusal's reason.
+//! The WebSocket upgrade, by hand so that a refusal shows the server's status and reason.
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};

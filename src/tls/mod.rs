@@ -1,4 +1,5 @@
 //! TLS for `wss://`: the server's certificate and key, and what the client trusts.
+//!
 //! rustls with the ring provider; no OpenSSL, no aws-lc.
 //!
 //! # Layout

@@ -1,5 +1,4 @@
-//! A certificate's validity period, read from its DER: rustls checks it only as part
-//! of a chain, and a certificate trusted as such has no chain.
+//! A certificate's validity period, read from its DER for certificates trusted without a chain.
 
 use std::time::Duration;
 

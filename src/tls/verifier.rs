@@ -1,5 +1,4 @@
-//! How the client checks a server's certificate: a chain to a trusted root, as
-//! rustls' web PKI verifier does, or a certificate given in `--ca` itself.
+//! How the client checks a server's certificate: a chain to a root, or the `--ca` one itself.
 
 use std::sync::Arc;
 
