@@ -95,7 +95,8 @@ pub struct ClientConfig {
     pub close_timeout: Duration,
     /// Sent as `Authorization: Bearer <token>` when set.
     pub token: Option<Secret>,
-    /// How `wss://` servers are verified; `None` uses the bundled web PKI roots.
+    /// How `wss://` servers are verified; `None` trusts the bundled web PKI roots and
+    /// the system's store.
     pub tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
     /// Sent as the `name` query parameter, so the server tags us `name@address`.
     pub name: Option<String>,

@@ -33,6 +33,18 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// The server's host name could not be resolved to an address.
+    #[error("cannot connect to {url}: cannot resolve the host name {host} (check the URL's host)")]
+    Resolve {
+        /// The URL the client tried.
+        url: String,
+        /// The host name, as in the URL.
+        host: String,
+        /// The resolver's answer.
+        #[source]
+        source: io::Error,
+    },
+
     /// Connecting or upgrading took longer than the connect timeout.
     #[error("cannot connect to {url}: timed out (is the host reachable and the port right?)")]
     ConnectTimeout {
@@ -81,7 +93,7 @@ pub enum Error {
     Tls {
         /// The URL the client tried.
         url: String,
-        /// What rustls reported, with a hint.
+        /// What went wrong, in words, with a hint where one helps.
         reason: String,
     },
 
@@ -133,7 +145,6 @@ fn describe_io(e: &io::Error) -> String {
             "the server closed the connection during the handshake",
             "is it a broadcast-chat server, and is it full?",
         ),
-        io::ErrorKind::NotFound => ("cannot resolve the host name", "check the URL's host"),
         io::ErrorKind::AddrNotAvailable
         | io::ErrorKind::NetworkUnreachable
         | io::ErrorKind::HostUnreachable => ("address not reachable", "check the URL's host"),

@@ -15,7 +15,7 @@
 //! - `limits`: the per-client message rate limit.
 //! - [`server`]: the accept loop and graceful shutdown ([`server::run`]).
 //! - `session`: one connection's task: read, broadcast, write, keepalive, close.
-//! - [`tls`]: loading certificates for `wss://`, on both sides.
+//! - [`tls`]: certificates for `wss://` on both sides, and how the client checks a server's.
 //! - [`client`]: connect, the stdin/socket loop ([`client::chat`], with reconnects),
 //!   commands and the terminal mode.
 //!

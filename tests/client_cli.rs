@@ -3,6 +3,10 @@
 mod common;
 
 use common::*;
+use futures_util::SinkExt;
+use tokio::net::TcpListener;
+use tokio::time::timeout;
+use tokio_websockets::{Message, ServerBuilder};
 
 #[tokio::test]
 async fn client_sends_lines_and_prints_what_it_receives() {
@@ -48,6 +52,36 @@ async fn piped_input_is_sent_and_the_client_exits_zero() {
     assert_eq!(client.wait().await.code(), Some(0));
     let stderr = client.stderr.complete().await;
     assert!(stderr.is_empty(), "{stderr:?}");
+}
+
+#[tokio::test]
+async fn input_end_closes_with_1000_and_exits_zero() {
+    // A bare WebSocket server, to see the very close frame the client sends.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("ws://{}", listener.local_addr().expect("address"));
+    let mut client = Client::start(&["--url", &url]);
+    let (tcp, _) = timeout(WAIT, listener.accept())
+        .await
+        .expect("the client connects in time")
+        .expect("accept");
+    let (_request, mut ws) = timeout(WAIT, ServerBuilder::new().accept(tcp))
+        .await
+        .expect("upgrade in time")
+        .expect("upgrade");
+    ws.send(Message::text("hello from a bare server"))
+        .await
+        .expect("send");
+    client
+        .stdout
+        .wait_for("From server: hello from a bare server")
+        .await;
+
+    client.close_stdin();
+    assert_eq!(recv_close(&mut ws).await, (1000, "bye".to_owned()));
+    // Reading on answers the close frame, which the client waits for.
+    read_to_end(&mut ws).await;
+    assert_eq!(client.wait().await.code(), Some(0));
+    assert!(client.stderr.complete().await.is_empty());
 }
 
 #[tokio::test]

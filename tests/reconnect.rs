@@ -1,5 +1,6 @@
-//! `client --reconnect`: it waits for a server that is not up yet, comes back after
-//! a restart with what was typed meanwhile, and still exits 0 at once when asked.
+//! `client --reconnect`: it waits for a server that is not up yet or full, comes back
+//! after a restart (a crash or a shutdown with 1001) with what was typed meanwhile,
+//! and still exits 0 at once when asked.
 
 mod common;
 
@@ -45,6 +46,59 @@ async fn reconnects_across_a_server_restart_and_sends_what_was_typed_meanwhile()
     };
     assert!(line.ends_with(": \"typed now\""), "{line}");
 
+    client.close_stdin();
+    assert_eq!(client.wait().await.code(), Some(0));
+}
+
+#[tokio::test]
+async fn reconnects_after_the_server_shuts_down_with_1001() {
+    let port = free_port();
+    let mut server = Server::start_at(port, &[]).await;
+    let url = server.url();
+    let mut client = Client::start(&["--url", &url, "--reconnect"]);
+    client.stdout.wait_for("Welcome").await;
+    server.stderr.wait_for("connected").await;
+
+    server.terminate();
+    let retry = client.stderr.wait_for("reconnecting in").await;
+    assert!(
+        retry.starts_with(
+            "the server closed the connection: 1001 (server shutting down); reconnecting in "
+        ),
+        "{retry}"
+    );
+    assert_eq!(server.wait().await.code(), Some(0));
+    drop(server);
+
+    let _server = Server::start_at(port, &[]).await;
+    client
+        .stderr
+        .wait_for(&format!("reconnected to {url}"))
+        .await;
+    client.stdout.wait_for_count("Welcome", 2).await;
+    client.close_stdin();
+    assert_eq!(client.wait().await.code(), Some(0));
+}
+
+#[tokio::test]
+async fn retries_a_full_server_and_gets_in_when_a_place_frees_up() {
+    let server = Server::start(&["--max-connections", "1"]).await;
+    let url = server.url();
+    let occupant = connect(&url).await;
+    let mut client = Client::start(&["--url", &url, "--reconnect"]);
+    let retry = client.stderr.wait_for("retrying in").await;
+    assert!(
+        retry.starts_with(&format!(
+            "cannot connect to {url}: the server refused the upgrade with HTTP 503: \
+             too many connections; try again later; retrying in "
+        )),
+        "{retry}"
+    );
+
+    drop(occupant);
+    let connected = client.stderr.wait_for(&format!("connected to {url}")).await;
+    assert_eq!(connected, format!("connected to {url}"));
+    client.stdout.wait_for("Welcome").await;
     client.close_stdin();
     assert_eq!(client.wait().await.code(), Some(0));
 }

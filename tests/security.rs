@@ -430,16 +430,13 @@ async fn stuck_client_costs_bounded_memory_and_is_dropped() {
 /// A self-signed certificate for `localhost`, written as PEM files; returns the
 /// certificate's and the key's paths.
 fn self_signed(name: &str) -> (String, String) {
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("tls-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("create temp dir");
+    let dir = tls_dir(name);
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
         .expect("generate certificate");
-    let cert = dir.join("cert.pem");
-    let key = dir.join("key.pem");
-    std::fs::write(&cert, certified.cert.pem()).expect("write cert");
-    std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write key");
-    (cert.display().to_string(), key.display().to_string())
+    (
+        write(&dir, "cert.pem", &certified.cert.pem()),
+        write(&dir, "key.pem", &certified.signing_key.serialize_pem()),
+    )
 }
 
 #[tokio::test]
@@ -474,19 +471,224 @@ async fn client_without_the_ca_is_refused_with_one_line() {
     let (cert, key) = self_signed("noca");
     let server = Server::start(&["--tls-cert", &cert, "--tls-key", &key]).await;
     let url = format!("wss://localhost:{}", server.port);
-    let mut client = Client::start(&["--url", &url]);
-    assert_eq!(client.wait().await.code(), Some(1));
-    let stderr = client.stderr.complete().await;
-    assert_eq!(stderr.len(), 1, "{stderr:?}");
-    assert!(
-        stderr[0].starts_with(&format!(
-            "error: cannot connect to {url}: TLS handshake failed: invalid peer certificate"
-        )),
-        "{stderr:?}"
+    assert_eq!(
+        refusal(&["--url", &url]).await,
+        format!(
+            "error: cannot connect to {url}: TLS handshake failed: the server's certificate \
+             is from an unknown issuer (pass --ca FILE to trust a private CA or a self-signed certificate)"
+        )
     );
+}
+
+/// Runs the client with `args`, expects it to fail, and returns its one line on stderr.
+async fn refusal(args: &[&str]) -> String {
+    refusal_with_env(args, &[]).await
+}
+
+/// Like [`refusal`], with extra environment variables.
+async fn refusal_with_env(args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut client = Client::start_with_env(args, env);
+    assert_eq!(client.wait().await.code(), Some(1));
+    let mut stderr = client.stderr.complete().await;
+    assert_eq!(stderr.len(), 1, "{stderr:?}");
+    stderr.remove(0)
+}
+
+/// A folder for one test's certificate files.
+fn tls_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("tls-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+/// Writes `text` to `file` in `dir`; returns the file's path.
+fn write(dir: &std::path::Path, file: &str, text: &str) -> String {
+    let path = dir.join(file);
+    std::fs::write(&path, text).expect("write a PEM file");
+    path.display().to_string()
+}
+
+/// Certificate parameters for `names` (DNS names or IP addresses) with `CN=localhost`,
+/// marked as a CA when `ca`: what `openssl req -x509` makes.
+fn params(names: &[&str], ca: bool) -> rcgen::CertificateParams {
+    let names = names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
+    let mut params = rcgen::CertificateParams::new(names).expect("certificate parameters");
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "localhost");
+    if ca {
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    }
+    params
+}
+
+/// A self-signed certificate for `names` (with `basicConstraints CA:TRUE` when `ca`)
+/// written as PEM files; returns the certificate's and the key's paths.
+fn self_signed_for(dir: &str, names: &[&str], ca: bool) -> (String, String) {
+    let dir = tls_dir(dir);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = params(names, ca).self_signed(&key).expect("certificate");
+    (
+        write(&dir, "cert.pem", &cert.pem()),
+        write(&dir, "key.pem", &key.serialize_pem()),
+    )
+}
+
+/// Two clients chat over `wss://` with `--ca cert`, one by name and one by IP address,
+/// with a server using `cert` and `key`.
+async fn chat_over_wss_trusting_the_certificate_itself(cert: &str, key: &str) {
+    let server = Server::start(&["--tls-cert", cert, "--tls-key", key]).await;
+    let by_name = format!("wss://localhost:{}", server.port);
+    let by_address = format!("wss://127.0.0.1:{}", server.port);
+    let mut alice = Client::start(&["--url", &by_name, "--ca", cert]);
+    let mut bob = Client::start(&["--url", &by_address, "--ca", cert]);
+    for client in [&alice, &bob] {
+        client
+            .stdout
+            .wait_for("From server: Welcome to chat! Type a message")
+            .await;
+    }
+    server.stderr.wait_for_count("connected", 2).await;
+    alice.send_line("self-signed").await;
+    bob.stdout.wait_for("\"self-signed\"").await;
+
+    alice.close_stdin();
+    bob.close_stdin();
+    assert_eq!(alice.wait().await.code(), Some(0));
+    assert_eq!(bob.wait().await.code(), Some(0));
+    assert!(alice.stderr.complete().await.is_empty());
+    assert!(bob.stderr.complete().await.is_empty());
+}
+
+#[tokio::test]
+async fn an_openssl_self_signed_certificate_given_with_ca_is_trusted() {
+    let dir = tls_dir("openssl");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    // Exactly the command people copy: it marks the certificate as a CA (CA:TRUE).
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .args(["-days", "30", "-subj", "/CN=localhost", "-addext"])
+        .arg("subjectAltName=DNS:localhost,IP:127.0.0.1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output();
+    let made = match made {
+        Ok(made) => made,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("skipped: openssl is not on PATH, so no certificate can be made with it");
+            return;
+        }
+        Err(e) => panic!("cannot run openssl: {e}"),
+    };
     assert!(
-        stderr[0].ends_with("(pass --ca FILE to trust a private CA or a self-signed certificate)"),
-        "{stderr:?}"
+        made.status.success(),
+        "openssl failed: {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let text = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(&cert)
+        .output()
+        .expect("openssl x509");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("CA:TRUE"), "not the CA:TRUE case: {text}");
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    chat_over_wss_trusting_the_certificate_itself(&cert, &key).await;
+}
+
+#[tokio::test]
+async fn a_self_signed_certificate_marked_as_a_ca_given_with_ca_is_trusted() {
+    let (cert, key) = self_signed_for("ca-true", &["localhost", "127.0.0.1"], true);
+    chat_over_wss_trusting_the_certificate_itself(&cert, &key).await;
+}
+
+#[tokio::test]
+async fn a_ca_file_with_another_self_signed_certificate_is_refused() {
+    let (cert, key) = self_signed_for("served", &["localhost"], true);
+    let (other, _) = self_signed_for("other", &["localhost"], true);
+    let server = Server::start(&["--tls-cert", &cert, "--tls-key", &key]).await;
+    let url = format!("wss://localhost:{}", server.port);
+    assert_eq!(
+        refusal(&["--url", &url, "--ca", &other]).await,
+        format!(
+            "error: cannot connect to {url}: TLS handshake failed: the server's certificate \
+             is not trusted (pass --ca FILE to trust a private CA or a self-signed certificate)"
+        )
+    );
+    let (plain, _) = self_signed_for("other-plain", &["localhost"], false);
+    assert_eq!(
+        refusal(&["--url", &url, "--ca", &plain]).await,
+        format!(
+            "error: cannot connect to {url}: TLS handshake failed: the server's certificate \
+             is not trusted (pass --ca FILE to trust a private CA or a self-signed certificate)"
+        )
+    );
+}
+
+#[tokio::test]
+async fn a_certificate_for_another_name_is_refused_even_when_given_with_ca() {
+    for (dir, names, host) in [
+        ("name-ca", &["localhost"][..], "127.0.0.1"),
+        ("name-plain", &["localhost"][..], "127.0.0.1"),
+        ("address-ca", &["127.0.0.1"][..], "localhost"),
+    ] {
+        let (cert, key) = self_signed_for(dir, names, dir.ends_with("ca"));
+        let server = Server::start(&["--tls-cert", &cert, "--tls-key", &key]).await;
+        let url = format!("wss://{host}:{}", server.port);
+        assert_eq!(
+            refusal(&["--url", &url, "--ca", &cert]).await,
+            format!(
+                "error: cannot connect to {url}: TLS handshake failed: the server's certificate \
+                 is for another name, not {host} (put a name it holds in the URL)"
+            ),
+            "{dir}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_systems_certificate_store_is_trusted_by_default() {
+    let dir = tls_dir("system");
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca_params = params(&[], true);
+    ca_params.distinguished_name = rcgen::DistinguishedName::new();
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Test system CA");
+    let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = params(&["localhost"], false)
+        .signed_by(&key, &issuer)
+        .expect("server certificate");
+    let store = write(&dir, "store.pem", &ca.pem());
+    let cert = write(&dir, "cert.pem", &cert.pem());
+    let key = write(&dir, "key.pem", &key.serialize_pem());
+    let server = Server::start(&["--tls-cert", &cert, "--tls-key", &key]).await;
+    let url = format!("wss://localhost:{}", server.port);
+
+    // rustls-native-certs reads the store from SSL_CERT_FILE when it is set.
+    let mut client = Client::start_with_env(&["--url", &url], &[("SSL_CERT_FILE", &store)]);
+    client
+        .stdout
+        .wait_for("From server: Welcome to chat! Type a message")
+        .await;
+    client.close_stdin();
+    assert_eq!(client.wait().await.code(), Some(0));
+
+    // A store that cannot be read is no error of its own: the bundled roots remain.
+    let missing = dir.join("missing.pem").display().to_string();
+    assert_eq!(
+        refusal_with_env(&["--url", &url], &[("SSL_CERT_FILE", &missing)]).await,
+        format!(
+            "error: cannot connect to {url}: TLS handshake failed: the server's certificate \
+             is from an unknown issuer (pass --ca FILE to trust a private CA or a self-signed certificate)"
+        )
     );
 }
 

@@ -20,8 +20,8 @@ struct Cli {
     /// Token for a server started with --token, sent as `Authorization: Bearer TOKEN`.
     #[arg(long, env = "CHAT_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// PEM file of CA certificates to trust for wss:// instead of the web PKI roots
-    /// (for a private CA or a self-signed server certificate).
+    /// PEM file of certificates to trust for wss:// instead of the web PKI roots and
+    /// the system's store: a private CA, or the server's own (self-signed) certificate.
     #[arg(long, value_name = "FILE")]
     ca: Option<PathBuf>,
     /// Your name in the chat (1 to 32 letters, digits, '-', '_' or '.'): the server
@@ -48,8 +48,9 @@ impl Cli {
     fn config(self) -> Result<ClientConfig, broadcast_chat::Error> {
         let mut config = ClientConfig::new(self.url);
         config.token = self.token.filter(|t| !t.is_empty()).map(Secret::new);
-        if let Some(ca) = &self.ca {
-            config.tls = Some(tls::client_config(Some(ca))?);
+        // Once here, not at every reconnection: reading the system's store takes a moment.
+        if self.ca.is_some() || config.url.scheme_str() == Some("wss") {
+            config.tls = Some(tls::client_config(self.ca.as_deref())?);
         }
         config.name = self.name;
         config.reconnect = self.reconnect;

@@ -1,0 +1,93 @@
+//! The server's URL: checking it, showing it, and the request target and `Host` it gives.
+
+use crate::{Error, Result, protocol};
+
+/// Checks that `url` is a `ws://` or `wss://` URL with a host, as the client needs it.
+pub fn parse_url(url: &str) -> Result<http::Uri> {
+    let invalid = |reason| Error::InvalidUrl {
+        url: url.to_owned(),
+        reason,
+    };
+    let uri: http::Uri = url.parse().map_err(|_| invalid("not a URL"))?;
+    match uri.scheme_str() {
+        Some("ws" | "wss") => {}
+        Some(_) => return Err(invalid("the scheme must be ws:// or wss://")),
+        None => return Err(invalid("missing scheme: write ws://host:port")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(invalid("missing host"));
+    }
+    Ok(uri)
+}
+
+/// `url` as people write it: `ws://host:port`, without the `/` that `Uri` adds.
+pub fn display_url(url: &http::Uri) -> String {
+    let text = url.to_string();
+    match text.strip_suffix('/') {
+        Some(bare) if url.path() == "/" && url.query().is_none() => bare.to_owned(),
+        _ => text,
+    }
+}
+
+/// The `Host` header for `uri`: its authority without any user information.
+pub(super) fn host_header(uri: &http::Uri) -> String {
+    let authority = uri.authority().map_or("", http::uri::Authority::as_str);
+    authority.rsplit('@').next().unwrap_or(authority).to_owned()
+}
+
+/// The request target for `uri`: its path and query, with `name=NAME` added (and
+/// any `name` already in the query replaced) when a name is given.
+pub fn request_target(uri: &http::Uri, name: Option<&str>) -> String {
+    let path = match uri.path() {
+        "" => "/",
+        path => path,
+    };
+    let mut params: Vec<String> = uri
+        .query()
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter(|pair| !pair.is_empty())
+        .filter(|pair| name.is_none() || pair.split('=').next() != Some(protocol::NAME_PARAM))
+        .map(str::to_owned)
+        .collect();
+    if let Some(name) = name {
+        params.push(format!("{}={name}", protocol::NAME_PARAM));
+    }
+    if params.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", params.join("&"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_name_goes_in_the_query_and_the_path_stays() {
+        let uri = |s: &str| parse_url(s).expect("valid");
+        assert_eq!(request_target(&uri("ws://h:2000"), None), "/");
+        assert_eq!(
+            request_target(&uri("ws://h:2000"), Some("alice")),
+            "/?name=alice"
+        );
+        assert_eq!(
+            request_target(&uri("ws://h:2000/rust"), Some("alice")),
+            "/rust?name=alice"
+        );
+        assert_eq!(
+            request_target(&uri("ws://h/rust?x=1"), Some("bob")),
+            "/rust?x=1&name=bob"
+        );
+        assert_eq!(
+            request_target(&uri("ws://h/?name=old&x=1"), Some("new")),
+            "/?x=1&name=new"
+        );
+        assert_eq!(
+            request_target(&uri("ws://h/r?name=kept"), None),
+            "/r?name=kept"
+        );
+        assert_eq!(host_header(&uri("ws://user@[::1]:9/x")), "[::1]:9");
+    }
+}
