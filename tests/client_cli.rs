@@ -159,7 +159,7 @@ async fn host_port_and_url_come_from_the_environment_too() {
         .expect("spawn server");
     let stdout = server.stdout.take().expect("piped stdout");
     let mut lines = tokio::io::BufReader::new(stdout).lines();
-    let first = tokio::time::timeout(WAIT, lines.next_line())
+    let first = timeout(WAIT, lines.next_line())
         .await
         .expect("readiness line in time")
         .expect("read")
@@ -179,7 +179,7 @@ async fn host_port_and_url_come_from_the_environment_too() {
 #[tokio::test]
 async fn a_port_in_use_is_a_one_line_error_and_exit_1() {
     let server = Server::start(&[]).await;
-    let output = tokio::time::timeout(
+    let output = timeout(
         WAIT,
         tokio::process::Command::new(env!("CARGO_BIN_EXE_server"))
             .args(["--port", &server.port.to_string()])

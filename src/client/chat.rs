@@ -146,6 +146,10 @@ impl Input {
 /// server closes. With `config.reconnect`, a failed attempt or a lost connection
 /// is tried again after a [`Backoff`] wait, reported through `report`; the input
 /// ending or `quit` completing during the wait ends the chat.
+///
+/// # Errors
+/// Why the chat ended if not by the input, `quit` or the server's close: a failed
+/// connection (after the retries, with `reconnect`), a lost one, or failed output.
 pub async fn chat<W>(
     config: &ClientConfig,
     input: mpsc::Receiver<String>,
@@ -206,6 +210,10 @@ where
 /// Sends every line from `input` and writes every text message received to
 /// `output` as `From server: {text}` (see [`render`]), until the input ends,
 /// `quit` completes, or the server closes.
+///
+/// # Errors
+/// [`Error::ConnectionLost`] when the connection breaks without a close frame,
+/// [`Error::Output`] when `output` cannot be written.
 pub async fn run<W>(
     mut ws: Connection,
     config: &ClientConfig,

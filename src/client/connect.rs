@@ -18,6 +18,11 @@ use crate::{Error, Result};
 pub type Connection = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Opens the TCP connection and upgrades it to a WebSocket, within the connect timeout.
+///
+/// # Errors
+/// One [`Error`] variant per way it can fail: the name does not resolve, the TCP
+/// connection or the TLS handshake fails, the server refuses the upgrade (with
+/// [`Error::Unauthorized`] for 401), or it all takes longer than the timeout.
 pub async fn connect(config: &ClientConfig) -> Result<Connection> {
     let url = display_url(&config.url);
     match timeout(config.connect_timeout, connect_inner(config, &url)).await {

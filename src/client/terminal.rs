@@ -28,6 +28,9 @@ impl Terminal {
     /// Puts the terminal in raw mode, shows `prompt`, and returns the lines typed:
     /// commands are handled here ([`command`]), text to send goes into the channel,
     /// which closes on `/quit`, Ctrl-D or Ctrl-C.
+    ///
+    /// # Errors
+    /// The terminal's own error when it cannot be put in raw mode.
     pub fn start(prompt: &str) -> std::io::Result<(Terminal, mpsc::Receiver<String>)> {
         let (mut readline, writer) = Readline::new(prompt.to_owned()).map_err(|e| match e {
             ReadlineError::IO(e) => e,

@@ -3,6 +3,9 @@
 use crate::{Error, Result, protocol};
 
 /// Checks that `url` is a `ws://` or `wss://` URL with a host, as the client needs it.
+///
+/// # Errors
+/// [`Error::InvalidUrl`] saying what is wrong: not a URL, another scheme, no host.
 pub fn parse_url(url: &str) -> Result<http::Uri> {
     let invalid = |reason| Error::InvalidUrl {
         url: url.to_owned(),

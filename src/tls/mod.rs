@@ -39,6 +39,10 @@ fn certificates(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>>
 }
 
 /// The server's TLS settings from a PEM certificate chain and a PEM private key.
+///
+/// # Errors
+/// [`Error::TlsSetup`], naming the file, when a file cannot be read or holds no
+/// usable certificate or key, or when the key does not fit the certificate.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>> {
     let chain = certificates(cert, "TLS certificate")?;
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| load_error("TLS key", key, e))?;
@@ -53,6 +57,10 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>> {
 /// as roots of a chain, and each as a server certificate itself (a self-signed one,
 /// even one marked as a CA). Without, trust the bundled web PKI roots and the
 /// operating system's store.
+///
+/// # Errors
+/// [`Error::TlsSetup`], naming the file, when `ca` cannot be read or holds no
+/// certificate.
 pub fn client_config(ca: Option<&Path>) -> Result<Arc<ClientConfig>> {
     let (roots, pinned) = match ca {
         Some(path) => {

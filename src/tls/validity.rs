@@ -1,4 +1,9 @@
 //! A certificate's validity period, read from its DER for certificates trusted without a chain.
+//!
+//! Written by hand because the crates at hand do not give it: rustls-webpki keeps a
+//! certificate's dates private and checks them only while building a chain, which
+//! is exactly what rejects a self-signed certificate marked as a CA; a full X.509
+//! parser (`x509-parser`) would add a dozen crates for two dates.
 
 use std::time::Duration;
 

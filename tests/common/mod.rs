@@ -624,6 +624,7 @@ impl PtyClient {
         // SAFETY: only async-signal-safe system calls run between fork and exec. A
         // session of its own with this terminal as its controlling terminal, so that
         // the client's `/dev/tty` is this pseudo-terminal, never the one running the tests.
+        #[allow(unsafe_code)]
         unsafe {
             command.pre_exec(|| {
                 rustix::process::setsid()?;
