@@ -49,8 +49,14 @@ pub struct ServerConfig {
     pub allowed_origins: Vec<String>,
     /// When set, connections are TLS (`wss://`).
     pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
-    /// Messages each room keeps and sends to newcomers after the welcome; 0 keeps none.
+    /// Messages each room sends a newcomer after the welcome, from its log; 0 sends none.
     pub history: usize,
+    /// Messages each room's log keeps for clients that resume or fall behind (at
+    /// least `history`).
+    pub resume_window: usize,
+    /// Most bytes each room's log keeps (both encodings of each message); the
+    /// oldest messages go first.
+    pub resume_bytes: usize,
     /// Most rooms at once; joining a new room beyond it gets HTTP 503.
     pub max_rooms: usize,
     /// Whether joins and leaves are announced to the room.
@@ -77,6 +83,8 @@ impl Default for ServerConfig {
             allowed_origins: Vec::new(),
             tls: None,
             history: 0,
+            resume_window: 4096,
+            resume_bytes: 4 << 20,
             max_rooms: 100,
             presence: false,
             no_echo: false,

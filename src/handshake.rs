@@ -25,6 +25,19 @@ pub(crate) struct UpgradeRequest {
     accept_key: String,
 }
 
+impl UpgradeRequest {
+    /// Whether the client offers `protocol` in `Sec-WebSocket-Protocol` (a list,
+    /// possibly over several header lines).
+    pub(crate) fn offers(&self, protocol: &str) -> bool {
+        self.headers
+            .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|offered| offered.trim() == protocol)
+    }
+}
+
 /// An HTTP answer instead of an upgrade: a refusal with a one-line reason, or the
 /// answer to a plain request such as the health check.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,13 +140,18 @@ pub(crate) async fn read_request<S: AsyncRead + Unpin>(
     }
 }
 
-/// Answers the upgrade with `101 Switching Protocols`.
+/// Answers the upgrade with `101 Switching Protocols`, naming `subprotocol` if the
+/// session speaks one.
 pub(crate) async fn accept<S: AsyncWrite + Unpin>(
     stream: &mut S,
     request: &UpgradeRequest,
+    subprotocol: Option<&str>,
 ) -> std::io::Result<()> {
+    let protocol = subprotocol
+        .map(|p| format!("Sec-WebSocket-Protocol: {p}\r\n"))
+        .unwrap_or_default();
     let response = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n{protocol}\r\n",
         request.accept_key
     );
     stream.write_all(response.as_bytes()).await?;
@@ -289,6 +307,21 @@ mod tests {
         assert_eq!(req.accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
         assert_eq!(req.path, "/room");
         assert_eq!(req.query.as_deref(), Some("name=alice"));
+        assert!(!req.offers("broadcast-chat.v1"));
+    }
+
+    #[test]
+    fn offered_subprotocols_are_read_from_every_header_line() {
+        let head = UPGRADE.replace(
+            "Sec-WebSocket-Version",
+            "Sec-WebSocket-Protocol: chat, x.v2\nSec-WebSocket-Protocol: broadcast-chat.v1\nSec-WebSocket-Version",
+        );
+        let Ok(Some(Incoming::Upgrade(req))) = request(&head) else {
+            panic!("not an upgrade");
+        };
+        assert!(req.offers("broadcast-chat.v1"));
+        assert!(req.offers("x.v2"));
+        assert!(!req.offers("broadcast-chat"));
     }
 
     #[test]

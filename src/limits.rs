@@ -15,8 +15,9 @@ const NOTICE_EVERY: Duration = Duration::from_secs(1);
 pub(crate) enum Verdict {
     /// Within the rate: broadcast it.
     Pass,
-    /// Over the rate: drop it, and tell the sender this if there is something.
-    Drop(Option<String>),
+    /// Over the rate: drop it, and when it is time to tell the sender, how many were
+    /// dropped since the last notice and the notice's classic line.
+    Drop(Option<(u64, String)>),
     /// Over the rate for the whole flood timeout: close the client with 1008.
     Close,
 }
@@ -86,7 +87,10 @@ impl RateLimit {
         }
         self.noticed = Some(now);
         let dropped = std::mem::take(&mut self.unreported);
-        Verdict::Drop(Some(crate::protocol::rate_notice(dropped, self.rate)))
+        Verdict::Drop(Some((
+            dropped,
+            crate::protocol::classic::rate_notice(dropped, self.rate),
+        )))
     }
 }
 
@@ -126,14 +130,14 @@ mod tests {
         let mut limit = RateLimit::new(1.0, 1, Duration::from_secs(60), t);
         assert_eq!(limit.check(t), Verdict::Pass);
         assert!(
-            matches!(limit.check(t), Verdict::Drop(Some(n)) if n.contains("1 message dropped"))
+            matches!(limit.check(t), Verdict::Drop(Some((1, n))) if n.contains("1 message dropped"))
         );
         assert_eq!(limit.check(at(t, 10)), Verdict::Drop(None));
         assert_eq!(limit.check(at(t, 20)), Verdict::Drop(None));
         // At 1000 ms a token is back, so that one passes; the next is dropped and reported.
         assert_eq!(limit.check(at(t, 1000)), Verdict::Pass);
         assert!(
-            matches!(limit.check(at(t, 1001)), Verdict::Drop(Some(n)) if n.contains("3 messages dropped"))
+            matches!(limit.check(at(t, 1001)), Verdict::Drop(Some((3, n))) if n.contains("3 messages dropped"))
         );
     }
 

@@ -27,7 +27,7 @@ pub fn render(text: &str, color: bool) -> String {
     if text.starts_with("* ") {
         return format!("From server: {NOTICE_COLOR}{text}{RESET}");
     }
-    match protocol::untag(text) {
+    match protocol::classic::untag(text) {
         Some((sender, _)) => {
             let rest = &text[sender.len()..];
             // A sender keeps its colour across reconnections: the name decides, not the port.

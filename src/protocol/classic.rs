@@ -1,40 +1,8 @@
-//! The wire format: how a broadcast line is tagged, the notices the server sends,
-//! and the close reasons. Pure functions, tested beside them.
+//! The classic wire format, byte for byte the exercise's: one text frame per line,
+//! a broadcast tagged `127.0.0.1:53422: "hello"`, notices starting `* `. Pure
+//! functions, tested beside them.
 
 use std::net::SocketAddr;
-
-/// The first message every client gets.
-pub const WELCOME: &str = "Welcome to chat! Type a message";
-
-/// Close reason sent to every client when the server shuts down (code 1001).
-pub const REASON_SHUTDOWN: &str = "server shutting down";
-/// Close reason for a binary message (code 1003).
-pub const REASON_BINARY: &str = "binary messages are not supported; send text";
-/// Close reason for a client that kept sending over the rate limit (code 1008).
-pub const REASON_FLOOD: &str = "too many messages for too long";
-/// Close reason sent by the client when its input ends (code 1000).
-pub const REASON_BYE: &str = "bye";
-
-/// Longest name or room name, in characters.
-pub const MAX_NAME_LEN: usize = 32;
-
-/// The query parameter that carries a client's name: `ws://host:2000/room?name=alice`.
-pub const NAME_PARAM: &str = "name";
-
-/// The text a client sends to ask who is in its room; the answer goes to it alone.
-pub const WHO_COMMAND: &str = "/who";
-
-/// The GUID that RFC 6455 appends to the client's key before hashing.
-const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
-
-/// The `Sec-WebSocket-Accept` value that answers a `Sec-WebSocket-Key` (RFC 6455).
-pub fn accept_key(key: &str) -> String {
-    use base64::{Engine, engine::general_purpose::STANDARD};
-    let mut sha = sha1_smol::Sha1::new();
-    sha.update(key.as_bytes());
-    sha.update(WS_GUID.as_bytes());
-    STANDARD.encode(sha.digest().bytes())
-}
 
 /// Who a client is in tags and notices: `alice@127.0.0.1:53422` for a named client,
 /// the address alone otherwise.
@@ -54,47 +22,13 @@ pub fn tag_from(sender: &str, text: &str) -> String {
     format!("{sender}: {text:?}")
 }
 
-/// Checks a name or room name: 1 to 32 letters, digits, `-`, `_` or `.`.
-///
-/// # Errors
-/// A one-line message naming the rule when `name` breaks it.
-pub fn check_name(name: &str) -> Result<(), String> {
-    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
-    if name.is_empty() || name.chars().count() > MAX_NAME_LEN || !name.chars().all(ok) {
-        return Err(format!(
-            "invalid name {name:?}: use 1 to {MAX_NAME_LEN} letters, digits, '-', '_' or '.'"
-        ));
-    }
-    Ok(())
-}
-
-/// The room a request path chooses: `/` is the lobby (`""`), `/rust` is `rust`.
-///
-/// # Errors
-/// A one-line message when the path is not a valid room name (nested paths included).
-pub fn room_from_path(path: &str) -> Result<&str, String> {
-    let room = path.strip_prefix('/').unwrap_or(path).trim_end_matches('/');
-    if room.is_empty() {
-        return Ok("");
-    }
-    check_name(room).map_err(|e| e.replacen("invalid name", "invalid room name", 1))?;
-    Ok(room)
-}
-
-/// The `name` parameter of a query string, if present.
-pub fn name_from_query(query: Option<&str>) -> Option<&str> {
-    query?
-        .split('&')
-        .find_map(|pair| pair.strip_prefix(NAME_PARAM)?.strip_prefix('='))
-}
-
 /// A room's presence notice: `* alice@127.0.0.1:53422 joined (3 here)`.
 pub fn presence_notice(who: &str, joined: bool, here: usize) -> String {
     let what = if joined { "joined" } else { "left" };
     format!("* {who} {what} ({here} here)")
 }
 
-/// The answer to [`WHO_COMMAND`]: `* 3 here: alice@..., bob@..., 127.0.0.1:5`.
+/// The answer to [`super::WHO_COMMAND`]: `* 3 here: alice@..., bob@..., 127.0.0.1:5`.
 pub fn who_notice(members: &[String]) -> String {
     format!("* {} here: {}", members.len(), members.join(", "))
 }
@@ -105,6 +39,19 @@ pub fn missed_notice(missed: u64) -> String {
     let s = if missed == 1 { "" } else { "s" };
     format!("* you missed {missed} message{s}: your connection fell behind")
 }
+
+/// The notice a returning client gets when `missed` messages said while it was away
+/// are no longer in the room's log.
+pub fn away_notice(missed: u64) -> String {
+    let s = if missed == 1 { "" } else { "s" };
+    format!("* you missed {missed} message{s} while you were away")
+}
+
+/// The notice a returning client gets when the room it left is gone (the server
+/// restarted, or everyone left and the room began again): what was said in between
+/// may be lost, and how much is not known.
+pub const RESTARTED_NOTICE: &str =
+    "* the room was restarted while you were away: messages sent meanwhile may be lost";
 
 /// The notice a client gets when `dropped` of its messages went over the rate limit.
 pub fn rate_notice(dropped: u64, rate: f64) -> String {
@@ -242,48 +189,6 @@ mod tests {
     }
 
     #[test]
-    fn names_are_short_and_plain() {
-        for good in ["alice", "a", "Bob_2", "x.y-z", &"n".repeat(32)] {
-            assert_eq!(check_name(good), Ok(()), "{good}");
-        }
-        for bad in [
-            "",
-            "al ice",
-            "alice!",
-            "ünï",
-            "a/b",
-            "\u{1b}[31m",
-            &"n".repeat(33),
-        ] {
-            let err = check_name(bad).expect_err(bad);
-            assert!(
-                err.contains("use 1 to 32 letters, digits, '-', '_' or '.'"),
-                "{err}"
-            );
-        }
-    }
-
-    #[test]
-    fn paths_choose_rooms() {
-        assert_eq!(room_from_path("/"), Ok(""));
-        assert_eq!(room_from_path("/rust"), Ok("rust"));
-        assert_eq!(room_from_path("/rust/"), Ok("rust"));
-        assert!(
-            room_from_path("/a/b")
-                .expect_err("nested")
-                .starts_with("invalid room name")
-        );
-    }
-
-    #[test]
-    fn names_come_from_the_query() {
-        assert_eq!(name_from_query(Some("name=alice")), Some("alice"));
-        assert_eq!(name_from_query(Some("x=1&name=bob")), Some("bob"));
-        assert_eq!(name_from_query(Some("names=x")), None);
-        assert_eq!(name_from_query(None), None);
-    }
-
-    #[test]
     fn presence_and_who_notices() {
         assert_eq!(
             presence_notice("alice@127.0.0.1:1", true, 3),
@@ -311,5 +216,10 @@ mod tests {
             missed_notice(12),
             "* you missed 12 messages: your connection fell behind"
         );
+        assert_eq!(away_notice(1), "* you missed 1 message while you were away");
+        for notice in [away_notice(2), RESTARTED_NOTICE.to_owned()] {
+            assert!(notice.starts_with("* "), "{notice}");
+            assert_eq!(untag(&notice), None);
+        }
     }
 }

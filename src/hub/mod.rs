@@ -1,0 +1,558 @@
+//! The fan-out: rooms, each with its log (offsets and an epoch) and its broadcast
+//! channels, and the memberships through which sessions join, publish, catch up and
+//! leave.
+//!
+//! Lock order: the rooms map, then a room's state. Both are std `Mutex`es, never
+//! held across an `.await`.
+
+mod log;
+mod room;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::broadcast;
+use tokio_websockets::Message;
+
+use crate::config::ServerConfig;
+use crate::protocol::{Epoch, Resume};
+use log::RoomLog;
+use room::{Room, lock};
+
+pub(crate) use room::Published;
+
+/// Who sent a delivery: a member's connection id, or [`SERVER`].
+pub(crate) type SenderId = u64;
+/// The sender of the server's own notices (presence), which no-echo never hides.
+pub(crate) const SERVER: SenderId = 0;
+
+/// The wire format a session speaks; each has its own channel in a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Format {
+    /// The classic text lines.
+    Classic,
+    /// The `broadcast-chat.v1` JSON frames.
+    Structured,
+}
+
+/// One logged message on a room's channel. Cloning it is cheap: the frame is a
+/// reference-counted `Message` encoded once, whatever the number of receivers.
+#[derive(Debug, Clone)]
+pub(crate) struct Delivery {
+    /// Its offset in the room's log.
+    pub(crate) offset: u64,
+    /// Who sent it, so a session can leave out its own messages (`--no-echo`).
+    pub(crate) from: SenderId,
+    /// The frame as it goes on the wire.
+    pub(crate) message: Message,
+}
+
+/// A client could not join: the server has `max_rooms` rooms already.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct TooManyRooms;
+
+/// The rooms.
+#[derive(Debug)]
+pub(crate) struct Hub {
+    /// Rooms by name (`""` is the lobby); a room exists while it has members.
+    rooms: Mutex<HashMap<String, Arc<Room>>>,
+    /// Channel capacity of every room, in messages.
+    capacity: usize,
+    /// Messages of history a newcomer gets.
+    history: usize,
+    /// Most messages each room's log keeps.
+    log_entries: usize,
+    /// Most bytes each room's log keeps.
+    log_bytes: usize,
+    /// Most rooms at once.
+    max_rooms: usize,
+    /// Whether joins and leaves are announced to the room.
+    presence: bool,
+}
+
+/// Who is joining, and how.
+#[derive(Debug)]
+pub(crate) struct Newcomer<'a> {
+    /// The room's name; `""` is the lobby.
+    pub(crate) room: &'a str,
+    /// The connection's id.
+    pub(crate) id: SenderId,
+    /// How it is tagged: `alice@127.0.0.1:53422`.
+    pub(crate) who: String,
+    /// The wire format it speaks.
+    pub(crate) format: Format,
+    /// The client's session id, the same across its reconnections, if it gave one.
+    pub(crate) session: Option<&'a str>,
+    /// Where a returning client left off.
+    pub(crate) resume: Option<Resume>,
+}
+
+/// How a resumption went, decided at the join.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Recovery {
+    /// Everything after the client's offset is replayed.
+    Complete,
+    /// This many messages after the client's offset are no longer in the log.
+    Missed(u64),
+    /// The client's epoch is not the room's: the room it left is gone.
+    Restarted,
+    /// The client's offset is beyond the room's last one, which is this.
+    Ahead(u64),
+}
+
+/// What joining gives a session.
+#[derive(Debug)]
+pub(crate) struct Joined {
+    /// The session's place in the room; dropping it leaves the room.
+    pub(crate) membership: Membership,
+    /// Sees every message published to the room after `head`.
+    pub(crate) rx: broadcast::Receiver<Delivery>,
+    /// The room's epoch.
+    pub(crate) epoch: Epoch,
+    /// The room's last offset at the join.
+    pub(crate) head: u64,
+    /// The session replays the logged messages after this offset (history, or what
+    /// a returning client missed) before live traffic.
+    pub(crate) replay_after: u64,
+    /// How the resumption went, for a client that asked to resume.
+    pub(crate) recovery: Option<Recovery>,
+}
+
+/// A session's place in a room. Dropping it leaves the room.
+#[derive(Debug)]
+pub(crate) struct Membership {
+    hub: Arc<Hub>,
+    room: Arc<Room>,
+    id: SenderId,
+    /// How this member is tagged: `alice@127.0.0.1:53422` or the address alone.
+    who: String,
+    format: Format,
+    /// The client's session id, for recognising lines sent again.
+    session: Option<Box<str>>,
+}
+
+/// What a session reads from the log when it catches up.
+#[derive(Debug, Default)]
+pub(crate) struct CatchUp {
+    /// How many messages after the asked offset the log no longer holds.
+    pub(crate) missed: u64,
+    /// The messages it holds, oldest first.
+    pub(crate) deliveries: Vec<Delivery>,
+}
+
+impl Hub {
+    /// The rooms of a server with `config`'s limits; none exists yet.
+    pub(crate) fn new(config: &ServerConfig) -> Self {
+        Self {
+            rooms: Mutex::new(HashMap::new()),
+            capacity: config.buffer.max(1),
+            history: config.history,
+            log_entries: config.resume_window.max(config.history),
+            log_bytes: config.resume_bytes,
+            max_rooms: config.max_rooms.max(1),
+            presence: config.presence,
+        }
+    }
+
+    /// Joins `newcomer.room`, making it if it does not exist.
+    ///
+    /// The session subscribes and reads the log's head under the room's lock, so
+    /// the replay (up to the head) and live traffic (after it) meet exactly.
+    pub(crate) fn join(self: &Arc<Self>, newcomer: Newcomer<'_>) -> Result<Joined, TooManyRooms> {
+        let mut rooms = lock(&self.rooms);
+        let room = match rooms.get(newcomer.room) {
+            Some(room) => Arc::clone(room),
+            None if rooms.len() >= self.max_rooms => return Err(TooManyRooms),
+            None => {
+                let room = Arc::new(Room::new(
+                    newcomer.room,
+                    self.capacity,
+                    self.log_entries,
+                    self.log_bytes,
+                ));
+                rooms.insert(newcomer.room.to_owned(), Arc::clone(&room));
+                room
+            }
+        };
+        let mut state = lock(&room.state);
+        let rx = state.subscribe(newcomer.format);
+        let (epoch, head, first) = (state.epoch(), state.log.head(), state.log.first());
+        state.members.insert(newcomer.id, newcomer.who.clone());
+        // Subscribed first, so the newcomer hears its own join, live.
+        if self.presence {
+            state.announce(&room.name, &newcomer.who, true);
+        }
+        drop(state);
+        drop(rooms);
+
+        let history_from = head.saturating_sub(self.history as u64);
+        let (replay_after, recovery) = match newcomer.resume {
+            None => (history_from, None),
+            Some(resume) if resume.epoch != epoch => (first - 1, Some(Recovery::Restarted)),
+            Some(resume) if resume.after > head => (head, Some(Recovery::Ahead(head))),
+            Some(resume) if resume.after + 1 >= first => (resume.after, Some(Recovery::Complete)),
+            Some(resume) => (first - 1, Some(Recovery::Missed(first - 1 - resume.after))),
+        };
+        Ok(Joined {
+            membership: Membership {
+                hub: Arc::clone(self),
+                room,
+                id: newcomer.id,
+                who: newcomer.who,
+                format: newcomer.format,
+                session: newcomer.session.map(Into::into),
+            },
+            rx,
+            epoch,
+            head,
+            replay_after,
+            recovery,
+        })
+    }
+
+    /// Rooms that exist now.
+    #[cfg(test)]
+    fn room_count(&self) -> usize {
+        lock(&self.rooms).len()
+    }
+}
+
+impl Membership {
+    /// Sends `text` to everyone in the room, this member included (sessions with
+    /// no-echo leave their own out). A line with the client's `id` is sent once,
+    /// however often it is published.
+    pub(crate) async fn publish(&self, text: &str, id: Option<u64>) -> Published {
+        let line = self.session.as_deref().zip(id);
+        self.room.publish(self.id, &self.who, text, line)
+    }
+
+    /// Up to `limit` logged messages after `after`, in this member's format.
+    pub(crate) async fn read_after(&self, after: u64, limit: usize) -> CatchUp {
+        let mut deliveries = Vec::new();
+        let missed = lock(&self.room.state).read(after, limit, self.format, &mut deliveries);
+        CatchUp { missed, deliveries }
+    }
+
+    /// The labels of everyone in the room, sorted.
+    pub(crate) async fn members(&self) -> Vec<String> {
+        let mut members: Vec<String> = lock(&self.room.state).members.values().cloned().collect();
+        members.sort();
+        members
+    }
+
+    /// The room's name; `""` is the lobby.
+    pub(crate) fn room(&self) -> &str {
+        &self.room.name
+    }
+
+    /// How this member is tagged: `alice@127.0.0.1:53422` or the address alone.
+    pub(crate) fn who(&self) -> &str {
+        &self.who
+    }
+
+    /// This member's id, as it appears in [`Delivery::from`].
+    pub(crate) fn id(&self) -> SenderId {
+        self.id
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        let mut rooms = lock(&self.hub.rooms);
+        let mut state = lock(&self.room.state);
+        let who = state.members.remove(&self.id);
+        if state.members.is_empty() {
+            drop(state);
+            // Only our room goes: a room of the same name created after ours was
+            // removed is someone else's.
+            if rooms
+                .get(&self.room.name)
+                .is_some_and(|r| Arc::ptr_eq(r, &self.room))
+            {
+                rooms.remove(&self.room.name);
+            }
+        } else if let Some(who) = who.filter(|_| self.hub.presence) {
+            state.announce(&self.room.name, &who, false);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Resume;
+
+    fn hub(config: ServerConfig) -> Arc<Hub> {
+        Arc::new(Hub::new(&config))
+    }
+
+    fn join(hub: &Arc<Hub>, room: &str, id: SenderId, resume: Option<Resume>) -> Joined {
+        hub.join(Newcomer {
+            room,
+            id,
+            who: format!("m{id}"),
+            format: Format::Classic,
+            session: Some("s"),
+            resume,
+        })
+        .expect("join")
+    }
+
+    fn publish(joined: &Joined, text: &str) -> Published {
+        futures_util::FutureExt::now_or_never(joined.membership.publish(text, None))
+            .expect("ready at once")
+    }
+
+    fn text(d: &Delivery) -> &str {
+        d.message.as_text().expect("text")
+    }
+
+    fn next(joined: &mut Joined) -> (u64, String) {
+        let d = joined.rx.try_recv().expect("a delivery");
+        (d.offset, text(&d).to_owned())
+    }
+
+    fn read(joined: &Joined, after: u64) -> (u64, Vec<u64>) {
+        let read = futures_util::FutureExt::now_or_never(joined.membership.read_after(after, 100))
+            .expect("ready at once");
+        (
+            read.missed,
+            read.deliveries.iter().map(|d| d.offset).collect(),
+        )
+    }
+
+    #[test]
+    fn rooms_appear_on_first_join_and_vanish_when_empty() {
+        let hub = hub(ServerConfig::default());
+        let a = join(&hub, "rust", 1, None);
+        let b = join(&hub, "rust", 2, None);
+        let c = join(&hub, "", 3, None);
+        assert_eq!(hub.room_count(), 2);
+        drop(a);
+        assert_eq!(hub.room_count(), 2);
+        drop(b);
+        assert_eq!(hub.room_count(), 1);
+        drop(c);
+        assert_eq!(hub.room_count(), 0);
+    }
+
+    #[test]
+    fn messages_get_consecutive_offsets_and_stay_in_their_room() {
+        let hub = hub(ServerConfig::default());
+        let mut rust = join(&hub, "rust", 1, None);
+        let mut lobby = join(&hub, "", 2, None);
+        assert_eq!(publish(&rust, "one").offset, Some(1));
+        assert_eq!(publish(&rust, "two").offset, Some(2));
+        assert_eq!(next(&mut rust), (1, r#"m1: "one""#.to_owned()));
+        assert_eq!(next(&mut rust), (2, r#"m1: "two""#.to_owned()));
+        assert!(lobby.rx.try_recv().is_err());
+        assert_eq!(
+            publish(&lobby, "hi").offset,
+            Some(1),
+            "each room counts alone"
+        );
+        assert!(rust.rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn max_rooms_is_enforced_but_existing_rooms_can_be_joined() {
+        let hub = hub(ServerConfig {
+            max_rooms: 1,
+            ..ServerConfig::default()
+        });
+        let _a = join(&hub, "one", 1, None);
+        let refused = hub.join(Newcomer {
+            room: "two",
+            id: 2,
+            who: "b".into(),
+            format: Format::Classic,
+            session: None,
+            resume: None,
+        });
+        assert_eq!(refused.err(), Some(TooManyRooms));
+        let _c = join(&hub, "one", 3, None);
+    }
+
+    #[test]
+    fn history_and_live_messages_meet_without_gap_or_overlap() {
+        let hub = hub(ServerConfig {
+            history: 3,
+            ..ServerConfig::default()
+        });
+        let speaker = join(&hub, "", 1, None);
+        for i in 0..5 {
+            publish(&speaker, &format!("m{i}"));
+        }
+        let mut newcomer = join(&hub, "", 2, None);
+        publish(&speaker, "m5");
+        assert_eq!((newcomer.head, newcomer.replay_after), (5, 2));
+        assert_eq!(
+            read(&newcomer, newcomer.replay_after),
+            (0, vec![3, 4, 5, 6])
+        );
+        assert_eq!(next(&mut newcomer).0, 6, "live from the head on");
+        assert!(newcomer.rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_returning_client_learns_what_can_be_recovered() {
+        let hub = hub(ServerConfig {
+            resume_window: 4,
+            ..ServerConfig::default()
+        });
+        let speaker = join(&hub, "", 1, None);
+        let epoch = speaker.epoch;
+        for i in 0..10 {
+            publish(&speaker, &format!("m{i}"));
+        }
+        let back = |after| join(&hub, "", 2, Some(Resume { epoch, after }));
+        let whole = back(8);
+        assert_eq!(
+            (whole.replay_after, whole.recovery),
+            (8, Some(Recovery::Complete))
+        );
+        let edge = back(6);
+        assert_eq!(
+            (edge.replay_after, edge.recovery),
+            (6, Some(Recovery::Complete))
+        );
+        let partial = back(3);
+        assert_eq!(
+            (partial.replay_after, partial.recovery),
+            (6, Some(Recovery::Missed(3))),
+            "7 to 10 are kept; 4, 5 and 6 are lost"
+        );
+        let ahead = back(12);
+        assert_eq!(
+            (ahead.replay_after, ahead.recovery),
+            (10, Some(Recovery::Ahead(10)))
+        );
+        let other = join(
+            &hub,
+            "",
+            3,
+            Some(Resume {
+                epoch: Epoch(epoch.0 ^ 1),
+                after: 3,
+            }),
+        );
+        assert_eq!(
+            (other.replay_after, other.recovery),
+            (6, Some(Recovery::Restarted))
+        );
+        assert_eq!(
+            read(&partial, 3),
+            (3, vec![7, 8, 9, 10]),
+            "the exact count is known"
+        );
+    }
+
+    #[test]
+    fn a_room_that_empties_begins_again_with_a_new_epoch() {
+        let hub = hub(ServerConfig::default());
+        let first = join(&hub, "r", 1, None);
+        publish(&first, "x");
+        let epoch = first.epoch;
+        drop(first);
+        let again = join(&hub, "r", 2, Some(Resume { epoch, after: 1 }));
+        assert_ne!(again.epoch, epoch);
+        assert_eq!((again.head, again.recovery), (0, Some(Recovery::Restarted)));
+    }
+
+    #[test]
+    fn a_line_sent_again_by_the_same_session_goes_out_once() {
+        let hub = hub(ServerConfig::default());
+        let mut a = join(&hub, "", 1, None);
+        let once = |id| {
+            futures_util::FutureExt::now_or_never(a.membership.publish("hi", Some(id)))
+                .expect("ready")
+        };
+        assert_eq!(
+            once(1),
+            Published {
+                offset: Some(1),
+                duplicate: false
+            }
+        );
+        assert_eq!(
+            once(2),
+            Published {
+                offset: Some(2),
+                duplicate: false
+            }
+        );
+        assert_eq!(
+            once(2),
+            Published {
+                offset: Some(2),
+                duplicate: true
+            }
+        );
+        assert_eq!(
+            once(1),
+            Published {
+                offset: None,
+                duplicate: true
+            }
+        );
+        // The same session on a new connection (a reconnect) is recognised too.
+        let b = join(&hub, "", 2, None);
+        let again = futures_util::FutureExt::now_or_never(b.membership.publish("hi", Some(2)));
+        assert_eq!(
+            again,
+            Some(Published {
+                offset: Some(2),
+                duplicate: true
+            })
+        );
+        assert_eq!(next(&mut a).0, 1);
+        assert_eq!(next(&mut a).0, 2);
+        assert!(a.rx.try_recv().is_err(), "nothing sent twice");
+    }
+
+    #[test]
+    fn presence_notices_are_logged_with_offsets() {
+        let hub = hub(ServerConfig {
+            presence: true,
+            ..ServerConfig::default()
+        });
+        let mut a = join(&hub, "", 1, None);
+        assert_eq!(next(&mut a), (1, "* m1 joined (1 here)".to_owned()));
+        let b = join(&hub, "", 2, None);
+        assert_eq!(next(&mut a), (2, "* m2 joined (2 here)".to_owned()));
+        assert_eq!(
+            futures_util::FutureExt::now_or_never(a.membership.members()),
+            Some(vec!["m1".to_owned(), "m2".to_owned()])
+        );
+        drop(b);
+        let left = a.rx.try_recv().expect("leave");
+        assert_eq!((left.offset, text(&left)), (3, "* m2 left (1 here)"));
+        assert_eq!(left.from, SERVER);
+    }
+
+    #[test]
+    fn each_format_has_its_own_encoding_of_the_same_offsets() {
+        let hub = hub(ServerConfig::default());
+        let classic = join(&hub, "r", 1, None);
+        let mut structured = hub
+            .join(Newcomer {
+                room: "r",
+                id: 2,
+                who: "m2".into(),
+                format: Format::Structured,
+                session: None,
+                resume: None,
+            })
+            .expect("join");
+        publish(&classic, "hello");
+        let (offset, json) = next(&mut structured);
+        assert_eq!(offset, 1);
+        assert_eq!(
+            json,
+            format!(
+                r#"{{"type":"message","room":"r","epoch":"{}","offset":1,"from":"m1","text":"hello"}}"#,
+                structured.epoch
+            )
+        );
+    }
+}

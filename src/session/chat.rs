@@ -1,0 +1,139 @@
+//! The chat loop: the client's frames go to the hub, the hub's messages to the
+//! client, a quiet client is pinged, and shutdown closes it.
+
+use std::pin::pin;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use tokio_websockets::{CloseCode, Message, WebSocketStream};
+
+use super::frames::Frames;
+use super::outbox::{self, Outbox};
+use super::{End, bounded};
+use crate::hub::{Delivery, Format, Membership};
+use crate::limits::{RateLimit, Verdict};
+use crate::protocol::structured::ClientFrame;
+use crate::protocol::{self, WHO_COMMAND};
+use crate::state::ConnectionGuard;
+
+/// One session's chat.
+pub(super) struct Chat<'a> {
+    /// The session's place in its room.
+    pub(super) membership: &'a Membership,
+    /// The server's shared state and this connection's count.
+    pub(super) guard: &'a ConnectionGuard,
+    /// Frames in the client's format.
+    pub(super) frames: Frames,
+}
+
+impl Chat<'_> {
+    /// Runs until the client leaves, breaks the rules, or the server shuts down.
+    pub(super) async fn run<S>(
+        &self,
+        ws: &mut WebSocketStream<S>,
+        rx: &mut broadcast::Receiver<Delivery>,
+        outbox: &mut Outbox,
+        shutdown: &CancellationToken,
+    ) -> End
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let config = &self.guard.shared().config;
+        let mut keepalive =
+            tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
+        keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // Whether the client sent anything since the last tick, and whether a ping
+        // is waiting for an answer.
+        let (mut heard, mut ping_sent) = (false, false);
+        let mut rate = RateLimit::new(
+            config.max_rate,
+            config.max_burst,
+            config.flood_timeout,
+            Instant::now(),
+        );
+        // Made once: a new one on every wake-up would register with the token anew.
+        let mut cancelled = pin!(shutdown.cancelled());
+
+        loop {
+            let result = tokio::select! {
+                biased;
+                () = &mut cancelled => return End::Close(CloseCode::GOING_AWAY, protocol::REASON_SHUTDOWN),
+                frame = ws.next() => {
+                    heard = true;
+                    match frame {
+                        Some(Ok(message)) => match message.as_text() {
+                            Some(text) => match rate.check(Instant::now()) {
+                                Verdict::Pass => self.take(ws, text).await,
+                                Verdict::Drop(Some((dropped, notice))) => {
+                                    let notice = self.frames.slowed_down(dropped, notice);
+                                    bounded(config.write_timeout, ws.send(notice)).await
+                                }
+                                Verdict::Drop(None) => Ok(()),
+                                Verdict::Close => return End::Close(CloseCode::POLICY_VIOLATION, protocol::REASON_FLOOD),
+                            },
+                            None if message.is_binary() => return End::Close(CloseCode::UNSUPPORTED_DATA, protocol::REASON_BINARY),
+                            None if message.is_close() => return End::ClosedByClient,
+                            // Pings and pongs only prove the client alive; the library answers pings.
+                            None => Ok(()),
+                        },
+                        Some(Err(tokio_websockets::Error::Io(_))) | None => return End::Dropped("connection lost"),
+                        Some(Err(e)) => return End::ProtocolError(e),
+                    }
+                }
+                received = rx.recv() => match received {
+                    Err(RecvError::Closed) => return outbox::channel_closed(),
+                    received => outbox.deliver(ws, rx, received, self.membership).await,
+                },
+                _ = keepalive.tick() => {
+                    if heard {
+                        (heard, ping_sent) = (false, false);
+                        Ok(())
+                    } else if ping_sent {
+                        return End::Dropped("keepalive timed out");
+                    } else {
+                        ping_sent = true;
+                        bounded(config.write_timeout, ws.send(Message::ping(bytes::Bytes::new()))).await
+                    }
+                }
+            };
+            if let Err(end) = result {
+                return end;
+            }
+        }
+    }
+
+    /// Acts on a text frame the rate limit let through: a line for the room, a
+    /// question, or (structured) a frame that was not understood.
+    async fn take<S>(&self, ws: &mut WebSocketStream<S>, text: &str) -> Result<(), End>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let reply = match self.frames.0 {
+            Format::Classic if text == WHO_COMMAND => {
+                Some(self.frames.who(&self.membership.members().await))
+            }
+            Format::Classic => {
+                self.membership.publish(text, None).await;
+                None
+            }
+            Format::Structured => match ClientFrame::parse(text) {
+                Ok(ClientFrame::Send { id, text }) => {
+                    let published = self.membership.publish(&text, Some(id)).await;
+                    self.frames.ack(id, published)
+                }
+                Ok(ClientFrame::Who) => Some(self.frames.who(&self.membership.members().await)),
+                Err(bad) => Some(self.frames.error(bad.code, &bad.text)),
+            },
+        };
+        match reply {
+            Some(reply) => {
+                let limit = self.guard.shared().config.write_timeout;
+                bounded(limit, ws.send(reply)).await
+            }
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! One connection, from the first byte to the close: TLS if configured, the upgrade
+//! ([`upgrade`]), the welcome and the replay, the chat loop ([`chat`]) that reads the
+//! client's frames into the hub and writes the hub's messages ([`outbox`]), and a
+//! bounded close.
+
+mod chat;
+mod frames;
+mod outbox;
+mod upgrade;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::task::Poll;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout, timeout_at};
+use tokio_util::sync::CancellationToken;
+use tokio_websockets::{CloseCode, Limits, Message, ServerBuilder, WebSocketStream};
+use tracing::{debug, info};
+
+use crate::hub::Joined;
+use crate::state::ConnectionGuard;
+use frames::Frames;
+use outbox::Outbox;
+
+/// Why a session ended; decides how the connection is closed and what is logged.
+#[derive(Debug)]
+enum End {
+    /// We close with this code and reason and wait for the client's answer.
+    Close(CloseCode, &'static str),
+    /// The client sent a close frame; the library queued the answer.
+    ClosedByClient,
+    /// The client broke the protocol (bad UTF-8, too big, bad framing); the library
+    /// queued a close frame with the matching code.
+    ProtocolError(tokio_websockets::Error),
+    /// The connection is gone or stuck: nothing more can be sent.
+    Dropped(&'static str),
+}
+
+/// Serves one connection from the first byte to the close: TLS if configured,
+/// the upgrade, the chat. Every error ends this connection only and is logged here.
+pub(crate) async fn run(
+    tcp: TcpStream,
+    addr: SocketAddr,
+    guard: ConnectionGuard,
+    shutdown: CancellationToken,
+) {
+    let shared = guard.shared();
+    let deadline = Instant::now() + shared.config.handshake_timeout;
+    let Some(tls) = shared.tls.clone() else {
+        return serve(tcp, addr, &guard, &shutdown, deadline).await;
+    };
+    // Boxed: a TLS session's state is several kB, and every plain connection's
+    // task would otherwise reserve room for it.
+    Box::pin(async move {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = timeout_at(deadline, tls.accept(tcp)) => accepted,
+        };
+        match accepted {
+            Ok(Ok(stream)) => serve(stream, addr, &guard, &shutdown, deadline).await,
+            Ok(Err(e)) => debug!(%addr, error = %e, "TLS handshake failed"),
+            Err(_) => info!(%addr, "handshake timed out"),
+        }
+    })
+    .await;
+}
+
+/// The upgrade (finished by `deadline`), then the chat, then the close.
+async fn serve<S>(
+    mut stream: S,
+    addr: SocketAddr,
+    guard: &ConnectionGuard,
+    shutdown: &CancellationToken,
+    deadline: Instant,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let config = &guard.shared().config;
+    // Boxed so that the handshake's buffers and timer are freed once it is done
+    // instead of taking room in the task for the whole session.
+    let upgraded = Box::pin(upgrade::upgrade(
+        &mut stream,
+        addr,
+        guard,
+        shutdown,
+        deadline,
+    ))
+    .await;
+    // Joined the room during the upgrade, so the receiver saw everything since.
+    let Some((joined, format)) = upgraded else {
+        return;
+    };
+    let Joined {
+        membership,
+        mut rx,
+        epoch,
+        head,
+        replay_after,
+        recovery,
+    } = joined;
+
+    let mut ws = ServerBuilder::new()
+        .limits(Limits::default().max_payload_len(Some(config.max_message_size)))
+        .serve(stream);
+    info!(
+        %addr,
+        who = %membership.who(),
+        room = %format_args!("/{}", membership.room()),
+        clients = guard.open(),
+        "connected"
+    );
+
+    // The welcome, then what the log holds for us (history, or what a returning
+    // client missed), then how the resumption went, then live traffic.
+    let frames = Frames(format);
+    let skip = config.no_echo.then(|| membership.id());
+    let mut outbox = Outbox::new(
+        replay_after,
+        skip,
+        config.max_batch,
+        config.write_timeout,
+        frames,
+    );
+    let welcome = frames.welcome(
+        membership.room(),
+        epoch,
+        head,
+        membership.who(),
+        !config.no_echo,
+    );
+    let greeting = async {
+        bounded(config.write_timeout, ws.send(welcome)).await?;
+        outbox.catch_up(&mut ws, &membership, Some(head)).await?;
+        if let Some(recovered) = recovery.and_then(|r| frames.recovered(r)) {
+            bounded(config.write_timeout, ws.send(recovered)).await?;
+        }
+        Ok(())
+    };
+    let end = match greeting.await {
+        Ok(()) => {
+            let session = chat::Chat {
+                membership: &membership,
+                guard,
+                frames,
+            };
+            session.run(&mut ws, &mut rx, &mut outbox, shutdown).await
+        }
+        Err(end) => end,
+    };
+    drop(rx);
+    drop(membership);
+
+    let reason = match &end {
+        End::Close(_, reason) | End::Dropped(reason) => (*reason).to_owned(),
+        End::ClosedByClient => "closed by client".to_owned(),
+        End::ProtocolError(e) => format!("protocol error: {e}"),
+    };
+    close(&mut ws, end, config.close_timeout).await;
+    info!(%addr, reason, clients = guard.open() - 1, "disconnected");
+}
+
+/// Runs `write` for at most `limit`: a client whose writes stall that long is
+/// stuck, and one whose writes fail is gone; either way the session ends.
+///
+/// Most writes finish on their first poll (the socket has room), so the timer is
+/// only set for a write that has to wait: a timer per write would cost more than
+/// the write.
+async fn bounded(
+    limit: Duration,
+    write: impl Future<Output = Result<(), tokio_websockets::Error>>,
+) -> Result<(), End> {
+    let mut write = pin!(write);
+    let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+    let result = match first {
+        Poll::Ready(result) => result,
+        Poll::Pending => match timeout(limit, write).await {
+            Ok(result) => result,
+            Err(_) => return Err(End::Dropped("write timed out")),
+        },
+    };
+    result.map_err(|_| End::Dropped("connection lost"))
+}
+
+/// Ends the connection as `end` says, waiting at most `limit` for the close handshake.
+async fn close<S>(ws: &mut WebSocketStream<S>, end: End, limit: Duration)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let handshake = async {
+        if let End::Close(code, reason) = end {
+            ws.send(Message::close(Some(code), reason)).await?;
+        } else if matches!(end, End::Dropped(_)) {
+            return Ok(());
+        }
+        // Reading on flushes the close frame we answer with or queued, and waits
+        // for the client's answer to ours.
+        while ws.next().await.is_some() {}
+        Ok::<_, tokio_websockets::Error>(())
+    };
+    let _ = timeout(limit, handshake).await;
+}

@@ -1,0 +1,243 @@
+//! The room's messages on their way to one client: each once, in offset order, live
+//! from the channel, and from the room's log when the session fell behind the
+//! channel or a returning client has something to catch up on. A burst costs one
+//! write, not one per message.
+
+use std::time::Duration;
+
+use futures_util::SinkExt;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
+use tokio_websockets::{CloseCode, Message, WebSocketStream};
+
+use super::frames::Frames;
+use super::{End, bounded};
+use crate::hub::{Delivery, Membership, SenderId};
+use crate::protocol;
+
+/// What to do with one delivery.
+#[derive(Debug)]
+enum Step {
+    /// Write it: it is the next one.
+    Write(Message),
+    /// Pass it over: delivered already, or our own with no-echo.
+    Skip,
+    /// Messages before it are missing here: catch up from the log first.
+    Gap,
+}
+
+/// One session's position in its room, and how it writes.
+#[derive(Debug)]
+pub(super) struct Outbox {
+    /// The last offset delivered (or passed over).
+    last: u64,
+    /// Our own id, with no-echo: our messages are passed over.
+    skip: Option<SenderId>,
+    /// Most messages in one write.
+    max_batch: usize,
+    /// Time one write may take.
+    write_timeout: Duration,
+    /// Frames in the client's format, for the missed-count notice.
+    frames: Frames,
+}
+
+impl Outbox {
+    /// An outbox that has delivered everything up to `last`.
+    pub(super) fn new(
+        last: u64,
+        skip: Option<SenderId>,
+        max_batch: usize,
+        write_timeout: Duration,
+        frames: Frames,
+    ) -> Self {
+        Self {
+            last,
+            skip,
+            max_batch: max_batch.max(1),
+            write_timeout,
+            frames,
+        }
+    }
+
+    /// Decides about `delivery` and moves the position past it unless it is a gap.
+    fn step(&mut self, delivery: Delivery) -> Step {
+        if delivery.offset <= self.last {
+            return Step::Skip;
+        }
+        if delivery.offset > self.last + 1 {
+            return Step::Gap;
+        }
+        self.last = delivery.offset;
+        if Some(delivery.from) == self.skip {
+            Step::Skip
+        } else {
+            Step::Write(delivery.message)
+        }
+    }
+
+    /// Writes what the channel gave (`first`) and whatever else it already holds, up
+    /// to a batch, with one flush. A lag or a gap is filled from the log before
+    /// going on.
+    pub(super) async fn deliver<S>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+        rx: &mut broadcast::Receiver<Delivery>,
+        first: Result<Delivery, RecvError>,
+        membership: &Membership,
+    ) -> Result<(), End>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut next = first;
+        let mut behind = None;
+        let limit = self.write_timeout;
+        let write = async {
+            let mut written = 0;
+            loop {
+                match next {
+                    Ok(delivery) if delivery.offset > self.last + 1 => {
+                        behind = Some(Some(delivery));
+                        break;
+                    }
+                    Ok(delivery) => {
+                        if let Step::Write(message) = self.step(delivery) {
+                            ws.feed(message).await?;
+                            written += 1;
+                        }
+                    }
+                    Err(RecvError::Lagged(_)) => {
+                        behind = Some(None);
+                        break;
+                    }
+                    Err(RecvError::Closed) => break,
+                }
+                if written >= self.max_batch {
+                    break;
+                }
+                next = match rx.try_recv() {
+                    Ok(delivery) => Ok(delivery),
+                    Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+                    Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+                };
+            }
+            ws.flush().await
+        };
+        bounded(limit, write).await?;
+        match behind {
+            None => Ok(()),
+            // The channel moved on without us: everything after our position that the
+            // log still holds, then live again (the channel's copies are passed over).
+            Some(None) => self.catch_up(ws, membership, None).await,
+            // A message came before the ones it follows: those first, then it.
+            Some(Some(delivery)) => {
+                self.catch_up(ws, membership, Some(delivery.offset - 1))
+                    .await?;
+                if let Step::Write(message) = self.step(delivery) {
+                    bounded(self.write_timeout, ws.send(message)).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes what the room's log holds after our position, a batch per write, until
+    /// we reach `until` (or the log's head). Messages the log no longer holds are
+    /// reported with their exact count.
+    pub(super) async fn catch_up<S>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+        membership: &Membership,
+        until: Option<u64>,
+    ) -> Result<(), End>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        while until.is_none_or(|until| self.last < until) {
+            let read = membership.read_after(self.last, self.max_batch).await;
+            let more = !read.deliveries.is_empty();
+            let limit = self.write_timeout;
+            let write = async {
+                if read.missed > 0 {
+                    self.last += read.missed;
+                    ws.feed(self.frames.missed(read.missed)).await?;
+                }
+                for delivery in read.deliveries {
+                    if let Step::Write(message) = self.step(delivery) {
+                        ws.feed(message).await?;
+                    }
+                }
+                ws.flush().await
+            };
+            bounded(limit, write).await?;
+            if !more {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The last offset delivered.
+    #[cfg(test)]
+    fn last(&self) -> u64 {
+        self.last
+    }
+}
+
+/// How a session ends when its room's channel closes: only at shutdown.
+pub(super) fn channel_closed() -> End {
+    End::Close(CloseCode::GOING_AWAY, protocol::REASON_SHUTDOWN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::Format;
+
+    fn delivery(offset: u64, from: SenderId) -> Delivery {
+        Delivery {
+            offset,
+            from,
+            message: Message::text(format!("m{offset}")),
+        }
+    }
+
+    fn outbox(last: u64, skip: Option<SenderId>) -> Outbox {
+        Outbox::new(
+            last,
+            skip,
+            64,
+            Duration::from_secs(1),
+            Frames(Format::Classic),
+        )
+    }
+
+    /// What a step did, as text: `write m4`, `skip`, `gap`.
+    fn step(outbox: &mut Outbox, offset: u64, from: SenderId) -> String {
+        match outbox.step(delivery(offset, from)) {
+            Step::Write(message) => format!("write {}", message.as_text().unwrap_or("?")),
+            Step::Skip => "skip".to_owned(),
+            Step::Gap => "gap".to_owned(),
+        }
+    }
+
+    #[test]
+    fn each_offset_is_written_once_and_in_order() {
+        let mut outbox = outbox(3, None);
+        assert_eq!(step(&mut outbox, 2, 1), "skip", "delivered already");
+        assert_eq!(step(&mut outbox, 3, 1), "skip", "delivered already");
+        assert_eq!(step(&mut outbox, 5, 1), "gap", "4 is missing");
+        assert_eq!(outbox.last(), 3, "a gap does not move the position");
+        assert_eq!(step(&mut outbox, 4, 1), "write m4");
+        assert_eq!(step(&mut outbox, 5, 1), "write m5");
+        assert_eq!(step(&mut outbox, 5, 1), "skip", "no repeats");
+        assert_eq!(outbox.last(), 5);
+    }
+
+    #[test]
+    fn no_echo_passes_over_our_own_but_moves_on() {
+        let mut outbox = outbox(0, Some(7));
+        assert_eq!(step(&mut outbox, 1, 7), "skip");
+        assert_eq!(outbox.last(), 1);
+        assert_eq!(step(&mut outbox, 2, 8), "write m2");
+    }
+}

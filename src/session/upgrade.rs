@@ -1,0 +1,135 @@
+//! The upgrade: read the request, answer plain requests (the health check), admit
+//! (token, origin), read the room and the query, negotiate the wire format, join.
+
+use std::net::SocketAddr;
+
+use http::StatusCode;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{Instant, timeout, timeout_at};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use crate::config::ServerConfig;
+use crate::handshake::{self, Failure, Incoming, Reply, UpgradeRequest};
+use crate::hub::{Format, Joined, Newcomer, TooManyRooms};
+use crate::protocol::{self, Params, classic, structured::SUBPROTOCOL};
+use crate::state::ConnectionGuard;
+
+/// What a request turned out to be.
+enum Outcome {
+    /// A WebSocket in this format, joined to its room.
+    Chat(Joined, Format),
+    /// A plain request, answered with this.
+    Answer(Reply),
+}
+
+/// Reads and answers the upgrade request by `deadline`, joining the room it
+/// names. `None` when the connection got an HTTP answer instead, or failed;
+/// either is logged here.
+pub(super) async fn upgrade<S>(
+    stream: &mut S,
+    addr: SocketAddr,
+    guard: &ConnectionGuard,
+    shutdown: &CancellationToken,
+    deadline: Instant,
+) -> Option<(Joined, Format)>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let shared = guard.shared();
+    let config = &shared.config;
+    let upgrade = async {
+        let request = match handshake::read_request(&mut *stream).await? {
+            Incoming::Upgrade(request) => request,
+            Incoming::Health => return Ok(Outcome::Answer(health(guard))),
+        };
+        admit(&request, config).map_err(Failure::Refused)?;
+        let bad_request = |reason| Failure::Refused(Reply::new(StatusCode::BAD_REQUEST, reason));
+        let room = protocol::room_from_path(&request.path).map_err(bad_request)?;
+        let params = Params::parse(request.query.as_deref()).map_err(bad_request)?;
+        let format = if request.offers(SUBPROTOCOL) {
+            Format::Structured
+        } else {
+            Format::Classic
+        };
+        let newcomer = Newcomer {
+            room,
+            id: shared.next_id(),
+            who: classic::sender(params.name, addr),
+            format,
+            session: params.session,
+            resume: params.resume,
+        };
+        let joined = shared.hub.join(newcomer).map_err(|TooManyRooms| {
+            Failure::Refused(Reply::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many rooms; join an existing one",
+            ))
+        })?;
+        let subprotocol = (format == Format::Structured).then_some(SUBPROTOCOL);
+        handshake::accept(&mut *stream, &request, subprotocol).await?;
+        Ok::<_, Failure>(Outcome::Chat(joined, format))
+    };
+    let outcome = tokio::select! {
+        () = shutdown.cancelled() => return None,
+        outcome = timeout_at(deadline, upgrade) => outcome,
+    };
+    let reply = match outcome {
+        Ok(Ok(Outcome::Chat(joined, format))) => return Some((joined, format)),
+        Ok(Ok(Outcome::Answer(reply))) => {
+            debug!(%addr, status = reply.status.as_u16(), "answered");
+            reply
+        }
+        Ok(Err(Failure::Refused(reply))) => {
+            info!(%addr, status = reply.status.as_u16(), reason = %reply.body, "refused");
+            reply
+        }
+        Ok(Err(Failure::Io(e))) => {
+            debug!(%addr, error = %e, "handshake failed");
+            return None;
+        }
+        Err(_) => {
+            info!(%addr, "handshake timed out");
+            return None;
+        }
+    };
+    let _ = timeout(config.close_timeout, handshake::respond(stream, &reply)).await;
+    None
+}
+
+/// Decides whether an upgrade request may join: the token, then the origin.
+fn admit(request: &UpgradeRequest, config: &ServerConfig) -> Result<(), Reply> {
+    if let Some(token) = &config.token {
+        let presented = request
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        if !presented.is_some_and(|p| token.matches(p)) {
+            return Err(Reply::new(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong token",
+            ));
+        }
+    }
+    if !config.allowed_origins.is_empty()
+        && let Some(origin) = request.headers.get(http::header::ORIGIN)
+    {
+        let origin = origin.to_str().unwrap_or_default().trim_end_matches('/');
+        if !config
+            .allowed_origins
+            .iter()
+            .any(|allowed| allowed.trim_end_matches('/').eq_ignore_ascii_case(origin))
+        {
+            return Err(Reply::new(StatusCode::FORBIDDEN, "origin not allowed"));
+        }
+    }
+    Ok(())
+}
+
+/// The health check's answer: the open connections, not counting itself.
+fn health(guard: &ConnectionGuard) -> Reply {
+    Reply::json(
+        StatusCode::OK,
+        format!("{{\"status\":\"ok\",\"connections\":{}}}", guard.open() - 1),
+    )
+}
