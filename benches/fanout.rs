@@ -8,6 +8,8 @@ mod report;
 mod run;
 #[path = "fanout/server.rs"]
 mod server;
+#[path = "fanout/stats.rs"]
+mod stats;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
