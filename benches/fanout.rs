@@ -19,8 +19,9 @@ use clap::{Parser, ValueEnum};
 use http::Uri;
 
 use load::{Pace, Plan, Target};
-use report::Outcome;
+use report::{Headline, OURS, Report, Row, ServerInfo};
 use run::{ServerSource, Setup};
+use server::ServerSpec;
 
 /// Connections in the idle scenario, and the larger count tried if file descriptors allow.
 const IDLE_CONNECTIONS: usize = 5_000;
@@ -53,7 +54,7 @@ struct Args {
     /// Connections being opened at once
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
     concurrency: u32,
-    /// Runs per scenario; with more than one the table shows medians
+    /// Runs per scenario; with more than one a row shows its median run
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     runs: u32,
     /// Seconds a scenario's send and delivery phase may take before the rest counts as lost
@@ -95,6 +96,10 @@ impl Scenario {
             senders,
             messages,
             pace,
+            headline: match pace {
+                Pace::Closed { .. } => Headline::DeliveriesPerSecond,
+                Pace::Open { .. } => Headline::P99,
+            },
         };
         match self {
             Scenario::Burst => vec![plan("burst", 100, 1, 2000, Pace::Closed { window: 8 })],
@@ -102,8 +107,10 @@ impl Scenario {
             Scenario::Steady => vec![plan("steady", 1000, 1, 400, Pace::Open { per_second: 200 })],
             Scenario::Senders => vec![plan("senders", 100, 10, 300, Pace::Closed { window: 8 })],
             Scenario::Idle => {
-                let idle =
-                    |connections| plan("idle", connections, 1, 1, Pace::Closed { window: 1 });
+                let idle = |connections| Plan {
+                    headline: Headline::KbPerConnection,
+                    ..plan("idle", connections, 1, 1, Pace::Closed { window: 1 })
+                };
                 let mut plans = vec![idle(IDLE_CONNECTIONS)];
                 if fd_limit.unwrap_or(0) >= IDLE_CONNECTIONS_LARGE as u64 + FD_MARGIN {
                     plans.push(idle(IDLE_CONNECTIONS_LARGE));
@@ -138,22 +145,8 @@ fn main() -> ExitCode {
 }
 
 async fn bench(args: Args) -> Result<(), String> {
-    let source = match &args.url {
-        Some(url) => ServerSource::Url(resolve(url).await?),
-        None => ServerSource::Spawn {
-            path: args
-                .server
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_server"))),
-            args: [("--buffer", args.buffer), ("--threads", args.threads)]
-                .into_iter()
-                .filter_map(|(flag, value)| Some([flag.to_owned(), value?.to_string()]))
-                .flatten()
-                .collect(),
-        },
-    };
+    let sources = servers(&args).await?;
     let setup = Setup {
-        source,
         concurrency: args.concurrency as usize,
         delivery_timeout: Duration::from_secs(args.timeout),
         clock_ticks: server::clock_ticks_per_second(),
@@ -166,39 +159,84 @@ async fn bench(args: Args) -> Result<(), String> {
     };
     let fd_limit = server::open_files_soft_limit();
 
-    let mut outcomes = Vec::new();
+    let mut rows = Vec::new();
     let mut run_number = 0;
     for scenario in scenarios {
         for plan in scenario.plans(fd_limit) {
-            let mut runs = Vec::new();
+            // Interleaved: run 1 of every server, then run 2 of every server, so that a change
+            // in the machine's load falls on all of them alike.
+            let mut runs: Vec<Vec<_>> = sources.iter().map(|_| Vec::new()).collect();
             for _ in 0..args.runs {
-                run_number += 1;
-                let tag = format!("fo{:x}r{run_number}", std::process::id());
-                let started = Instant::now();
-                let outcome = run::run(&plan, &setup, tag).await?;
-                eprintln!(
-                    "fanout: {} with {} connections: {} of {} copies in {:.1} s",
-                    plan.scenario,
-                    plan.connections,
-                    outcome.delivered,
-                    outcome.expected,
-                    started.elapsed().as_secs_f64()
-                );
-                runs.push(outcome);
+                for (source, runs) in sources.iter().zip(&mut runs) {
+                    run_number += 1;
+                    let tag = format!("fo{:x}r{run_number}", std::process::id());
+                    let started = Instant::now();
+                    let outcome = run::run(&plan, &setup, source, tag).await?;
+                    eprintln!(
+                        "fanout: {} on {} with {} connections: {} of {} copies in {:.1} s",
+                        plan.scenario,
+                        source.label(),
+                        plan.connections,
+                        outcome.unique,
+                        outcome.expected,
+                        started.elapsed().as_secs_f64()
+                    );
+                    runs.push(outcome);
+                }
             }
-            outcomes.push(Outcome::median(&runs));
+            rows.extend(runs.into_iter().map(|runs| Row { runs }));
         }
     }
 
-    print!("{}", report::table(&outcomes, args.runs as usize));
+    let report = Report {
+        rows,
+        servers: sources
+            .iter()
+            .map(|source| ServerInfo {
+                label: source.label().to_owned(),
+                command: match source {
+                    ServerSource::Spawn(spec) => spec.command(),
+                    ServerSource::Url(target) => target.uri.to_string(),
+                },
+            })
+            .collect(),
+        runs: args.runs as usize,
+        cores: std::thread::available_parallelism().map_or(0, usize::from),
+    };
+    print!("{}", report::table(&report));
     if let Some(dir) = args.json.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
-    std::fs::write(&args.json, report::json(&outcomes, args.runs as usize))
+    std::fs::write(&args.json, report::json(&report))
         .map_err(|e| format!("cannot write {}: {e}", args.json.display()))?;
     println!("JSON written to {}", args.json.display());
     Ok(())
+}
+
+/// The server to run: ours, spawned, or the one at `--url`.
+async fn servers(args: &Args) -> Result<Vec<ServerSource>, String> {
+    if let Some(url) = &args.url {
+        return Ok(vec![ServerSource::Url(resolve(url).await?)]);
+    }
+    // The rate limit is off: the senders are load generators, not people.
+    let mut ours_args: Vec<String> = ["--host", "127.0.0.1", "--port", "0", "--max-rate", "0"]
+        .map(str::to_owned)
+        .into();
+    for (flag, value) in [("--buffer", args.buffer), ("--threads", args.threads)] {
+        if let Some(value) = value {
+            ours_args.extend([flag.to_owned(), value.to_string()]);
+        }
+    }
+    Ok(vec![ServerSource::Spawn(ServerSpec {
+        label: OURS.to_owned(),
+        path: args
+            .server
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_server"))),
+        args: ours_args,
+        env: Vec::new(),
+    })])
 }
 
 /// Turns `ws://host:port/path` into an address to connect to and the URI for the upgrade.

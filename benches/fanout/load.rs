@@ -14,6 +14,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_websockets::{ClientBuilder, Message, WebSocketStream};
 
+use crate::report::Headline;
 use crate::stats;
 
 /// The first message the server sends every client.
@@ -52,6 +53,8 @@ pub struct Plan {
     /// Messages per sender.
     pub messages: usize,
     pub pace: Pace,
+    /// The figure that picks the median of several runs.
+    pub headline: Headline,
 }
 
 impl Plan {
