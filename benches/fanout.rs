@@ -39,13 +39,22 @@ struct Args {
     /// Measure an already running server (ws://host:port/) instead of spawning one per scenario
     #[arg(long)]
     url: Option<String>,
-    /// Server binary to spawn [default: the one cargo built]
+    /// Our server binary to spawn [default: the one cargo built]
     #[arg(long)]
     server: Option<PathBuf>,
-    /// Pass `--buffer N` (broadcast channel capacity) to the spawned server
+    /// Also run every scenario against another server, interleaved with ours run by run: an
+    /// example of this crate (`classic`, `batching`: built here if needed) or a path to a
+    /// binary that takes `--port 0` and prints `Listening on port N` (repeatable)
+    #[arg(long, value_name = "SERVER")]
+    against: Vec<String>,
+    /// Also run our server with extra flags, as `LABEL=FLAGS`, e.g. `"one-thread=--threads 1"`
+    /// (repeatable; interleaved like --against)
+    #[arg(long, value_name = "LABEL=FLAGS", value_parser = parse_variant)]
+    variant: Vec<(String, Vec<String>)>,
+    /// Pass `--buffer N` (broadcast channel capacity) to our spawned server
     #[arg(long)]
     buffer: Option<usize>,
-    /// Pass `--threads N` (worker threads) to the spawned server
+    /// Worker threads: `--threads N` to our server, `TOKIO_WORKER_THREADS=N` to every server
     #[arg(long)]
     threads: Option<usize>,
     /// Where to write the figures as JSON
@@ -54,7 +63,7 @@ struct Args {
     /// Connections being opened at once
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
     concurrency: u32,
-    /// Runs per scenario; with more than one a row shows its median run
+    /// Runs per scenario and server; with more than one a row shows its median run
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     runs: u32,
     /// Seconds a scenario's send and delivery phase may take before the rest counts as lost
@@ -214,11 +223,25 @@ async fn bench(args: Args) -> Result<(), String> {
     Ok(())
 }
 
-/// The server to run: ours, spawned, or the one at `--url`.
+/// The servers to run, ours first: ours, its variants, then the others, building the examples
+/// among them. With `--url`, only the server there.
 async fn servers(args: &Args) -> Result<Vec<ServerSource>, String> {
     if let Some(url) = &args.url {
+        if !args.against.is_empty() || !args.variant.is_empty() {
+            return Err("--url measures one running server: drop --against and --variant".into());
+        }
         return Ok(vec![ServerSource::Url(resolve(url).await?)]);
     }
+    // Our flags go to ours only; every server gets the worker count through tokio's variable.
+    let env: Vec<(String, String)> = args
+        .threads
+        .map(|n| ("TOKIO_WORKER_THREADS".to_owned(), n.to_string()))
+        .into_iter()
+        .collect();
+    let ours_path = args
+        .server
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_server")));
     // The rate limit is off: the senders are load generators, not people.
     let mut ours_args: Vec<String> = ["--host", "127.0.0.1", "--port", "0", "--max-rate", "0"]
         .map(str::to_owned)
@@ -228,15 +251,69 @@ async fn servers(args: &Args) -> Result<Vec<ServerSource>, String> {
             ours_args.extend([flag.to_owned(), value.to_string()]);
         }
     }
-    Ok(vec![ServerSource::Spawn(ServerSpec {
+    let mut specs = vec![ServerSpec {
         label: OURS.to_owned(),
-        path: args
-            .server
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_server"))),
-        args: ours_args,
-        env: Vec::new(),
-    })])
+        path: ours_path.clone(),
+        args: ours_args.clone(),
+        env: env.clone(),
+    }];
+    for (label, extra) in &args.variant {
+        specs.push(ServerSpec {
+            label: label.clone(),
+            path: ours_path.clone(),
+            args: ours_args.iter().chain(extra).cloned().collect(),
+            env: env.clone(),
+        });
+    }
+    let is_path = |name: &str| name.contains(std::path::MAIN_SEPARATOR) || name.contains('/');
+    let examples: Vec<&str> = args
+        .against
+        .iter()
+        .map(String::as_str)
+        .filter(|name| !is_path(name))
+        .collect();
+    let examples_dir = if examples.is_empty() {
+        PathBuf::new()
+    } else {
+        server::build_examples(&examples)?
+    };
+    for name in &args.against {
+        let path = if is_path(name) {
+            PathBuf::from(name)
+        } else {
+            examples_dir.join(name)
+        };
+        let label = path
+            .file_name()
+            .map_or_else(|| name.clone(), |n| n.to_string_lossy().into_owned());
+        specs.push(ServerSpec {
+            label,
+            path,
+            args: vec!["--port".to_owned(), "0".to_owned()],
+            env: env.clone(),
+        });
+    }
+    let mut labels: Vec<&str> = specs.iter().map(|s| s.label.as_str()).collect();
+    labels.sort_unstable();
+    if let Some(pair) = labels.windows(2).find(|pair| pair[0] == pair[1]) {
+        return Err(format!("two servers are labelled {:?}", pair[0]));
+    }
+    Ok(specs.into_iter().map(ServerSource::Spawn).collect())
+}
+
+/// Parses `LABEL=FLAGS` for --variant: the flags split at whitespace.
+fn parse_variant(text: &str) -> Result<(String, Vec<String>), String> {
+    let (label, flags) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not LABEL=FLAGS"))?;
+    let label = label.trim();
+    if label.is_empty() || label.contains(char::is_whitespace) {
+        return Err(format!("{label:?} is not a label: one word, not empty"));
+    }
+    Ok((
+        label.to_owned(),
+        flags.split_whitespace().map(str::to_owned).collect(),
+    ))
 }
 
 /// Turns `ws://host:port/path` into an address to connect to and the URI for the upgrade.

@@ -232,3 +232,66 @@ fn open_loop_schedule_is_fixed_and_staggered() {
         Duration::from_micros(1_999_500)
     );
 }
+
+#[test]
+fn ratios_divide_the_other_median_run_by_ours() {
+    let figures = |server: &str, delivery_ns, p99, cpu_ns, writes, lost: u64| Outcome {
+        delivery_ns: Some(delivery_ns),
+        p50_ms: Some(1.0),
+        p99_ms: Some(p99),
+        cpu_ns: Some(cpu_ns),
+        writes: Some(writes),
+        rss_growth_kb: Some(30),
+        unique: 100 - lost,
+        ..run("burst", server)
+    };
+    let r = report(vec![
+        vec![figures(OURS, 1_000_000, 2.0, 1_000, 10, 0)],
+        vec![figures("classic", 4_000_000, 8.0, 6_000, 100, 20)],
+    ]);
+    let ratios = r.ratios();
+    assert_eq!(ratios.len(), 1);
+    let classic = &ratios[0];
+    assert_eq!(classic.server, "classic");
+    // 80 deliveries in 4 ms against 100 in 1 ms.
+    assert_eq!(classic.deliveries_per_second, Some(0.2));
+    assert_eq!(classic.p50, Some(1.0));
+    assert_eq!(classic.p99, Some(4.0));
+    // 6 µs for 80 against 1 µs for 100.
+    assert!((classic.cpu_s_per_million.expect("cpu") - 7.5).abs() < 1e-9);
+    assert_eq!(classic.writes_per_delivery, Some(12.5));
+    assert_eq!(classic.kb_per_connection, Some(1.0));
+    assert_eq!(classic.worst_lost, 20);
+    let table = report::table(&r);
+    assert!(table.contains("vs ours"), "{table}");
+    assert!(table.contains("0.20x"), "{table}");
+    let json = report::json(&r);
+    assert!(json.contains("\"ratios\": ["), "{json}");
+    assert!(json.contains("\"writes_per_delivery\": 12.5"), "{json}");
+
+    assert_eq!(stats::ratio(Some(1.0), Some(0.0)), None);
+    assert_eq!(stats::ratio(None, Some(1.0)), None);
+}
+
+#[test]
+fn ratios_pair_rows_of_the_same_connection_count() {
+    let idle = |server: &str, receivers, growth| Outcome {
+        headline: Headline::KbPerConnection,
+        receivers,
+        connected: receivers + 1,
+        rss_growth_kb: Some(growth),
+        ..run("idle", server)
+    };
+    let r = report(vec![
+        vec![idle(OURS, 4_999, 15_000)],
+        vec![idle(OURS, 9_999, 20_000)],
+        vec![idle("classic", 4_999, 45_000)],
+        vec![idle("classic", 9_999, 100_000)],
+    ]);
+    let ratios: Vec<(usize, Option<f64>)> = r
+        .ratios()
+        .iter()
+        .map(|r| (r.connections, r.kb_per_connection))
+        .collect();
+    assert_eq!(ratios, [(5_000, Some(3.0)), (10_000, Some(5.0))]);
+}

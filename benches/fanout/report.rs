@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use crate::stats;
 
-/// The label of our own server.
+/// The label of our own server; the ratio table divides the others by it.
 pub const OURS: &str = "ours";
 
 /// The figure that picks a row's median run.
@@ -190,18 +190,78 @@ impl Report {
             .iter()
             .all(|row| row.runs.iter().all(|o| o.lost() == 0))
     }
+
+    /// The ratio of each other server's row to ours in the same scenario.
+    pub fn ratios(&self) -> Vec<Ratios> {
+        let mut ratios = Vec::new();
+        for row in &self.rows {
+            let first = row.first();
+            if first.server == OURS {
+                continue;
+            }
+            let Some(ours) = self.rows.iter().find(|r| {
+                r.first().server == OURS
+                    && r.first().scenario == first.scenario
+                    && r.first().connections() == first.connections()
+            }) else {
+                continue;
+            };
+            let (o, b) = (row.median(), ours.median());
+            ratios.push(Ratios {
+                scenario: first.scenario,
+                connections: first.connections(),
+                server: first.server.clone(),
+                deliveries_per_second: stats::ratio(
+                    o.deliveries_per_second(),
+                    b.deliveries_per_second(),
+                ),
+                p50: stats::ratio(o.p50_ms, b.p50_ms),
+                p99: stats::ratio(o.p99_ms, b.p99_ms),
+                cpu_s_per_million: stats::ratio(o.cpu_s_per_million(), b.cpu_s_per_million()),
+                writes_per_delivery: stats::ratio(o.writes_per_delivery(), b.writes_per_delivery()),
+                kb_per_connection: stats::ratio(
+                    o.rss_per_connection_kb(),
+                    b.rss_per_connection_kb(),
+                ),
+                worst_lost: row.worst_lost(),
+                expected: first.expected,
+            });
+        }
+        ratios
+    }
+}
+
+/// One other server's figures divided by ours, median run by median run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ratios {
+    pub scenario: &'static str,
+    pub connections: usize,
+    pub server: String,
+    pub deliveries_per_second: Option<f64>,
+    pub p50: Option<f64>,
+    pub p99: Option<f64>,
+    pub cpu_s_per_million: Option<f64>,
+    pub writes_per_delivery: Option<f64>,
+    pub kb_per_connection: Option<f64>,
+    /// The other server's worst-run loss, not a ratio.
+    pub worst_lost: u64,
+    pub expected: u64,
 }
 
 fn cell(value: Option<f64>, decimals: usize) -> String {
     value.map_or_else(|| "n/a".to_string(), |v| format!("{v:.decimals$}"))
 }
 
+fn times(value: Option<f64>) -> String {
+    value.map_or_else(|| "n/a".to_string(), |v| format!("{v:.2}x"))
+}
+
 fn share(part: u64, whole: u64) -> f64 {
     100.0 * part as f64 / whole.max(1) as f64
 }
 
-/// The per-server table with its footer and notes, and a loud `LOST` line for every row whose
-/// worst run lost copies.
+/// The per-server table with its footer and notes, the ratio table when there are other
+/// servers, and a loud `LOST` line for every row whose worst run lost copies.
 pub fn table(report: &Report) -> String {
     let mut out = String::new();
     let width = report
@@ -261,7 +321,7 @@ pub fn table(report: &Report) -> String {
         "conns = N receivers + S senders (senders receive their own copies too). deliveries = \
          distinct copies received, expected = msgs x conns. deliv/s = deliveries from the first \
          send to the last copy. Latency = arrival minus the send time stamped in the message; \
-         open-loop senders (steady, busy) stamp the time a message was due, so a sender that \
+         open-loop senders (steady) stamp the time a message was due, so a sender that \
          falls behind is charged for it. cpu s/M = server CPU seconds, all threads (schedstat, \
          ns), per million deliveries over the send phase. wr/deliv = the server's write \
          syscalls (syscw) over the send phase per delivery. kB/conn = server RSS growth over the \
@@ -316,6 +376,45 @@ pub fn table(report: &Report) -> String {
         }
     }
 
+    let ratios = report.ratios();
+    if !ratios.is_empty() {
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "{:<8} {:<width$} {:>10} {:>7} {:>7} {:>8} {:>8} {:>8} {:>18}",
+            "scenario",
+            "vs ours",
+            "deliv/s",
+            "p50",
+            "p99",
+            "cpu s/M",
+            "wr/deliv",
+            "kB/conn",
+            "worst lost",
+        );
+        for r in &ratios {
+            let _ = writeln!(
+                out,
+                "{:<8} {:<width$} {:>10} {:>7} {:>7} {:>8} {:>8} {:>8} {:>18}",
+                r.scenario,
+                r.server,
+                times(r.deliveries_per_second),
+                times(r.p50),
+                times(r.p99),
+                times(r.cpu_s_per_million),
+                times(r.writes_per_delivery),
+                times(r.kb_per_connection),
+                format!("{} ({:.2}%)", r.worst_lost, share(r.worst_lost, r.expected)),
+            );
+        }
+        let _ = writeln!(
+            out,
+            "Each figure of the other server's row divided by ours (same scenario, the rows' \
+             median runs): deliv/s above 1x is faster than ours, the others above 1x cost more \
+             than ours. worst lost is the other server's own worst run, not a ratio."
+        );
+    }
+
     for row in &report.rows {
         let lost = row.worst_lost();
         let dup = row.worst_duplicates();
@@ -359,7 +458,7 @@ pub fn table(report: &Report) -> String {
     out
 }
 
-/// The same figures as a JSON document: each row's median run and every run.
+/// The same figures as a JSON document: each row's median run and every run, and the ratios.
 pub fn json(report: &Report) -> String {
     let mut out = String::new();
     let servers: Vec<String> = report
@@ -406,6 +505,28 @@ pub fn json(report: &Report) -> String {
             row.worst_out_of_order(),
             run_json(median),
             runs.join(",\n      "),
+        );
+    }
+    out.push_str("\n  ],\n  \"ratios\": [");
+    for (i, r) in report.ratios().iter().enumerate() {
+        let _ = write!(
+            out,
+            "{}\n    {{\"scenario\": {}, \"connections\": {}, \"server\": {}, \
+             \"deliveries_per_second\": {}, \"latency_p50_ms\": {}, \"latency_p99_ms\": {}, \
+             \"server_cpu_s_per_million\": {}, \"writes_per_delivery\": {}, \
+             \"server_rss_per_connection_kb\": {}, \"worst_lost\": {}, \"expected_copies\": {}}}",
+            if i == 0 { "" } else { "," },
+            json_string(r.scenario),
+            r.connections,
+            json_string(&r.server),
+            num(r.deliveries_per_second),
+            num(r.p50),
+            num(r.p99),
+            num(r.cpu_s_per_million),
+            num(r.writes_per_delivery),
+            num(r.kb_per_connection),
+            r.worst_lost,
+            r.expected,
         );
     }
     out.push_str("\n  ]\n}\n");

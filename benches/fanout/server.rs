@@ -1,8 +1,8 @@
 //! The server under test as a child process: spawn, readiness line, CPU, writes and memory
-//! from /proc.
+//! from /proc; and building the example servers it is compared with.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -19,6 +19,7 @@ const KEPT_LOG_LINES: usize = 3;
 /// A server to start for every run: a binary, its flags and environment.
 #[derive(Clone, Debug)]
 pub struct ServerSpec {
+    /// `ours`, a variant's label, or the other server's name.
     pub label: String,
     pub path: PathBuf,
     /// Its flags, `--port 0` among them.
@@ -210,4 +211,40 @@ pub fn listen_overflows() -> Option<u64> {
         .split_whitespace()
         .position(|name| name == "ListenOverflows")?;
     values.split_whitespace().nth(index)?.parse().ok()
+}
+
+/// Builds this crate's examples `names` with the profile the benchmark was built with, and
+/// returns the directory they are in (`target/PROFILE/examples`, beside the benchmark's own
+/// `deps` directory). Cargo does nothing if they are up to date.
+pub fn build_examples(names: &[&str]) -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the benchmark: {e}"))?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| format!("unexpected benchmark path {}", exe.display()))?;
+    // `cargo bench` builds with the bench profile, whose directory is `release`.
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev",
+        Some("release") => "bench",
+        Some(other) => other,
+        None => "bench",
+    };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(&cargo);
+    command
+        .args(["build", "--quiet", "--profile", profile])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    for name in names {
+        command.args(["--example", name]);
+    }
+    let status = command
+        .status()
+        .map_err(|e| format!("cannot run {}: {e}", Path::new(&cargo).display()))?;
+    if !status.success() {
+        return Err(format!(
+            "building the examples {} failed ({status})",
+            names.join(", ")
+        ));
+    }
+    Ok(profile_dir.join("examples"))
 }

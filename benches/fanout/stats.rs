@@ -60,6 +60,14 @@ pub fn per_item(total: u64, items: u64) -> Option<f64> {
     (items > 0).then(|| total as f64 / items as f64)
 }
 
+/// `other` as a multiple of `ours`; `None` when either is missing or ours is not positive.
+pub fn ratio(other: Option<f64>, ours: Option<f64>) -> Option<f64> {
+    match (other, ours) {
+        (Some(other), Some(ours)) if ours > 0.0 && other.is_finite() => Some(other / ours),
+        _ => None,
+    }
+}
+
 /// When an open-loop sender's message `seq` is due, after the shared start: `per_second`
 /// messages a second per sender, with sender `sender` of `senders` offset by its share of one
 /// interval so that the room receives an even stream instead of `senders` at once.
