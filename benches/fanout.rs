@@ -84,16 +84,20 @@ enum Scenario {
     Steady,
     /// 100 connections, 10 senders of 300 messages each, at most 8 in flight each
     Senders,
+    /// 100 connections, 20 senders at 100 messages/s each for 2 s: 2000 a second to every client
+    /// (open loop)
+    Busy,
     /// 5000 (then 10000) idle connections and one broadcast
     Idle,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 5] = [
+    const ALL: [Scenario; 6] = [
         Scenario::Burst,
         Scenario::Crowd,
         Scenario::Steady,
         Scenario::Senders,
+        Scenario::Busy,
         Scenario::Idle,
     ];
 
@@ -115,6 +119,7 @@ impl Scenario {
             Scenario::Crowd => vec![plan("crowd", 1000, 1, 500, Pace::Closed { window: 4 })],
             Scenario::Steady => vec![plan("steady", 1000, 1, 400, Pace::Open { per_second: 200 })],
             Scenario::Senders => vec![plan("senders", 100, 10, 300, Pace::Closed { window: 8 })],
+            Scenario::Busy => vec![plan("busy", 100, 20, 200, Pace::Open { per_second: 100 })],
             Scenario::Idle => {
                 let idle = |connections| Plan {
                     headline: Headline::KbPerConnection,
