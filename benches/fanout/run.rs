@@ -192,6 +192,9 @@ pub async fn run(
     }
     let mut sent = 0;
     let mut first_send_ns = None::<u64>;
+    // Summed over senders: twenty failing senders make one note, not twenty.
+    let (mut stalls, mut stalled_senders) = (0, 0);
+    let mut errors = Vec::new();
     for sender in senders {
         match sender.await {
             Ok(report) => {
@@ -200,17 +203,22 @@ pub async fn run(
                     first_send_ns = Some(first_send_ns.map_or(ns, |f| f.min(ns)));
                 }
                 if report.stalls > 0 {
-                    notes.push(format!(
-                        "a sender waited in vain for its own copies {} times (window stall)",
-                        report.stalls
-                    ));
+                    stalls += report.stalls;
+                    stalled_senders += 1;
                 }
-                if let Some(error) = report.error {
-                    notes.push(format!("a sender failed: {error}"));
-                }
+                errors.extend(report.error);
             }
-            Err(e) => notes.push(format!("a sender task failed: {e}")),
+            Err(e) => errors.push(format!("sender task: {e}")),
         }
+    }
+    if stalls > 0 {
+        notes.push(format!(
+            "{stalled_senders} senders waited in vain for their own copies, {stalls} times in all \
+             (window stall)"
+        ));
+    }
+    if let Some(first) = errors.first() {
+        notes.push(format!("{} senders failed, first: {first}", errors.len()));
     }
     if let Some(server) = server.take() {
         let (lines, first) = server.log();
