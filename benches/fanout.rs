@@ -185,7 +185,9 @@ async fn bench(args: Args) -> Result<(), String> {
                     run_number += 1;
                     let tag = format!("fo{:x}r{run_number}", std::process::id());
                     let started = Instant::now();
-                    let outcome = run::run(&plan, &setup, source, tag).await?;
+                    let outcome = run::run(&plan, &setup, source, tag)
+                        .await
+                        .map_err(|e| format!("{} on {}: {e}", plan.scenario, source.label()))?;
                     eprintln!(
                         "fanout: {} on {} with {} connections: {} of {} copies in {:.1} s",
                         plan.scenario,
