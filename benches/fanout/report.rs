@@ -381,9 +381,10 @@ pub fn table(report: &Report) -> String {
         let _ = writeln!(out);
         let _ = writeln!(
             out,
-            "{:<8} {:<width$} {:>10} {:>7} {:>7} {:>8} {:>8} {:>8} {:>18}",
+            "{:<8} {:<width$} {:>6} {:>10} {:>7} {:>7} {:>8} {:>8} {:>8} {:>18}",
             "scenario",
             "vs ours",
+            "conns",
             "deliv/s",
             "p50",
             "p99",
@@ -395,9 +396,10 @@ pub fn table(report: &Report) -> String {
         for r in &ratios {
             let _ = writeln!(
                 out,
-                "{:<8} {:<width$} {:>10} {:>7} {:>7} {:>8} {:>8} {:>8} {:>18}",
+                "{:<8} {:<width$} {:>6} {:>10} {:>7} {:>7} {:>8} {:>8} {:>8} {:>18}",
                 r.scenario,
                 r.server,
+                r.connections,
                 times(r.deliveries_per_second),
                 times(r.p50),
                 times(r.p99),
