@@ -2,8 +2,9 @@
 //!
 //! One `broadcast::channel(16)` of `String`s; each connection's `select!` loop writes every
 //! message with its own `ws.send(..)` (one write, one flush per message), and `?` on `recv()`
-//! drops a client that lags. Kept with exactly these weaknesses so `cargo bench --bench fanout
-//! -- --against classic` shows what our server does differently. Changed from the exercise only
+//! drops a client that lags; Nagle's algorithm stays on (ours sets `TCP_NODELAY`), which costs
+//! up to 40 ms when a write waits for a delayed ACK. Kept with exactly these weaknesses so
+//! `cargo bench --bench fanout -- --against classic` shows what our server does differently. Changed from the exercise only
 //! where the benchmark needs it: lines are tagged `ADDR: "TEXT"` like ours, `--port` (0 picks a
 //! free one; other flags are ignored) and the readiness line `Listening on port N` on stdout.
 //! The exercise's `println!` per message is left out: it would measure stdout, not the fan-out.
