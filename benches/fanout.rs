@@ -8,6 +8,8 @@ mod report;
 mod run;
 #[path = "fanout/server.rs"]
 mod server;
+#[path = "fanout/stats.rs"]
+mod stats;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,8 +19,9 @@ use clap::{Parser, ValueEnum};
 use http::Uri;
 
 use load::{Pace, Plan, Target};
-use report::Outcome;
+use report::{Headline, OURS, Report, Row, ServerInfo};
 use run::{ServerSource, Setup};
+use server::ServerSpec;
 
 /// Connections in the idle scenario, and the larger count tried if file descriptors allow.
 const IDLE_CONNECTIONS: usize = 5_000;
@@ -36,13 +39,22 @@ struct Args {
     /// Measure an already running server (ws://host:port/) instead of spawning one per scenario
     #[arg(long)]
     url: Option<String>,
-    /// Server binary to spawn [default: the one cargo built]
+    /// Our server binary to spawn [default: the one cargo built]
     #[arg(long)]
     server: Option<PathBuf>,
-    /// Pass `--buffer N` (broadcast channel capacity) to the spawned server
+    /// Also run every scenario against another server, interleaved with ours run by run: an
+    /// example of this crate (`classic`, `batching`: built here if needed) or a path to a
+    /// binary that takes `--port 0` and prints `Listening on port N` (repeatable)
+    #[arg(long, value_name = "SERVER")]
+    against: Vec<String>,
+    /// Also run our server with extra flags, as `LABEL=FLAGS`, e.g. `"one-thread=--threads 1"`
+    /// (repeatable; interleaved like --against)
+    #[arg(long, value_name = "LABEL=FLAGS", value_parser = parse_variant)]
+    variant: Vec<(String, Vec<String>)>,
+    /// Pass `--buffer N` (broadcast channel capacity) to our spawned server
     #[arg(long)]
     buffer: Option<usize>,
-    /// Pass `--threads N` (worker threads) to the spawned server
+    /// Worker threads: `--threads N` to our server, `TOKIO_WORKER_THREADS=N` to every server
     #[arg(long)]
     threads: Option<usize>,
     /// Where to write the figures as JSON
@@ -51,7 +63,7 @@ struct Args {
     /// Connections being opened at once
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
     concurrency: u32,
-    /// Runs per scenario; with more than one the table shows medians
+    /// Runs per scenario and server; with more than one a row shows its median run
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     runs: u32,
     /// Seconds a scenario's send and delivery phase may take before the rest counts as lost
@@ -72,16 +84,20 @@ enum Scenario {
     Steady,
     /// 100 connections, 10 senders of 300 messages each, at most 8 in flight each
     Senders,
+    /// 100 connections, 20 senders at 100 messages/s each for 2 s: 2000 a second to every client
+    /// (open loop)
+    Busy,
     /// 5000 (then 10000) idle connections and one broadcast
     Idle,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 5] = [
+    const ALL: [Scenario; 6] = [
         Scenario::Burst,
         Scenario::Crowd,
         Scenario::Steady,
         Scenario::Senders,
+        Scenario::Busy,
         Scenario::Idle,
     ];
 
@@ -93,15 +109,22 @@ impl Scenario {
             senders,
             messages,
             pace,
+            headline: match pace {
+                Pace::Closed { .. } => Headline::DeliveriesPerSecond,
+                Pace::Open { .. } => Headline::P99,
+            },
         };
         match self {
             Scenario::Burst => vec![plan("burst", 100, 1, 2000, Pace::Closed { window: 8 })],
             Scenario::Crowd => vec![plan("crowd", 1000, 1, 500, Pace::Closed { window: 4 })],
             Scenario::Steady => vec![plan("steady", 1000, 1, 400, Pace::Open { per_second: 200 })],
             Scenario::Senders => vec![plan("senders", 100, 10, 300, Pace::Closed { window: 8 })],
+            Scenario::Busy => vec![plan("busy", 100, 20, 200, Pace::Open { per_second: 100 })],
             Scenario::Idle => {
-                let idle =
-                    |connections| plan("idle", connections, 1, 1, Pace::Closed { window: 1 });
+                let idle = |connections| Plan {
+                    headline: Headline::KbPerConnection,
+                    ..plan("idle", connections, 1, 1, Pace::Closed { window: 1 })
+                };
                 let mut plans = vec![idle(IDLE_CONNECTIONS)];
                 if fd_limit.unwrap_or(0) >= IDLE_CONNECTIONS_LARGE as u64 + FD_MARGIN {
                     plans.push(idle(IDLE_CONNECTIONS_LARGE));
@@ -136,22 +159,8 @@ fn main() -> ExitCode {
 }
 
 async fn bench(args: Args) -> Result<(), String> {
-    let source = match &args.url {
-        Some(url) => ServerSource::Url(resolve(url).await?),
-        None => ServerSource::Spawn {
-            path: args
-                .server
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_server"))),
-            args: [("--buffer", args.buffer), ("--threads", args.threads)]
-                .into_iter()
-                .filter_map(|(flag, value)| Some([flag.to_owned(), value?.to_string()]))
-                .flatten()
-                .collect(),
-        },
-    };
+    let sources = servers(&args).await?;
     let setup = Setup {
-        source,
         concurrency: args.concurrency as usize,
         delivery_timeout: Duration::from_secs(args.timeout),
         clock_ticks: server::clock_ticks_per_second(),
@@ -164,39 +173,154 @@ async fn bench(args: Args) -> Result<(), String> {
     };
     let fd_limit = server::open_files_soft_limit();
 
-    let mut outcomes = Vec::new();
+    let mut rows = Vec::new();
     let mut run_number = 0;
     for scenario in scenarios {
         for plan in scenario.plans(fd_limit) {
-            let mut runs = Vec::new();
+            // Interleaved: run 1 of every server, then run 2 of every server, so that a change
+            // in the machine's load falls on all of them alike.
+            let mut runs: Vec<Vec<_>> = sources.iter().map(|_| Vec::new()).collect();
             for _ in 0..args.runs {
-                run_number += 1;
-                let tag = format!("fo{:x}r{run_number}", std::process::id());
-                let started = Instant::now();
-                let outcome = run::run(&plan, &setup, tag).await?;
-                eprintln!(
-                    "fanout: {} with {} connections: {} of {} copies in {:.1} s",
-                    plan.scenario,
-                    plan.connections,
-                    outcome.delivered,
-                    outcome.expected,
-                    started.elapsed().as_secs_f64()
-                );
-                runs.push(outcome);
+                for (source, runs) in sources.iter().zip(&mut runs) {
+                    run_number += 1;
+                    let tag = format!("fo{:x}r{run_number}", std::process::id());
+                    let started = Instant::now();
+                    let outcome = run::run(&plan, &setup, source, tag)
+                        .await
+                        .map_err(|e| format!("{} on {}: {e}", plan.scenario, source.label()))?;
+                    eprintln!(
+                        "fanout: {} on {} with {} connections: {} of {} copies in {:.1} s",
+                        plan.scenario,
+                        source.label(),
+                        plan.connections,
+                        outcome.unique,
+                        outcome.expected,
+                        started.elapsed().as_secs_f64()
+                    );
+                    runs.push(outcome);
+                }
             }
-            outcomes.push(Outcome::median(&runs));
+            rows.extend(runs.into_iter().map(|runs| Row { runs }));
         }
     }
 
-    print!("{}", report::table(&outcomes, args.runs as usize));
+    let report = Report {
+        rows,
+        servers: sources
+            .iter()
+            .map(|source| ServerInfo {
+                label: source.label().to_owned(),
+                command: match source {
+                    ServerSource::Spawn(spec) => spec.command(),
+                    ServerSource::Url(target) => target.uri.to_string(),
+                },
+            })
+            .collect(),
+        runs: args.runs as usize,
+        cores: std::thread::available_parallelism().map_or(0, usize::from),
+    };
+    print!("{}", report::table(&report));
     if let Some(dir) = args.json.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
-    std::fs::write(&args.json, report::json(&outcomes, args.runs as usize))
+    std::fs::write(&args.json, report::json(&report))
         .map_err(|e| format!("cannot write {}: {e}", args.json.display()))?;
     println!("JSON written to {}", args.json.display());
     Ok(())
+}
+
+/// The servers to run, ours first: ours, its variants, then the others, building the examples
+/// among them. With `--url`, only the server there.
+async fn servers(args: &Args) -> Result<Vec<ServerSource>, String> {
+    if let Some(url) = &args.url {
+        if !args.against.is_empty() || !args.variant.is_empty() {
+            return Err("--url measures one running server: drop --against and --variant".into());
+        }
+        return Ok(vec![ServerSource::Url(resolve(url).await?)]);
+    }
+    // Our flags go to ours only; every server gets the worker count through tokio's variable.
+    let env: Vec<(String, String)> = args
+        .threads
+        .map(|n| ("TOKIO_WORKER_THREADS".to_owned(), n.to_string()))
+        .into_iter()
+        .collect();
+    let ours_path = args
+        .server
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_server")));
+    // The rate limit is off: the senders are load generators, not people.
+    let mut ours_args: Vec<String> = ["--host", "127.0.0.1", "--port", "0", "--max-rate", "0"]
+        .map(str::to_owned)
+        .into();
+    for (flag, value) in [("--buffer", args.buffer), ("--threads", args.threads)] {
+        if let Some(value) = value {
+            ours_args.extend([flag.to_owned(), value.to_string()]);
+        }
+    }
+    let mut specs = vec![ServerSpec {
+        label: OURS.to_owned(),
+        path: ours_path.clone(),
+        args: ours_args.clone(),
+        env: env.clone(),
+    }];
+    for (label, extra) in &args.variant {
+        specs.push(ServerSpec {
+            label: label.clone(),
+            path: ours_path.clone(),
+            args: ours_args.iter().chain(extra).cloned().collect(),
+            env: env.clone(),
+        });
+    }
+    let is_path = |name: &str| name.contains(std::path::MAIN_SEPARATOR) || name.contains('/');
+    let examples: Vec<&str> = args
+        .against
+        .iter()
+        .map(String::as_str)
+        .filter(|name| !is_path(name))
+        .collect();
+    let examples_dir = if examples.is_empty() {
+        PathBuf::new()
+    } else {
+        server::build_examples(&examples)?
+    };
+    for name in &args.against {
+        let path = if is_path(name) {
+            PathBuf::from(name)
+        } else {
+            examples_dir.join(name)
+        };
+        let label = path
+            .file_name()
+            .map_or_else(|| name.clone(), |n| n.to_string_lossy().into_owned());
+        specs.push(ServerSpec {
+            label,
+            path,
+            args: vec!["--port".to_owned(), "0".to_owned()],
+            env: env.clone(),
+        });
+    }
+    let mut labels: Vec<&str> = specs.iter().map(|s| s.label.as_str()).collect();
+    labels.sort_unstable();
+    if let Some(pair) = labels.windows(2).find(|pair| pair[0] == pair[1]) {
+        return Err(format!("two servers are labelled {:?}", pair[0]));
+    }
+    Ok(specs.into_iter().map(ServerSource::Spawn).collect())
+}
+
+/// Parses `LABEL=FLAGS` for --variant: the flags split at whitespace.
+fn parse_variant(text: &str) -> Result<(String, Vec<String>), String> {
+    let (label, flags) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not LABEL=FLAGS"))?;
+    let label = label.trim();
+    if label.is_empty() || label.contains(char::is_whitespace) {
+        return Err(format!("{label:?} is not a label: one word, not empty"));
+    }
+    Ok((
+        label.to_owned(),
+        flags.split_whitespace().map(str::to_owned).collect(),
+    ))
 }
 
 /// Turns `ws://host:port/path` into an address to connect to and the URI for the upgrade.

@@ -14,6 +14,9 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_websockets::{ClientBuilder, Message, WebSocketStream};
 
+use crate::report::Headline;
+use crate::stats;
+
 /// The first message the server sends every client.
 pub const WELCOME: &str = "Welcome to chat! Type a message";
 /// Bound on one connection's TCP connect, upgrade and welcome message.
@@ -36,7 +39,7 @@ pub struct Target {
 pub enum Pace {
     /// At most this many of a sender's own messages in flight.
     Closed { window: usize },
-    /// A fixed rate per sender, whatever comes back.
+    /// A fixed rate per sender, whatever comes back; messages carry the time they were due.
     Open { per_second: u32 },
 }
 
@@ -50,6 +53,8 @@ pub struct Plan {
     /// Messages per sender.
     pub messages: usize,
     pub pace: Pace,
+    /// The figure that picks the median of several runs.
+    pub headline: Headline,
 }
 
 impl Plan {
@@ -345,7 +350,7 @@ where
 #[derive(Default)]
 pub struct SendReport {
     pub sent: u64,
-    /// Nanoseconds since the epoch of the first send.
+    /// Nanoseconds since the epoch of the first message's stamp.
     pub first_send_ns: Option<u64>,
     /// Times a closed-loop sender gave up waiting for a window slot.
     pub stalls: u64,
@@ -353,7 +358,7 @@ pub struct SendReport {
 }
 
 /// Sends sender `sender`'s messages at its pace until done or cancelled. Open-loop senders
-/// share `start` so their schedules line up.
+/// share `start` and each sends at its own offset, so the room gets an even stream.
 pub async fn send(
     mut sink: Sink,
     sender: usize,
@@ -364,20 +369,24 @@ pub async fn send(
     let plan = &shared.plan;
     let work = async {
         for seq in 0..plan.messages {
-            match plan.pace {
+            // The stamp latency is measured from: when the message was sent (closed loop), or
+            // when it was due (open loop), so that a sender that falls behind its schedule is
+            // charged for the wait rather than hiding it (coordinated omission).
+            let ts = match plan.pace {
                 Pace::Closed { .. } => {
                     match tokio::time::timeout(WINDOW_STALL, shared.acks[sender].acquire()).await {
                         Ok(Ok(permit)) => permit.forget(),
                         Ok(Err(_)) => unreachable!("window semaphores are never closed"),
                         Err(_) => report.stalls += 1,
                     }
+                    shared.now_ns()
                 }
                 Pace::Open { per_second } => {
-                    let due = start + Duration::from_secs(seq as u64) / per_second;
+                    let due = start + stats::open_loop_due(seq, sender, plan.senders, per_second);
                     tokio::time::sleep_until(due.into()).await;
+                    due.saturating_duration_since(shared.epoch).as_nanos() as u64
                 }
-            }
-            let ts = shared.now_ns();
+            };
             let text = format!("{} {sender} {seq} {ts}", shared.tag);
             if let Err(e) = sink.send(Message::text(text)).await {
                 report.error = Some(format!("send: {e}"));

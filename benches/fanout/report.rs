@@ -1,11 +1,55 @@
-//! One scenario's figures, medians over runs, the stdout table and the JSON file.
+//! What each run measured, rows of runs per scenario and server, the tables and the JSON.
+//!
+//! Pure: no I/O, so `tests/bench_arithmetic.rs` can reach all of it.
 
 use std::fmt::Write as _;
 
-/// The figures of one scenario run (or the medians of several).
+use crate::stats;
+
+/// The label of our own server; the ratio table divides the others by it.
+pub const OURS: &str = "ours";
+
+/// The figure that picks a row's median run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Headline {
+    /// Closed-loop scenarios: as fast as the server allows.
+    #[default]
+    DeliveriesPerSecond,
+    /// Open-loop scenarios: the rate is fixed, the tail is the question.
+    P99,
+    /// Idle connections: what each one costs.
+    KbPerConnection,
+}
+
+impl Headline {
+    fn name(self) -> &'static str {
+        match self {
+            Headline::DeliveriesPerSecond => "deliv/s",
+            Headline::P99 => "p99",
+            Headline::KbPerConnection => "kB/conn",
+        }
+    }
+
+    fn json_name(self) -> &'static str {
+        match self {
+            Headline::DeliveriesPerSecond => "deliveries_per_second",
+            Headline::P99 => "latency_p99_ms",
+            Headline::KbPerConnection => "server_rss_per_connection_kb",
+        }
+    }
+
+    fn higher_is_better(self) -> bool {
+        self == Headline::DeliveriesPerSecond
+    }
+}
+
+/// What one run of one scenario against one server measured.
 #[derive(Clone, Debug, Default)]
 pub struct Outcome {
     pub scenario: &'static str,
+    /// The server's label: `ours`, a variant's label, or another server's name.
+    pub server: String,
+    pub headline: Headline,
     pub receivers: usize,
     pub senders: usize,
     /// Messages planned, all senders together.
@@ -14,22 +58,32 @@ pub struct Outcome {
     /// Copies expected: messages times every connection, senders included.
     pub expected: u64,
     /// Copies received, duplicates included.
-    pub delivered: u64,
-    /// Expected copies never received.
-    pub lost: u64,
+    pub copies: u64,
+    /// Distinct copies received: the deliveries every rate and cost is counted in.
+    pub unique: u64,
+    /// Copies of a message the connection had already received.
     pub duplicates: u64,
+    /// Copies with a lower seq than one already seen from the same sender.
     pub out_of_order: u64,
     pub lag_notices: u64,
     /// Sum of the counts in lag notices.
     pub missed_reported: u64,
-    pub deliveries_per_second: Option<f64>,
+    /// Nanoseconds from the first send (its stamp) to the last copy received.
+    pub delivery_ns: Option<u64>,
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
     pub max_ms: Option<f64>,
-    /// Server CPU seconds (user + system) per million deliveries, during the send phase.
-    pub cpu_s_per_million: Option<f64>,
-    pub peak_rss_mb: Option<f64>,
-    pub rss_per_connection_kb: Option<f64>,
+    /// Server CPU time over the send phase, all threads, from their schedstat (ns resolution).
+    pub cpu_ns: Option<u64>,
+    /// The same from /proc/PID/stat's clock ticks, in seconds: a coarse cross-check.
+    pub cpu_ticks_s: Option<f64>,
+    /// Write syscalls the server made over the send phase (`syscw` in /proc/PID/io).
+    pub writes: Option<u64>,
+    pub peak_rss_kb: Option<u64>,
+    /// Server RSS growth over the connect phase, in kB.
+    pub rss_growth_kb: Option<i64>,
+    /// Connections that completed the upgrade and got the welcome.
+    pub connected: usize,
     pub connect_s: f64,
     pub connect_failures: u64,
     pub timed_out: bool,
@@ -38,211 +92,497 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn connections(&self) -> usize {
+    pub fn connections(&self) -> usize {
         self.receivers + self.senders
     }
 
-    /// Field-wise medians of several runs of the same scenario; notes are kept from every run.
-    pub fn median(runs: &[Outcome]) -> Outcome {
-        let Some(first) = runs.first() else {
-            return Outcome::default();
-        };
-        if runs.len() == 1 {
-            return first.clone();
-        }
-        let count = |f: fn(&Outcome) -> u64| {
-            let mut v: Vec<u64> = runs.iter().map(f).collect();
-            v.sort_unstable();
-            v[(v.len() - 1) / 2]
-        };
-        let figure =
-            |f: fn(&Outcome) -> Option<f64>| median_f64(runs.iter().filter_map(f).collect());
-        Outcome {
-            scenario: first.scenario,
-            receivers: first.receivers,
-            senders: first.senders,
-            messages: first.messages,
-            sent: count(|o| o.sent),
-            expected: first.expected,
-            delivered: count(|o| o.delivered),
-            lost: count(|o| o.lost),
-            duplicates: count(|o| o.duplicates),
-            out_of_order: count(|o| o.out_of_order),
-            lag_notices: count(|o| o.lag_notices),
-            missed_reported: count(|o| o.missed_reported),
-            deliveries_per_second: figure(|o| o.deliveries_per_second),
-            p50_ms: figure(|o| o.p50_ms),
-            p99_ms: figure(|o| o.p99_ms),
-            max_ms: figure(|o| o.max_ms),
-            cpu_s_per_million: figure(|o| o.cpu_s_per_million),
-            peak_rss_mb: figure(|o| o.peak_rss_mb),
-            rss_per_connection_kb: figure(|o| o.rss_per_connection_kb),
-            connect_s: figure(|o| Some(o.connect_s)).unwrap_or_default(),
-            connect_failures: count(|o| o.connect_failures),
-            timed_out: runs.iter().any(|o| o.timed_out),
-            notes: runs
-                .iter()
-                .enumerate()
-                .flat_map(|(i, o)| o.notes.iter().map(move |n| format!("run {}: {n}", i + 1)))
-                .collect(),
+    /// Expected copies never received (duplicates do not make up for them).
+    pub fn lost(&self) -> u64 {
+        self.expected.saturating_sub(self.unique)
+    }
+
+    /// Distinct copies per second from the first send to the last copy.
+    pub fn deliveries_per_second(&self) -> Option<f64> {
+        stats::rate(self.unique, self.delivery_ns?)
+    }
+
+    /// Server CPU seconds per million distinct deliveries over the send phase.
+    pub fn cpu_s_per_million(&self) -> Option<f64> {
+        stats::cpu_s_per_million(self.cpu_ns?, self.unique)
+    }
+
+    /// Server write syscalls per distinct delivery over the send phase.
+    pub fn writes_per_delivery(&self) -> Option<f64> {
+        stats::per_item(self.writes?, self.unique)
+    }
+
+    pub fn peak_rss_mb(&self) -> Option<f64> {
+        Some(self.peak_rss_kb? as f64 / 1024.0)
+    }
+
+    pub fn rss_per_connection_kb(&self) -> Option<f64> {
+        (self.connected > 0).then_some(self.rss_growth_kb? as f64 / self.connected as f64)
+    }
+
+    fn headline_value(&self) -> Option<f64> {
+        match self.headline {
+            Headline::DeliveriesPerSecond => self.deliveries_per_second(),
+            Headline::P99 => self.p99_ms,
+            Headline::KbPerConnection => self.rss_per_connection_kb(),
         }
     }
 }
 
-fn median_f64(mut values: Vec<f64>) -> Option<f64> {
-    if values.is_empty() {
-        return None;
+/// Every run of one scenario against one server, in run order.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub runs: Vec<Outcome>,
+}
+
+impl Row {
+    /// The run whose figures the row shows: the median by the scenario's headline.
+    pub fn median(&self) -> &Outcome {
+        let headline = self.runs[0].headline;
+        let values: Vec<Option<f64>> = self.runs.iter().map(Outcome::headline_value).collect();
+        let index = stats::median_run(&values, headline.higher_is_better()).unwrap_or(0);
+        &self.runs[index]
     }
-    values.sort_unstable_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    Some(if values.len() % 2 == 1 {
-        values[mid]
-    } else {
-        (values[mid - 1] + values[mid]) / 2.0
-    })
+
+    fn first(&self) -> &Outcome {
+        &self.runs[0]
+    }
+
+    pub fn worst_lost(&self) -> u64 {
+        stats::worst(self.runs.iter().map(Outcome::lost))
+    }
+
+    pub fn worst_duplicates(&self) -> u64 {
+        stats::worst(self.runs.iter().map(|o| o.duplicates))
+    }
+
+    pub fn worst_out_of_order(&self) -> u64 {
+        stats::worst(self.runs.iter().map(|o| o.out_of_order))
+    }
+}
+
+/// A server the benchmark ran, for the footer and the JSON.
+#[derive(Clone, Debug)]
+pub struct ServerInfo {
+    pub label: String,
+    /// The command line it was started with, or its URL.
+    pub command: String,
+}
+
+/// Everything one invocation measured: rows by scenario, each scenario's servers in run order,
+/// ours first.
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub rows: Vec<Row>,
+    pub servers: Vec<ServerInfo>,
+    pub runs: usize,
+    pub cores: usize,
+}
+
+impl Report {
+    /// Whether every run of every scenario against every server received every copy.
+    pub fn nothing_lost(&self) -> bool {
+        self.rows
+            .iter()
+            .all(|row| row.runs.iter().all(|o| o.lost() == 0))
+    }
+
+    /// The ratio of each other server's row to ours in the same scenario.
+    pub fn ratios(&self) -> Vec<Ratios> {
+        let mut ratios = Vec::new();
+        for row in &self.rows {
+            let first = row.first();
+            if first.server == OURS {
+                continue;
+            }
+            let Some(ours) = self.rows.iter().find(|r| {
+                r.first().server == OURS
+                    && r.first().scenario == first.scenario
+                    && r.first().connections() == first.connections()
+            }) else {
+                continue;
+            };
+            let (o, b) = (row.median(), ours.median());
+            ratios.push(Ratios {
+                scenario: first.scenario,
+                connections: first.connections(),
+                server: first.server.clone(),
+                deliveries_per_second: stats::ratio(
+                    o.deliveries_per_second(),
+                    b.deliveries_per_second(),
+                ),
+                p50: stats::ratio(o.p50_ms, b.p50_ms),
+                p99: stats::ratio(o.p99_ms, b.p99_ms),
+                cpu_s_per_million: stats::ratio(o.cpu_s_per_million(), b.cpu_s_per_million()),
+                writes_per_delivery: stats::ratio(o.writes_per_delivery(), b.writes_per_delivery()),
+                kb_per_connection: stats::ratio(
+                    o.rss_per_connection_kb(),
+                    b.rss_per_connection_kb(),
+                ),
+                worst_lost: row.worst_lost(),
+                expected: first.expected,
+            });
+        }
+        ratios
+    }
+}
+
+/// One other server's figures divided by ours, median run by median run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ratios {
+    pub scenario: &'static str,
+    pub connections: usize,
+    pub server: String,
+    pub deliveries_per_second: Option<f64>,
+    pub p50: Option<f64>,
+    pub p99: Option<f64>,
+    pub cpu_s_per_million: Option<f64>,
+    pub writes_per_delivery: Option<f64>,
+    pub kb_per_connection: Option<f64>,
+    /// The other server's worst-run loss, not a ratio.
+    pub worst_lost: u64,
+    pub expected: u64,
 }
 
 fn cell(value: Option<f64>, decimals: usize) -> String {
     value.map_or_else(|| "n/a".to_string(), |v| format!("{v:.decimals$}"))
 }
 
-/// The table, notes and a loud `LOST` line for every scenario that lost copies.
-pub fn table(outcomes: &[Outcome], runs: usize) -> String {
+fn times(value: Option<f64>) -> String {
+    value.map_or_else(|| "n/a".to_string(), |v| format!("{v:.2}x"))
+}
+
+fn share(part: u64, whole: u64) -> f64 {
+    100.0 * part as f64 / whole.max(1) as f64
+}
+
+/// The per-server table with its footer and notes, the ratio table when there are other
+/// servers, and a loud `LOST` line for every row whose worst run lost copies.
+pub fn table(report: &Report) -> String {
     let mut out = String::new();
+    let width = report
+        .servers
+        .iter()
+        .map(|s| s.label.len())
+        .chain([6])
+        .max()
+        .unwrap_or(6);
     let _ = writeln!(
         out,
-        "{:<8} {:>11} {:>6} {:>10} {:>7} {:>7} {:>7} {:>8} {:>10} {:>8} {:>8} {:>9}",
+        "{:<8} {:<width$} {:>10} {:>6} {:>10} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} \
+         {:>7} {:>5} {:>5}",
         "scenario",
+        "server",
         "conns(N+S)",
         "msgs",
         "deliv/s",
-        "lost",
         "p50 ms",
         "p99 ms",
         "max ms",
         "cpu s/M",
+        "wr/deliv",
         "peak MB",
         "kB/conn",
-        "connect s"
+        "connect s",
+        "lost",
+        "dup",
+        "ooo",
     );
-    for o in outcomes {
+    for row in &report.rows {
+        let o = row.median();
         let _ = writeln!(
             out,
-            "{:<8} {:>11} {:>6} {:>10} {:>7} {:>7} {:>7} {:>8} {:>10} {:>8} {:>8} {:>9.2}",
+            "{:<8} {:<width$} {:>10} {:>6} {:>10} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} \
+             {:>9.2} {:>7} {:>5} {:>5}",
             o.scenario,
+            o.server,
             format!("{}+{}", o.receivers, o.senders),
             o.messages,
-            cell(o.deliveries_per_second, 0),
-            o.lost,
+            cell(o.deliveries_per_second(), 0),
             cell(o.p50_ms, 2),
             cell(o.p99_ms, 2),
             cell(o.max_ms, 2),
-            cell(o.cpu_s_per_million, 2),
-            cell(o.peak_rss_mb, 1),
-            cell(o.rss_per_connection_kb, 1),
+            cell(o.cpu_s_per_million(), 2),
+            cell(o.writes_per_delivery(), 3),
+            cell(o.peak_rss_mb(), 1),
+            cell(o.rss_per_connection_kb(), 1),
             o.connect_s,
+            row.worst_lost(),
+            row.worst_duplicates(),
+            row.worst_out_of_order(),
         );
     }
     let _ = writeln!(
         out,
-        "conns = N receivers + S senders (senders receive their own copies too); \
-         deliveries = copies received, expected = msgs x conns; cpu s/M = server user+system \
-         CPU seconds per million deliveries over the send phase; kB/conn = server RSS growth \
-         over the connect phase / conns.{}",
-        if runs > 1 {
-            format!(" Medians of {runs} runs.")
-        } else {
-            String::new()
-        }
+        "conns = N receivers + S senders (senders receive their own copies too). deliveries = \
+         distinct copies received, expected = msgs x conns. deliv/s = deliveries from the first \
+         send to the last copy. Latency = arrival minus the send time stamped in the message; \
+         open-loop senders (steady, busy) stamp the time a message was due, so a sender that \
+         falls behind is charged for it. cpu s/M = server CPU seconds, all threads (schedstat, \
+         ns), per million deliveries over the send phase. wr/deliv = the server's write \
+         syscalls (syscw) over the send phase per delivery. kB/conn = server RSS growth over the \
+         connect phase / conns. lost, dup, ooo = the worst run's copies never received, \
+         received twice, received after a later one from the same sender."
     );
+    if report.runs > 1 {
+        let mut headlines: Vec<String> = Vec::new();
+        for row in &report.rows {
+            let o = row.first();
+            let entry = format!("{} for {}", o.headline.name(), o.scenario);
+            if !headlines.contains(&entry) {
+                headlines.push(entry);
+            }
+        }
+        let _ = writeln!(
+            out,
+            "{} runs, interleaved across servers. Every other figure of a row comes from one \
+             run: the median by its headline ({}); with an even count, the worse of the middle \
+             two. Every run is in the JSON.",
+            report.runs,
+            headlines.join(", ")
+        );
+    }
+    let commands: Vec<String> = report
+        .servers
+        .iter()
+        .map(|s| format!("{} = {}", s.label, s.command))
+        .collect();
+    let _ = writeln!(out, "Servers: {}.", commands.join("; "));
     let _ = writeln!(
         out,
         "Load generator (tokio, 2 workers) and server share this machine's {} cores.",
-        std::thread::available_parallelism().map_or(0, usize::from)
+        report.cores
     );
-    for o in outcomes {
-        for note in &o.notes {
-            let _ = writeln!(out, "  {} ({} conns): {note}", o.scenario, o.connections());
+    for row in &report.rows {
+        for (i, o) in row.runs.iter().enumerate() {
+            for note in &o.notes {
+                let run = if row.runs.len() > 1 {
+                    format!(" run {}", i + 1)
+                } else {
+                    String::new()
+                };
+                let _ = writeln!(
+                    out,
+                    "  {} on {} ({} conns){run}: {note}",
+                    o.scenario,
+                    o.server,
+                    o.connections()
+                );
+            }
         }
     }
-    let mut any_lost = false;
-    for o in outcomes.iter().filter(|o| o.lost > 0) {
-        any_lost = true;
+
+    let ratios = report.ratios();
+    if !ratios.is_empty() {
+        let _ = writeln!(out);
         let _ = writeln!(
             out,
-            "LOST: {} ({} conns) lost {} of {} copies ({:.3}%); {} lag notices reporting {} missed{}",
-            o.scenario,
-            o.connections(),
-            o.lost,
-            o.expected,
-            100.0 * o.lost as f64 / o.expected.max(1) as f64,
-            o.lag_notices,
-            o.missed_reported,
-            if o.timed_out {
-                "; delivery timed out"
-            } else {
-                ""
-            }
+            "{:<8} {:<width$} {:>6} {:>10} {:>7} {:>7} {:>8} {:>8} {:>8} {:>18}",
+            "scenario",
+            "vs ours",
+            "conns",
+            "deliv/s",
+            "p50",
+            "p99",
+            "cpu s/M",
+            "wr/deliv",
+            "kB/conn",
+            "worst lost",
+        );
+        for r in &ratios {
+            let _ = writeln!(
+                out,
+                "{:<8} {:<width$} {:>6} {:>10} {:>7} {:>7} {:>8} {:>8} {:>8} {:>18}",
+                r.scenario,
+                r.server,
+                r.connections,
+                times(r.deliveries_per_second),
+                times(r.p50),
+                times(r.p99),
+                times(r.cpu_s_per_million),
+                times(r.writes_per_delivery),
+                times(r.kb_per_connection),
+                format!("{} ({:.2}%)", r.worst_lost, share(r.worst_lost, r.expected)),
+            );
+        }
+        let _ = writeln!(
+            out,
+            "Each figure of the other server's row divided by ours (same scenario, the rows' \
+             median runs): deliv/s above 1x is faster than ours, the others above 1x cost more \
+             than ours. worst lost is the other server's own worst run, not a ratio."
         );
     }
-    if !any_lost {
+
+    for row in &report.rows {
+        let lost = row.worst_lost();
+        let dup = row.worst_duplicates();
+        let ooo = row.worst_out_of_order();
+        let o = row.first();
+        if lost > 0 {
+            let per_run: Vec<String> = row.runs.iter().map(|o| o.lost().to_string()).collect();
+            let _ = writeln!(
+                out,
+                "LOST: {} on {} ({} conns) lost {lost} of {} copies ({:.3}%) in its worst run \
+                 (per run: {}); {} lag notices reporting {} missed{}",
+                o.scenario,
+                o.server,
+                o.connections(),
+                o.expected,
+                share(lost, o.expected),
+                per_run.join(", "),
+                stats::worst(row.runs.iter().map(|o| o.lag_notices)),
+                stats::worst(row.runs.iter().map(|o| o.missed_reported)),
+                if row.runs.iter().any(|o| o.timed_out) {
+                    "; delivery timed out"
+                } else {
+                    ""
+                }
+            );
+        }
+        if dup > 0 || ooo > 0 {
+            let _ = writeln!(
+                out,
+                "DISORDER: {} on {} ({} conns): up to {dup} duplicate and {ooo} out-of-order \
+                 copies in a run",
+                o.scenario,
+                o.server,
+                o.connections(),
+            );
+        }
+    }
+    if report.nothing_lost() {
         let _ = writeln!(out, "No copies lost.");
     }
     out
 }
 
-/// The same figures as a JSON document.
-pub fn json(outcomes: &[Outcome], runs: usize) -> String {
-    let num = |v: Option<f64>| match v {
-        Some(v) if v.is_finite() => format!("{v}"),
-        _ => "null".to_string(),
-    };
+/// The same figures as a JSON document: each row's median run and every run, and the ratios.
+pub fn json(report: &Report) -> String {
     let mut out = String::new();
+    let servers: Vec<String> = report
+        .servers
+        .iter()
+        .map(|s| {
+            format!(
+                "{{\"label\": {}, \"command\": {}}}",
+                json_string(&s.label),
+                json_string(&s.command)
+            )
+        })
+        .collect();
     let _ = write!(
         out,
-        "{{\n  \"runs\": {runs},\n  \"cores\": {},\n  \"generator_workers\": 2,\n  \"results\": [",
-        std::thread::available_parallelism().map_or(0, usize::from)
+        "{{\n  \"runs\": {},\n  \"cores\": {},\n  \"generator_workers\": 2,\n  \"servers\": [{}],\
+         \n  \"results\": [",
+        report.runs,
+        report.cores,
+        servers.join(", ")
     );
-    for (i, o) in outcomes.iter().enumerate() {
-        let notes: Vec<String> = o.notes.iter().map(|n| json_string(n)).collect();
+    for (i, row) in report.rows.iter().enumerate() {
+        let first = row.first();
+        let median = row.median();
+        let median_index = row
+            .runs
+            .iter()
+            .position(|o| std::ptr::eq(o, median))
+            .unwrap_or(0);
+        let runs: Vec<String> = row.runs.iter().map(run_json).collect();
         let _ = write!(
             out,
-            "{}\n    {{\"scenario\": {}, \"connections\": {}, \"receivers\": {}, \"senders\": {}, \
-             \"messages\": {}, \"sent\": {}, \"expected_copies\": {}, \"delivered_copies\": {}, \
-             \"lost\": {}, \"duplicates\": {}, \"out_of_order\": {}, \"lag_notices\": {}, \
-             \"missed_reported\": {}, \"deliveries_per_second\": {}, \"latency_p50_ms\": {}, \
-             \"latency_p99_ms\": {}, \"latency_max_ms\": {}, \"server_cpu_s_per_million\": {}, \
-             \"server_peak_rss_mb\": {}, \"server_rss_per_connection_kb\": {}, \
-             \"connect_s\": {}, \"connect_failures\": {}, \"timed_out\": {}, \"notes\": [{}]}}",
+            "{}\n    {{\"scenario\": {}, \"server\": {}, \"connections\": {}, \"headline\": {}, \
+             \"median_run\": {}, \"worst_lost\": {}, \"worst_duplicates\": {}, \
+             \"worst_out_of_order\": {}, \"median\": {},\n     \"runs\": [\n      {}]}}",
             if i == 0 { "" } else { "," },
-            json_string(o.scenario),
-            o.connections(),
-            o.receivers,
-            o.senders,
-            o.messages,
-            o.sent,
-            o.expected,
-            o.delivered,
-            o.lost,
-            o.duplicates,
-            o.out_of_order,
-            o.lag_notices,
-            o.missed_reported,
-            num(o.deliveries_per_second),
-            num(o.p50_ms),
-            num(o.p99_ms),
-            num(o.max_ms),
-            num(o.cpu_s_per_million),
-            num(o.peak_rss_mb),
-            num(o.rss_per_connection_kb),
-            num(Some(o.connect_s)),
-            o.connect_failures,
-            o.timed_out,
-            notes.join(", "),
+            json_string(first.scenario),
+            json_string(&first.server),
+            first.connections(),
+            json_string(first.headline.json_name()),
+            median_index + 1,
+            row.worst_lost(),
+            row.worst_duplicates(),
+            row.worst_out_of_order(),
+            run_json(median),
+            runs.join(",\n      "),
+        );
+    }
+    out.push_str("\n  ],\n  \"ratios\": [");
+    for (i, r) in report.ratios().iter().enumerate() {
+        let _ = write!(
+            out,
+            "{}\n    {{\"scenario\": {}, \"connections\": {}, \"server\": {}, \
+             \"deliveries_per_second\": {}, \"latency_p50_ms\": {}, \"latency_p99_ms\": {}, \
+             \"server_cpu_s_per_million\": {}, \"writes_per_delivery\": {}, \
+             \"server_rss_per_connection_kb\": {}, \"worst_lost\": {}, \"expected_copies\": {}}}",
+            if i == 0 { "" } else { "," },
+            json_string(r.scenario),
+            r.connections,
+            json_string(&r.server),
+            num(r.deliveries_per_second),
+            num(r.p50),
+            num(r.p99),
+            num(r.cpu_s_per_million),
+            num(r.writes_per_delivery),
+            num(r.kb_per_connection),
+            r.worst_lost,
+            r.expected,
         );
     }
     out.push_str("\n  ]\n}\n");
     out
+}
+
+/// One run's figures as a JSON object.
+fn run_json(o: &Outcome) -> String {
+    let notes: Vec<String> = o.notes.iter().map(|n| json_string(n)).collect();
+    format!(
+        "{{\"receivers\": {}, \"senders\": {}, \"messages\": {}, \"sent\": {}, \
+         \"expected_copies\": {}, \"delivered_copies\": {}, \"unique_copies\": {}, \"lost\": {}, \
+         \"duplicates\": {}, \"out_of_order\": {}, \"lag_notices\": {}, \"missed_reported\": {}, \
+         \"deliveries_per_second\": {}, \"latency_p50_ms\": {}, \"latency_p99_ms\": {}, \
+         \"latency_max_ms\": {}, \"server_cpu_s\": {}, \"server_cpu_s_from_ticks\": {}, \
+         \"server_cpu_s_per_million\": {}, \"server_writes\": {}, \"writes_per_delivery\": {}, \
+         \"server_peak_rss_mb\": {}, \"server_rss_per_connection_kb\": {}, \"connect_s\": {}, \
+         \"connect_failures\": {}, \"timed_out\": {}, \"notes\": [{}]}}",
+        o.receivers,
+        o.senders,
+        o.messages,
+        o.sent,
+        o.expected,
+        o.copies,
+        o.unique,
+        o.lost(),
+        o.duplicates,
+        o.out_of_order,
+        o.lag_notices,
+        o.missed_reported,
+        num(o.deliveries_per_second()),
+        num(o.p50_ms),
+        num(o.p99_ms),
+        num(o.max_ms),
+        num(o.cpu_ns.map(|ns| ns as f64 / 1e9)),
+        num(o.cpu_ticks_s),
+        num(o.cpu_s_per_million()),
+        o.writes
+            .map_or_else(|| "null".to_string(), |w| w.to_string()),
+        num(o.writes_per_delivery()),
+        num(o.peak_rss_mb()),
+        num(o.rss_per_connection_kb()),
+        num(Some(o.connect_s)),
+        o.connect_failures,
+        o.timed_out,
+        notes.join(", "),
+    )
+}
+
+fn num(value: Option<f64>) -> String {
+    match value {
+        Some(v) if v.is_finite() => format!("{v}"),
+        _ => "null".to_string(),
+    }
 }
 
 fn json_string(text: &str) -> String {

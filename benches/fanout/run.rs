@@ -1,7 +1,6 @@
 //! One scenario run: server up, connect phase, send phase under a deadline, merge, server down.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -11,7 +10,8 @@ use tokio::time::{MissedTickBehavior, timeout_at};
 
 use crate::load::{self, Plan, Shared, Target};
 use crate::report::Outcome;
-use crate::server::{self, ServerProcess};
+use crate::server::{self, ServerProcess, ServerSpec};
+use crate::stats;
 
 /// Bound on the whole connect phase.
 const CONNECT_PHASE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -20,33 +20,43 @@ const QUIET: Duration = Duration::from_secs(2);
 /// How long cancelled receive loops get to hand in their tallies.
 const WIND_DOWN: Duration = Duration::from_secs(5);
 
-/// The server to measure: spawned per scenario, or already running at a URL.
+/// A server to measure: spawned per run, or already running at a URL.
 pub enum ServerSource {
-    Spawn {
-        path: PathBuf,
-        /// Extra flags for the server, e.g. `--buffer 256`.
-        args: Vec<String>,
-    },
+    Spawn(ServerSpec),
     Url(Target),
+}
+
+impl ServerSource {
+    pub fn label(&self) -> &str {
+        match self {
+            ServerSource::Spawn(spec) => &spec.label,
+            ServerSource::Url(_) => crate::report::OURS,
+        }
+    }
 }
 
 /// Settings shared by every scenario.
 pub struct Setup {
-    pub source: ServerSource,
     /// At most this many connections are being opened at once.
     pub concurrency: usize,
     /// Bound on a scenario's send and delivery phase.
     pub delivery_timeout: Duration,
+    /// Clock ticks per second of /proc/PID/stat's CPU times.
     pub clock_ticks: u64,
     /// Timestamps in messages are nanoseconds since this instant.
     pub epoch: Instant,
 }
 
-/// Runs `plan` once; `Err` only when the server cannot be started or reached.
-pub async fn run(plan: &Plan, setup: &Setup, tag: String) -> Result<Outcome, String> {
-    let (mut server, target) = match &setup.source {
-        ServerSource::Spawn { path, args } => {
-            let server = ServerProcess::spawn(path, args)?;
+/// Runs `plan` once against `source`; `Err` only when the server cannot be started or reached.
+pub async fn run(
+    plan: &Plan,
+    setup: &Setup,
+    source: &ServerSource,
+    tag: String,
+) -> Result<Outcome, String> {
+    let (mut server, target) = match source {
+        ServerSource::Spawn(spec) => {
+            let server = ServerProcess::spawn(spec)?;
             let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, server.port));
             let uri = format!("ws://{addr}/")
                 .parse()
@@ -117,7 +127,9 @@ pub async fn run(plan: &Plan, setup: &Setup, tag: String) -> Result<Outcome, Str
         ));
     }
     let rss_connected = server.as_ref().and_then(ServerProcess::rss_kb);
-    let cpu_before = server.as_ref().and_then(ServerProcess::cpu_ticks);
+    let cpu_before = server.as_ref().and_then(ServerProcess::cpu_ns);
+    let ticks_before = server.as_ref().and_then(ServerProcess::cpu_ticks);
+    let writes_before = server.as_ref().and_then(ServerProcess::writes);
 
     let send_start = Instant::now();
     let senders: Vec<_> = sinks
@@ -165,7 +177,9 @@ pub async fn run(plan: &Plan, setup: &Setup, tag: String) -> Result<Outcome, Str
             }
         }
     }
-    let cpu_after = server.as_ref().and_then(ServerProcess::cpu_ticks);
+    let cpu_after = server.as_ref().and_then(ServerProcess::cpu_ns);
+    let ticks_after = server.as_ref().and_then(ServerProcess::cpu_ticks);
+    let writes_after = server.as_ref().and_then(ServerProcess::writes);
     let peak_rss_kb = server.as_ref().and_then(ServerProcess::peak_rss_kb);
 
     shared.cancel.cancel();
@@ -178,6 +192,9 @@ pub async fn run(plan: &Plan, setup: &Setup, tag: String) -> Result<Outcome, Str
     }
     let mut sent = 0;
     let mut first_send_ns = None::<u64>;
+    // Summed over senders: twenty failing senders make one note, not twenty.
+    let (mut stalls, mut stalled_senders) = (0, 0);
+    let mut errors = Vec::new();
     for sender in senders {
         match sender.await {
             Ok(report) => {
@@ -186,17 +203,22 @@ pub async fn run(plan: &Plan, setup: &Setup, tag: String) -> Result<Outcome, Str
                     first_send_ns = Some(first_send_ns.map_or(ns, |f| f.min(ns)));
                 }
                 if report.stalls > 0 {
-                    notes.push(format!(
-                        "a sender waited in vain for its own copies {} times (window stall)",
-                        report.stalls
-                    ));
+                    stalls += report.stalls;
+                    stalled_senders += 1;
                 }
-                if let Some(error) = report.error {
-                    notes.push(format!("a sender failed: {error}"));
-                }
+                errors.extend(report.error);
             }
-            Err(e) => notes.push(format!("a sender task failed: {e}")),
+            Err(e) => errors.push(format!("sender task: {e}")),
         }
+    }
+    if stalls > 0 {
+        notes.push(format!(
+            "{stalled_senders} senders waited in vain for their own copies, {stalls} times in all \
+             (window stall)"
+        ));
+    }
+    if let Some(first) = errors.first() {
+        notes.push(format!("{} senders failed, first: {first}", errors.len()));
     }
     if let Some(server) = server.take() {
         let (lines, first) = server.log();
@@ -213,10 +235,13 @@ pub async fn run(plan: &Plan, setup: &Setup, tag: String) -> Result<Outcome, Str
     // Merge the tallies.
     let mut outcome = Outcome {
         scenario: plan.scenario,
+        server: source.label().to_owned(),
+        headline: plan.headline,
         receivers: plan.receivers(),
         senders: plan.senders,
         messages: (plan.senders * plan.messages) as u64,
         sent,
+        connected,
         connect_s,
         connect_failures,
         timed_out,
@@ -224,11 +249,11 @@ pub async fn run(plan: &Plan, setup: &Setup, tag: String) -> Result<Outcome, Str
     };
     outcome.expected = outcome.messages * plan.connections as u64;
     let mut latencies = Vec::new();
-    let (mut unique, mut other, mut last_copy_ns) = (0, 0, 0);
+    let (mut other, mut last_copy_ns) = (0, 0);
     let mut ended = Vec::new();
     for tally in tallies {
-        outcome.delivered += tally.copies;
-        unique += tally.unique;
+        outcome.copies += tally.copies;
+        outcome.unique += tally.unique;
         outcome.duplicates += tally.duplicates;
         outcome.out_of_order += tally.out_of_order;
         outcome.lag_notices += tally.notices;
@@ -238,13 +263,8 @@ pub async fn run(plan: &Plan, setup: &Setup, tag: String) -> Result<Outcome, Str
         latencies.extend_from_slice(&tally.latencies_us);
         ended.extend(tally.ended);
     }
-    outcome.lost = outcome.expected.saturating_sub(unique);
     if outcome.messages == 1 {
-        notes.push(
-            "one broadcast: deliv/s is copies over the fan-out time, and cpu s/M rests on a few \
-             10 ms clock ticks"
-                .to_string(),
-        );
+        notes.push("one broadcast: deliv/s is copies over the fan-out time".to_string());
     }
     if sent < outcome.messages {
         notes.push(format!(
@@ -274,30 +294,24 @@ pub async fn run(plan: &Plan, setup: &Setup, tag: String) -> Result<Outcome, Str
         ));
     }
 
-    if let Some(first) = first_send_ns
-        && last_copy_ns > first
-    {
-        let seconds = (last_copy_ns - first) as f64 / 1e9;
-        outcome.deliveries_per_second = Some(outcome.delivered as f64 / seconds);
+    if let Some(first) = first_send_ns {
+        outcome.delivery_ns = Some(last_copy_ns.saturating_sub(first));
     }
     latencies.sort_unstable();
-    let percentile = |p: f64| {
-        let last = latencies.len().checked_sub(1)?;
-        let index = (last as f64 * p).round() as usize;
-        Some(f64::from(latencies[index]) / 1000.0)
-    };
-    outcome.p50_ms = percentile(0.50);
-    outcome.p99_ms = percentile(0.99);
-    outcome.max_ms = percentile(1.0);
-    if let (Some(before), Some(after)) = (cpu_before, cpu_after)
-        && outcome.delivered > 0
-    {
-        let cpu_s = (after - before) as f64 / setup.clock_ticks as f64;
-        outcome.cpu_s_per_million = Some(cpu_s / (outcome.delivered as f64 / 1e6));
+    let ms = |per_mille| Some(f64::from(stats::percentile(&latencies, per_mille)?) / 1000.0);
+    (outcome.p50_ms, outcome.p99_ms, outcome.max_ms) = (ms(500), ms(990), ms(1000));
+    if let (Some(before), Some(after)) = (cpu_before, cpu_after) {
+        outcome.cpu_ns = Some(after.saturating_sub(before));
     }
-    outcome.peak_rss_mb = peak_rss_kb.map(|kb| kb as f64 / 1024.0);
+    if let (Some(before), Some(after)) = (ticks_before, ticks_after) {
+        outcome.cpu_ticks_s = Some(after.saturating_sub(before) as f64 / setup.clock_ticks as f64);
+    }
+    if let (Some(before), Some(after)) = (writes_before, writes_after) {
+        outcome.writes = Some(after.saturating_sub(before));
+    }
+    outcome.peak_rss_kb = peak_rss_kb;
     if let (Some(before), Some(after)) = (rss_before, rss_connected) {
-        outcome.rss_per_connection_kb = Some((after as f64 - before as f64) / connected as f64);
+        outcome.rss_growth_kb = Some(after as i64 - before as i64);
     }
     outcome.notes = notes;
     Ok(outcome)

@@ -1,17 +1,43 @@
-//! The server under test as a child process: spawn, readiness line, CPU and memory from /proc.
+//! The server under test as a child process: spawn, readiness line, CPU, writes and memory
+//! from /proc; and building the example servers it is compared with.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
+use crate::stats;
+
 /// How long the server may take to print its readiness line.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many of the server's stderr lines are kept to show in the report.
 const KEPT_LOG_LINES: usize = 3;
+
+/// A server to start for every run: a binary, its flags and environment.
+#[derive(Clone, Debug)]
+pub struct ServerSpec {
+    /// `ours`, a variant's label, or the other server's name.
+    pub label: String,
+    pub path: PathBuf,
+    /// Its flags, `--port 0` among them.
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+impl ServerSpec {
+    /// The command line as a shell would take it (no quoting: nothing here needs it).
+    pub fn command(&self) -> String {
+        let env = self.env.iter().map(|(key, value)| format!("{key}={value}"));
+        let path = self.path.display().to_string();
+        env.chain([path])
+            .chain(self.args.iter().cloned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
 
 /// A running server process, killed when dropped.
 pub struct ServerProcess {
@@ -23,14 +49,13 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    /// Starts `path --host 127.0.0.1 --port 0 --max-rate 0 [ARGS]` and waits for
-    /// `Listening on port N`. The rate limit is off: the senders are load generators.
-    pub fn spawn(path: &Path, args: &[String]) -> Result<Self, String> {
-        let mut command = Command::new(path);
-        command.args(["--host", "127.0.0.1", "--port", "0", "--max-rate", "0"]);
-        command.args(args);
-        let mut child = command
+    /// Starts `spec` with `RUST_LOG=warn` and waits for `Listening on port N`.
+    pub fn spawn(spec: &ServerSpec) -> Result<Self, String> {
+        let path = &spec.path;
+        let mut child = Command::new(path)
+            .args(&spec.args)
             .env("RUST_LOG", "warn")
+            .envs(spec.env.iter().map(|(key, value)| (key, value)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -84,7 +109,29 @@ impl ServerProcess {
         Ok(Self { child, port, log })
     }
 
-    /// User plus system CPU time so far, in clock ticks.
+    /// Nanoseconds on CPU so far, summed over the process's threads (the first field of each
+    /// `/proc/PID/task/TID/schedstat`). A thread that exits takes its time with it; the server's
+    /// threads live as long as it does.
+    pub fn cpu_ns(&self) -> Option<u64> {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.child.id())).ok()?;
+        let mut total = 0;
+        for task in tasks.flatten() {
+            // A thread that exited since the listing has no file left to read.
+            if let Ok(schedstat) = std::fs::read_to_string(task.path().join("schedstat")) {
+                total += stats::schedstat_ns(&schedstat)?;
+            }
+        }
+        Some(total)
+    }
+
+    /// Write syscalls so far (`syscw` in `/proc/PID/io`).
+    pub fn writes(&self) -> Option<u64> {
+        let io = std::fs::read_to_string(format!("/proc/{}/io", self.child.id())).ok()?;
+        stats::proc_io_field(&io, "syscw")
+    }
+
+    /// User plus system CPU time so far, in clock ticks (`/proc/PID/stat`, every thread, those
+    /// that exited included): the coarse cross-check of [`Self::cpu_ns`].
     pub fn cpu_ticks(&self) -> Option<u64> {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
         // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
@@ -164,4 +211,40 @@ pub fn listen_overflows() -> Option<u64> {
         .split_whitespace()
         .position(|name| name == "ListenOverflows")?;
     values.split_whitespace().nth(index)?.parse().ok()
+}
+
+/// Builds this crate's examples `names` with the profile the benchmark was built with, and
+/// returns the directory they are in (`target/PROFILE/examples`, beside the benchmark's own
+/// `deps` directory). Cargo does nothing if they are up to date.
+pub fn build_examples(names: &[&str]) -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the benchmark: {e}"))?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| format!("unexpected benchmark path {}", exe.display()))?;
+    // `cargo bench` builds with the bench profile, whose directory is `release`.
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev",
+        Some("release") => "bench",
+        Some(other) => other,
+        None => "bench",
+    };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(&cargo);
+    command
+        .args(["build", "--quiet", "--profile", profile])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    for name in names {
+        command.args(["--example", name]);
+    }
+    let status = command
+        .status()
+        .map_err(|e| format!("cannot run {}: {e}", Path::new(&cargo).display()))?;
+    if !status.success() {
+        return Err(format!(
+            "building the examples {} failed ({status})",
+            names.join(", ")
+        ));
+    }
+    Ok(profile_dir.join("examples"))
 }

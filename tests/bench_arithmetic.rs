@@ -1,0 +1,297 @@
+//! The fan-out benchmark's arithmetic: `[[bench]] harness = false` keeps tests inside the bench
+//! from running, so its pure modules are compiled into this test as well.
+
+#[allow(dead_code)]
+#[path = "../benches/fanout/report.rs"]
+mod report;
+#[allow(dead_code)]
+#[path = "../benches/fanout/stats.rs"]
+mod stats;
+
+use std::time::Duration;
+
+use report::{Headline, OURS, Outcome, Report, Row, ServerInfo};
+
+/// A run of `scenario` against `server` with every copy of 10 messages to 10 connections.
+fn run(scenario: &'static str, server: &str) -> Outcome {
+    Outcome {
+        scenario,
+        server: server.to_owned(),
+        receivers: 9,
+        senders: 1,
+        messages: 10,
+        sent: 10,
+        expected: 100,
+        copies: 100,
+        unique: 100,
+        connected: 10,
+        ..Outcome::default()
+    }
+}
+
+fn report(rows: Vec<Vec<Outcome>>) -> Report {
+    let mut servers: Vec<ServerInfo> = Vec::new();
+    for row in &rows {
+        if !servers.iter().any(|s| s.label == row[0].server) {
+            servers.push(ServerInfo {
+                label: row[0].server.clone(),
+                command: format!("./{}", row[0].server),
+            });
+        }
+    }
+    Report {
+        runs: rows[0].len(),
+        rows: rows.into_iter().map(|runs| Row { runs }).collect(),
+        servers,
+        cores: 2,
+    }
+}
+
+#[test]
+fn percentile_is_nearest_rank() {
+    let values: Vec<u32> = (1..=100).collect();
+    assert_eq!(stats::percentile(&values, 500), Some(50));
+    assert_eq!(stats::percentile(&values, 990), Some(99));
+    assert_eq!(stats::percentile(&values, 1000), Some(100));
+    // 0.07 * 100 is 7.000000000000001 in floating point: a float rank would say 8.
+    assert_eq!(stats::percentile(&values, 70), Some(7));
+    assert_eq!(stats::percentile(&[1, 2, 3, 4], 500), Some(2));
+    assert_eq!(stats::percentile(&[7], 990), Some(7));
+    assert_eq!(stats::percentile(&[3, 9], 0), Some(3));
+    assert_eq!(stats::percentile(&[], 500), None);
+}
+
+#[test]
+fn median_run_is_the_middle_or_the_worse_of_the_middle_two() {
+    // Higher is better: 100 < 200 < 300, the middle is 200 at index 2.
+    assert_eq!(
+        stats::median_run(&[Some(100.0), Some(300.0), Some(200.0)], true),
+        Some(2)
+    );
+    // Two runs: the worse one, never the better.
+    assert_eq!(
+        stats::median_run(&[Some(200.0), Some(100.0)], true),
+        Some(1)
+    );
+    assert_eq!(stats::median_run(&[Some(5.0), Some(1.0)], false), Some(0));
+    // A run without the figure counts as the worst.
+    assert_eq!(
+        stats::median_run(&[None, Some(20.0), Some(10.0)], true),
+        Some(2)
+    );
+    assert_eq!(stats::median_run(&[], true), None);
+}
+
+#[test]
+fn a_row_shows_one_run_not_a_mix_of_runs() {
+    let with = |deliveries_ns, p99| Outcome {
+        delivery_ns: Some(deliveries_ns),
+        p99_ms: Some(p99),
+        cpu_ns: Some(deliveries_ns / 1000),
+        ..run("burst", OURS)
+    };
+    // 100 deliveries over 1 s, 0.5 s and 0.25 s: the median by deliv/s is the 0.5 s run,
+    // whose p99 (9) is the largest, not the median of the p99s (5).
+    let row = Row {
+        runs: vec![
+            with(1_000_000_000, 1.0),
+            with(500_000_000, 9.0),
+            with(250_000_000, 5.0),
+        ],
+    };
+    let median = row.median();
+    assert_eq!(median.deliveries_per_second(), Some(200.0));
+    assert_eq!(median.p99_ms, Some(9.0));
+    assert_eq!(median.cpu_s_per_million(), Some(5.0));
+
+    // Open loop: the median by p99, the worse of two.
+    let open = |p99| Outcome {
+        headline: Headline::P99,
+        p99_ms: Some(p99),
+        ..run("steady", OURS)
+    };
+    let row = Row {
+        runs: vec![open(3.0), open(12.0)],
+    };
+    assert_eq!(row.median().p99_ms, Some(12.0));
+}
+
+#[test]
+fn loss_is_the_worst_runs_and_no_copies_lost_needs_every_run_clean() {
+    let lossy = Outcome {
+        unique: 50,
+        copies: 50,
+        ..run("burst", OURS)
+    };
+    let row = Row {
+        runs: vec![run("burst", OURS), run("burst", OURS), lossy.clone()],
+    };
+    assert_eq!(row.median().lost(), 0);
+    assert_eq!(row.worst_lost(), 50);
+
+    let clean = report(vec![vec![run("burst", OURS); 3]]);
+    assert!(clean.nothing_lost());
+    assert!(report::table(&clean).contains("No copies lost."));
+
+    let one_bad_run = report(vec![vec![
+        run("burst", OURS),
+        run("burst", OURS),
+        lossy.clone(),
+    ]]);
+    assert!(!one_bad_run.nothing_lost());
+    let table = report::table(&one_bad_run);
+    assert!(!table.contains("No copies lost"), "{table}");
+    assert!(table.contains("LOST: burst on ours"), "{table}");
+    assert!(table.contains("(per run: 0, 0, 50)"), "{table}");
+
+    // A loss by another server counts too.
+    let theirs = Outcome {
+        server: "classic".to_owned(),
+        ..lossy
+    };
+    let other_lost = report(vec![vec![run("burst", OURS)], vec![theirs]]);
+    assert!(!report::table(&other_lost).contains("No copies lost"));
+}
+
+#[test]
+fn duplicates_and_disorder_are_the_worst_runs() {
+    let disordered = Outcome {
+        copies: 103,
+        duplicates: 3,
+        out_of_order: 2,
+        ..run("burst", OURS)
+    };
+    let row = Row {
+        runs: vec![run("burst", OURS), disordered, run("burst", OURS)],
+    };
+    assert_eq!(row.worst_duplicates(), 3);
+    assert_eq!(row.worst_out_of_order(), 2);
+    let table = report::table(&report(vec![row.runs]));
+    assert!(table.contains("DISORDER: burst on ours"), "{table}");
+}
+
+#[test]
+fn duplicates_count_in_no_rate_or_cost() {
+    // 100 copies of which 20 duplicates: 80 deliveries, 20 lost.
+    let o = Outcome {
+        expected: 100,
+        copies: 100,
+        unique: 80,
+        duplicates: 20,
+        delivery_ns: Some(1_000_000_000),
+        cpu_ns: Some(8_000),
+        writes: Some(40),
+        ..run("burst", OURS)
+    };
+    assert_eq!(o.lost(), 20);
+    assert_eq!(o.deliveries_per_second(), Some(80.0));
+    // 8 µs for 80 deliveries: 0.1 s per million.
+    assert_eq!(o.cpu_s_per_million(), Some(0.1));
+    assert_eq!(o.writes_per_delivery(), Some(0.5));
+}
+
+#[test]
+fn cpu_per_million_keeps_nanoseconds() {
+    // 1,234,567 ns for 1,000 deliveries: finer than a 10 ms tick by far.
+    let per_million = stats::cpu_s_per_million(1_234_567, 1_000).expect("deliveries");
+    assert!((per_million - 1.234567).abs() < 1e-12, "{per_million}");
+    assert_eq!(stats::cpu_s_per_million(5, 0), None);
+    assert_eq!(stats::per_item(5, 0), None);
+    assert_eq!(stats::rate(5, 0), None);
+}
+
+#[test]
+fn proc_files_parse() {
+    assert_eq!(stats::schedstat_ns("2479832 4123 17\n"), Some(2_479_832));
+    assert_eq!(stats::schedstat_ns(""), None);
+    let io = "rchar: 6976\nwchar: 12\nsyscr: 10\nsyscw: 3\nread_bytes: 0\n";
+    assert_eq!(stats::proc_io_field(io, "syscw"), Some(3));
+    assert_eq!(stats::proc_io_field(io, "syscr"), Some(10));
+    assert_eq!(stats::proc_io_field(io, "cancelled_write_bytes"), None);
+}
+
+#[test]
+fn open_loop_schedule_is_fixed_and_staggered() {
+    // One sender at 200 a second: message 10 is due at 50 ms.
+    assert_eq!(
+        stats::open_loop_due(10, 0, 1, 200),
+        Duration::from_millis(50)
+    );
+    // 20 senders at 100 a second each: the room gets one message every 0.5 ms.
+    assert_eq!(stats::open_loop_due(0, 0, 20, 100), Duration::ZERO);
+    assert_eq!(
+        stats::open_loop_due(0, 1, 20, 100),
+        Duration::from_micros(500)
+    );
+    assert_eq!(
+        stats::open_loop_due(1, 0, 20, 100),
+        Duration::from_millis(10)
+    );
+    assert_eq!(
+        stats::open_loop_due(199, 19, 20, 100),
+        Duration::from_micros(1_999_500)
+    );
+}
+
+#[test]
+fn ratios_divide_the_other_median_run_by_ours() {
+    let figures = |server: &str, delivery_ns, p99, cpu_ns, writes, lost: u64| Outcome {
+        delivery_ns: Some(delivery_ns),
+        p50_ms: Some(1.0),
+        p99_ms: Some(p99),
+        cpu_ns: Some(cpu_ns),
+        writes: Some(writes),
+        rss_growth_kb: Some(30),
+        unique: 100 - lost,
+        ..run("burst", server)
+    };
+    let r = report(vec![
+        vec![figures(OURS, 1_000_000, 2.0, 1_000, 10, 0)],
+        vec![figures("classic", 4_000_000, 8.0, 6_000, 100, 20)],
+    ]);
+    let ratios = r.ratios();
+    assert_eq!(ratios.len(), 1);
+    let classic = &ratios[0];
+    assert_eq!(classic.server, "classic");
+    // 80 deliveries in 4 ms against 100 in 1 ms.
+    assert_eq!(classic.deliveries_per_second, Some(0.2));
+    assert_eq!(classic.p50, Some(1.0));
+    assert_eq!(classic.p99, Some(4.0));
+    // 6 µs for 80 against 1 µs for 100.
+    assert!((classic.cpu_s_per_million.expect("cpu") - 7.5).abs() < 1e-9);
+    assert_eq!(classic.writes_per_delivery, Some(12.5));
+    assert_eq!(classic.kb_per_connection, Some(1.0));
+    assert_eq!(classic.worst_lost, 20);
+    let table = report::table(&r);
+    assert!(table.contains("vs ours"), "{table}");
+    assert!(table.contains("0.20x"), "{table}");
+    let json = report::json(&r);
+    assert!(json.contains("\"ratios\": ["), "{json}");
+    assert!(json.contains("\"writes_per_delivery\": 12.5"), "{json}");
+
+    assert_eq!(stats::ratio(Some(1.0), Some(0.0)), None);
+    assert_eq!(stats::ratio(None, Some(1.0)), None);
+}
+
+#[test]
+fn ratios_pair_rows_of_the_same_connection_count() {
+    let idle = |server: &str, receivers, growth| Outcome {
+        headline: Headline::KbPerConnection,
+        receivers,
+        connected: receivers + 1,
+        rss_growth_kb: Some(growth),
+        ..run("idle", server)
+    };
+    let r = report(vec![
+        vec![idle(OURS, 4_999, 15_000)],
+        vec![idle(OURS, 9_999, 20_000)],
+        vec![idle("classic", 4_999, 45_000)],
+        vec![idle("classic", 9_999, 100_000)],
+    ]);
+    let ratios: Vec<(usize, Option<f64>)> = r
+        .ratios()
+        .iter()
+        .map(|r| (r.connections, r.kb_per_connection))
+        .collect();
+    assert_eq!(ratios, [(5_000, Some(3.0)), (10_000, Some(5.0))]);
+}
