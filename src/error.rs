@@ -74,6 +74,17 @@ pub enum Error {
         source: tokio_websockets::Error,
     },
 
+    /// The server chose a subprotocol the client did not offer.
+    #[error(
+        "cannot connect to {url}: the server chose the subprotocol {protocol:?}, which this client does not speak"
+    )]
+    UnexpectedProtocol {
+        /// The URL the client tried.
+        url: String,
+        /// What the server chose.
+        protocol: String,
+    },
+
     /// An established connection broke without a close handshake.
     #[error("connection to {url} lost: {}", describe_ws(source))]
     ConnectionLost {

@@ -68,10 +68,17 @@ struct Cli {
     /// that send no Origin header are not affected.
     #[arg(long, value_name = "ORIGIN")]
     allow_origin: Vec<String>,
-    /// Messages each room keeps and sends to newcomers after the welcome (0: none).
+    /// Messages of the room's log each newcomer gets after the welcome (0: none).
     #[arg(long, value_name = "MESSAGES", default_value_t = ServerConfig::default().history,
           value_parser = clap::value_parser!(u32).range(0..=100_000).map(|n| n as usize))]
     history: usize,
+    /// Messages each room's log keeps for clients that come back or fall behind.
+    #[arg(long, value_name = "MESSAGES", default_value_t = ServerConfig::default().resume_window,
+          value_parser = clap::value_parser!(u32).range(0..=1_000_000).map(|n| n as usize))]
+    resume_window: usize,
+    /// Most bytes each room's log keeps; the oldest messages go first.
+    #[arg(long, value_name = "BYTES", default_value_t = ServerConfig::default().resume_bytes)]
+    resume_bytes: usize,
     /// Most rooms at once (the URL path picks the room); a new room beyond it gets HTTP 503.
     #[arg(long, value_name = "N", default_value_t = ServerConfig::default().max_rooms)]
     max_rooms: usize,
@@ -126,6 +133,8 @@ impl Cli {
             allowed_origins: self.allow_origin.clone(),
             tls,
             history: self.history,
+            resume_window: self.resume_window,
+            resume_bytes: self.resume_bytes,
             max_rooms: self.max_rooms,
             presence: self.presence,
             no_echo: self.no_echo,

@@ -14,8 +14,11 @@ use tokio_websockets::{CloseCode, Message};
 use super::backoff::Backoff;
 use super::connect::{Connection, connect};
 use super::render::render;
+use super::session::{Session, Shown};
+use super::upgrade::Protocol;
 use super::url::display_url;
 use crate::config::ClientConfig;
+use crate::protocol::structured::ServerFrame;
 use crate::{Error, Result, protocol};
 
 /// How a chat session ended without an error.
@@ -63,6 +66,8 @@ pub enum Event {
         /// Whether a connection had been up before (reconnecting, not retrying).
         again: bool,
     },
+    /// The server did not take a frame of ours, or sent one we cannot read.
+    Server(String),
     /// An attempt after a failure succeeded.
     Connected {
         /// The server's URL, as people write it.
@@ -83,6 +88,7 @@ impl fmt::Display for Event {
                 let what = if *again { "reconnecting" } else { "retrying" };
                 write!(f, "{cause}; {what} in {:.1} s", delay.as_secs_f64())
             }
+            Event::Server(text) => f.write_str(text),
             Event::Connected { url, again: true } => write!(f, "reconnected to {url}"),
             Event::Connected { url, again: false } => write!(f, "connected to {url}"),
         }
@@ -142,10 +148,12 @@ impl Input {
     }
 }
 
-/// Connects and chats ([`run`]) until the input ends, `quit` completes, or the
-/// server closes. With `config.reconnect`, a failed attempt or a lost connection
-/// is tried again after a [`Backoff`] wait, reported through `report`; the input
-/// ending or `quit` completing during the wait ends the chat.
+/// Connects and chats until the input ends, `quit` completes, or the server
+/// closes. With `config.reconnect`, a failed attempt or a lost connection is tried
+/// again after a [`Backoff`] wait, reported through `report`; the input ending or
+/// `quit` completing during the wait ends the chat. A server that speaks the
+/// structured protocol is resumed where we left off: nothing said meanwhile is
+/// missed or shown twice, and the lines it had not acknowledged are sent again.
 ///
 /// # Errors
 /// Why the chat ended if not by the input, `quit` or the server's close: a failed
@@ -162,17 +170,19 @@ where
 {
     let url = display_url(&config.url);
     let mut input = Input::new(input);
+    let mut session = Session::new();
     let mut backoff = Backoff::new(config.reconnect_min, config.reconnect_max);
     let mut was_up = false;
     let mut failed = false;
     tokio::pin!(quit);
     loop {
+        let params = session.params(config.name.as_deref());
         let attempt = tokio::select! {
-            attempt = connect(config) => attempt,
+            attempt = connect(config, &params) => attempt,
             () = &mut quit => return Ok(Ending::InputClosed),
         };
         let result = match attempt {
-            Ok(ws) => {
+            Ok((ws, protocol)) => {
                 if failed {
                     report(Event::Connected {
                         url: url.clone(),
@@ -181,7 +191,14 @@ where
                 }
                 was_up = true;
                 backoff.reset();
-                run(ws, config, &mut input, &mut output, quit.as_mut()).await
+                let mut conversation = Conversation {
+                    ws,
+                    config,
+                    output: &mut output,
+                    session: (protocol == Protocol::Structured).then_some(&mut session),
+                    report: &mut report,
+                };
+                conversation.run(&mut input, quit.as_mut()).await
             }
             Err(e) => Err(e),
         };
@@ -207,94 +224,166 @@ where
     }
 }
 
-/// Sends every line from `input` and writes every text message received to
-/// `output` as `From server: {text}` (see [`render`]), until the input ends,
-/// `quit` completes, or the server closes.
-///
-/// # Errors
-/// [`Error::ConnectionLost`] when the connection breaks without a close frame,
-/// [`Error::Output`] when `output` cannot be written.
-pub async fn run<W>(
-    mut ws: Connection,
-    config: &ClientConfig,
-    input: &mut Input,
-    mut output: W,
-    quit: impl Future<Output = ()>,
-) -> Result<Ending>
+/// One connection's chat: input lines out, frames in, printed as classic lines.
+struct Conversation<'a, W, R> {
+    ws: Connection,
+    config: &'a ClientConfig,
+    output: &'a mut W,
+    /// Our side of the structured protocol; `None` with a classic server.
+    session: Option<&'a mut Session>,
+    report: &'a mut R,
+}
+
+impl<W, R> Conversation<'_, W, R>
 where
     W: AsyncWrite + Unpin,
+    R: FnMut(Event),
 {
-    let url = display_url(&config.url);
-    let lost = |source| Error::ConnectionLost {
-        url: url.clone(),
-        source,
-    };
-    tokio::pin!(quit);
-    loop {
-        tokio::select! {
-            line = input.recv() => match line {
-                Some(line) if line.is_empty() => {}
-                Some(line) => ws.send(Message::text(line)).await.map_err(lost)?,
-                None => break,
-            },
-            () = &mut quit => break,
-            message = ws.next() => match message {
-                Some(Ok(message)) => {
-                    if let Some(ending) = show(&message, &mut output, config.color).await? {
-                        // Reading on sends the library's answer to the close frame.
-                        let _ = timeout(config.close_timeout, async { while ws.next().await.is_some() {} }).await;
+    /// Sends every line from `input` and prints every message received as
+    /// `From server: {text}` (see [`render`]), until the input ends, `quit`
+    /// completes, or the server closes.
+    async fn run(&mut self, input: &mut Input, quit: impl Future<Output = ()>) -> Result<Ending> {
+        tokio::pin!(quit);
+        // Lines the server has not acknowledged go again, first: it shows each once.
+        let unacknowledged = self
+            .session
+            .as_ref()
+            .map(|s| s.unacknowledged())
+            .unwrap_or_default();
+        for frame in unacknowledged {
+            self.ws
+                .send(Message::text(frame))
+                .await
+                .map_err(|e| self.lost(e))?;
+        }
+        loop {
+            tokio::select! {
+                line = input.recv() => match line {
+                    Some(line) if line.is_empty() => {}
+                    Some(line) => {
+                        let frame = match &mut self.session {
+                            Some(session) => session.send(&line),
+                            None => line,
+                        };
+                        self.ws.send(Message::text(frame)).await.map_err(|e| self.lost(e))?;
+                    }
+                    None => break,
+                },
+                () = &mut quit => break,
+                message = self.ws.next() => {
+                    if let Some(ending) = self.take(message).await? {
                         return Ok(ending);
                     }
                 }
-                Some(Err(e)) => return Err(lost(e)),
-                None => return Err(lost(tokio_websockets::Error::Io(std::io::ErrorKind::UnexpectedEof.into()))),
-            },
+            }
         }
-    }
 
-    // Our side is done: close with 1000 and print what arrives until the server answers.
-    ws.send(Message::close(
-        Some(CloseCode::NORMAL_CLOSURE),
-        protocol::REASON_BYE,
-    ))
-    .await
-    .map_err(lost)?;
-    let drain = async {
-        while let Some(Ok(message)) = ws.next().await {
-            show(&message, &mut output, config.color).await?;
+        // Our side is done. Wait (a little) until our last lines are acknowledged and
+        // back, so that `echo hi | client` shows its own line; then close with 1000
+        // and print what arrives until the server answers.
+        let close_timeout = self.config.close_timeout;
+        let settle = async {
+            while self.session.as_ref().is_some_and(|s| !s.settled()) {
+                let message = self.ws.next().await;
+                if let Some(ending) = self.take(message).await? {
+                    return Ok(Some(ending));
+                }
+            }
+            Ok::<_, Error>(None)
+        };
+        if let Ok(settled) = timeout(close_timeout, settle).await
+            && let Some(ending) = settled?
+        {
+            return Ok(ending);
         }
-        Ok::<_, Error>(())
-    };
-    if let Ok(result) = timeout(config.close_timeout, drain).await {
-        result?;
-    }
-    Ok(Ending::InputClosed)
-}
-
-/// Prints a text message; returns the ending if `message` is a close frame.
-async fn show<W: AsyncWrite + Unpin>(
-    message: &Message,
-    output: &mut W,
-    color: bool,
-) -> Result<Option<Ending>> {
-    if let Some(text) = message.as_text() {
-        let mut line = render(text, color);
-        line.push('\n');
-        output
-            .write_all(line.as_bytes())
+        self.ws
+            .send(Message::close(
+                Some(CloseCode::NORMAL_CLOSURE),
+                protocol::REASON_BYE,
+            ))
             .await
-            .map_err(Error::Output)?;
-        output.flush().await.map_err(Error::Output)?;
-    } else if let Some((code, reason)) = message.as_close() {
-        let code = u16::from(code);
-        // 1005 stands for "no code", which never travels on the wire.
-        let code = (code != 1005).then_some(code);
-        return Ok(Some(Ending::ServerClosed {
-            code,
-            reason: reason.to_owned(),
-        }));
+            .map_err(|e| self.lost(e))?;
+        let drain = async {
+            while let Some(Ok(message)) = self.ws.next().await {
+                self.show(&message).await?;
+            }
+            Ok::<_, Error>(())
+        };
+        if let Ok(result) = timeout(close_timeout, drain).await {
+            result?;
+        }
+        Ok(Ending::InputClosed)
     }
-    Ok(None)
+
+    /// Takes what the socket gave: prints a message, or returns how the chat ended
+    /// if the server closed (after answering its close frame).
+    async fn take(
+        &mut self,
+        message: Option<Result<Message, tokio_websockets::Error>>,
+    ) -> Result<Option<Ending>> {
+        let message = match message {
+            Some(Ok(message)) => message,
+            Some(Err(e)) => return Err(self.lost(e)),
+            None => {
+                let eof = std::io::ErrorKind::UnexpectedEof.into();
+                return Err(self.lost(tokio_websockets::Error::Io(eof)));
+            }
+        };
+        let ending = self.show(&message).await?;
+        if ending.is_some() {
+            // Reading on sends the library's answer to the close frame.
+            let ws = &mut self.ws;
+            let _ = timeout(self.config.close_timeout, async {
+                while ws.next().await.is_some() {}
+            })
+            .await;
+        }
+        Ok(ending)
+    }
+
+    /// Prints a text message (a structured frame as its classic line); returns the
+    /// ending if `message` is a close frame.
+    async fn show(&mut self, message: &Message) -> Result<Option<Ending>> {
+        if let Some(text) = message.as_text() {
+            let line = match &mut self.session {
+                None => Shown::Line(text.to_owned()),
+                Some(session) => match ServerFrame::parse(text) {
+                    Ok(frame) => session.receive(frame),
+                    Err(e) => Shown::Report(format!("the server sent a frame we cannot read: {e}")),
+                },
+            };
+            match line {
+                Shown::Line(line) => {
+                    let mut line = render(&line, self.config.color);
+                    line.push('\n');
+                    self.output
+                        .write_all(line.as_bytes())
+                        .await
+                        .map_err(Error::Output)?;
+                    self.output.flush().await.map_err(Error::Output)?;
+                }
+                Shown::Report(text) => (self.report)(Event::Server(text)),
+                Shown::Nothing => {}
+            }
+        } else if let Some((code, reason)) = message.as_close() {
+            let code = u16::from(code);
+            // 1005 stands for "no code", which never travels on the wire.
+            let code = (code != 1005).then_some(code);
+            return Ok(Some(Ending::ServerClosed {
+                code,
+                reason: reason.to_owned(),
+            }));
+        }
+        Ok(None)
+    }
+
+    /// The error for a connection that broke.
+    fn lost(&self, source: tokio_websockets::Error) -> Error {
+        Error::ConnectionLost {
+            url: display_url(&self.config.url),
+            source,
+        }
+    }
 }
 
 #[cfg(test)]

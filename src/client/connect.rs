@@ -9,7 +9,7 @@ use tokio_rustls::rustls;
 use tokio_websockets::WebSocketStream;
 use tokio_websockets::tls::MaybeTlsStream;
 
-use super::upgrade::upgrade;
+use super::upgrade::{Protocol, upgrade};
 use super::url::display_url;
 use crate::config::ClientConfig;
 use crate::{Error, Result};
@@ -17,21 +17,30 @@ use crate::{Error, Result};
 /// A connected chat socket, over TLS for `wss://`.
 pub type Connection = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// Opens the TCP connection and upgrades it to a WebSocket, within the connect timeout.
+/// Opens the TCP connection and upgrades it to a WebSocket, within the connect
+/// timeout, with `params` in the query (the name, the session, where to resume);
+/// returns it with the wire format the server chose.
 ///
 /// # Errors
 /// One [`Error`] variant per way it can fail: the name does not resolve, the TCP
 /// connection or the TLS handshake fails, the server refuses the upgrade (with
 /// [`Error::Unauthorized`] for 401), or it all takes longer than the timeout.
-pub async fn connect(config: &ClientConfig) -> Result<Connection> {
+pub async fn connect(
+    config: &ClientConfig,
+    params: &[(&str, String)],
+) -> Result<(Connection, Protocol)> {
     let url = display_url(&config.url);
-    match timeout(config.connect_timeout, connect_inner(config, &url)).await {
+    match timeout(config.connect_timeout, connect_inner(config, params, &url)).await {
         Ok(result) => result,
         Err(_) => Err(Error::ConnectTimeout { url }),
     }
 }
 
-async fn connect_inner(config: &ClientConfig, url: &str) -> Result<Connection> {
+async fn connect_inner(
+    config: &ClientConfig,
+    params: &[(&str, String)],
+    url: &str,
+) -> Result<(Connection, Protocol)> {
     let uri = &config.url;
     // `Uri::host` keeps the brackets of an IPv6 literal; the resolver wants them off.
     let host = uri.host().unwrap_or_default();
@@ -69,7 +78,7 @@ async fn connect_inner(config: &ClientConfig, url: &str) -> Result<Connection> {
     } else {
         MaybeTlsStream::Plain(tcp)
     };
-    upgrade(stream, config, url).await
+    upgrade(stream, config, params, url).await
 }
 
 /// The addresses of `host`: a step of its own, so that a failure here is known to
@@ -239,7 +248,7 @@ mod tests {
         // `.invalid` never resolves (RFC 6761).
         let mut config = ClientConfig::new(parse_url("ws://nosuch.invalid:2000").expect("url"));
         config.connect_timeout = Duration::from_secs(10);
-        let err = connect(&config).await.expect_err("no such host");
+        let err = connect(&config, &[]).await.expect_err("no such host");
         assert!(matches!(err, Error::Resolve { .. }), "{err:?}");
         assert_eq!(
             err.to_string(),

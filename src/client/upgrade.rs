@@ -6,6 +6,7 @@ use tokio_websockets::{ClientBuilder, WebSocketStream};
 
 use super::url::{host_header, request_target};
 use crate::config::ClientConfig;
+use crate::protocol::structured::SUBPROTOCOL;
 use crate::{Error, Result, protocol};
 
 /// Largest response head read from the server, in bytes.
@@ -15,14 +16,26 @@ const MAX_REFUSAL_BODY: usize = 1024;
 /// Most header lines accepted in the server's answer.
 const MAX_RESPONSE_HEADERS: usize = 32;
 
-/// Sends the upgrade request for `config` on `stream` (already connected, TLS done)
-/// and reads the answer: a WebSocket on 101, [`Error::Unauthorized`] on 401,
-/// [`Error::Refused`] with the server's reason otherwise. `url` names the server in errors.
+/// The wire format the server chose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// The classic text lines: the server chose no subprotocol (an older server, or
+    /// the classic exercise's).
+    Classic,
+    /// The structured `broadcast-chat.v1` frames.
+    Structured,
+}
+
+/// Sends the upgrade request for `config` on `stream` (already connected, TLS done),
+/// with `params` in the query and the structured subprotocol offered, and reads the
+/// answer: a WebSocket on 101, [`Error::Unauthorized`] on 401, [`Error::Refused`]
+/// with the server's reason otherwise. `url` names the server in errors.
 pub(super) async fn upgrade<S>(
     mut stream: S,
     config: &ClientConfig,
+    params: &[(&str, String)],
     url: &str,
-) -> Result<WebSocketStream<S>>
+) -> Result<(WebSocketStream<S>, Protocol)>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -43,7 +56,7 @@ where
     let key = STANDARD.encode(std::array::from_fn::<u8, 16, _>(|_| fastrand::u8(..)));
     let request = upgrade_request(
         &host_header(&config.url),
-        &request_target(&config.url, config.name.as_deref()),
+        &request_target(&config.url, params),
         &key,
         authorization.as_deref(),
     );
@@ -66,9 +79,19 @@ where
                     tokio_websockets::upgrade::Error::WrongWebSocketAccept,
                 ));
             }
+            let protocol = match response.protocol.as_deref() {
+                None => Protocol::Classic,
+                Some(SUBPROTOCOL) => Protocol::Structured,
+                Some(other) => {
+                    return Err(Error::UnexpectedProtocol {
+                        url: url.to_owned(),
+                        protocol: other.to_owned(),
+                    });
+                }
+            };
             // Nothing after the head has been read: frames the server sent right
             // after its answer are still in the stream for the WebSocket to read.
-            Ok(ClientBuilder::new().take_over(stream))
+            Ok((ClientBuilder::new().take_over(stream), protocol))
         }
         401 => Err(Error::Unauthorized {
             sent: config.token.is_some(),
@@ -91,7 +114,8 @@ fn upgrade_request(host: &str, target: &str, key: &str, authorization: Option<&s
         .unwrap_or_default();
     format!(
         "GET {target} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{authorization}\r\n"
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Protocol: {SUBPROTOCOL}\r\n{authorization}\r\n"
     )
 }
 
@@ -116,6 +140,8 @@ async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<Vec<
 struct Response {
     status: u16,
     accept: Option<String>,
+    /// The subprotocol the server chose, if any.
+    protocol: Option<String>,
     content_length: Option<usize>,
 }
 
@@ -141,6 +167,7 @@ fn parse_response(head: &[u8]) -> Result<Response, tokio_websockets::upgrade::Er
             .code
             .ok_or(Error::Parsing(httparse::Error::Status))?,
         accept: header("sec-websocket-accept").map(str::to_owned),
+        protocol: header("sec-websocket-protocol").map(str::to_owned),
         content_length: header("content-length").and_then(|v| v.parse().ok()),
     })
 }
@@ -250,32 +277,84 @@ mod tests {
         (config, tcp, task)
     }
 
-    /// Upgrades `tcp` as `config` says, under the test timeout.
+    /// Upgrades `tcp` as `config` says, with `name` in the query, under the test timeout.
     async fn upgrade_on(
         config: &ClientConfig,
         tcp: TcpStream,
     ) -> Result<WebSocketStream<TcpStream>> {
-        timeout(Duration::from_secs(10), upgrade(tcp, config, "ws://test"))
-            .await
-            .expect("an answer in time")
+        upgrade_with(config, &[], tcp).await.map(|(ws, _)| ws)
+    }
+
+    /// Upgrades `tcp` with `params` in the query, under the test timeout.
+    async fn upgrade_with(
+        config: &ClientConfig,
+        params: &[(&str, String)],
+        tcp: TcpStream,
+    ) -> Result<(WebSocketStream<TcpStream>, Protocol)> {
+        timeout(
+            Duration::from_secs(10),
+            upgrade(tcp, config, params, "ws://test"),
+        )
+        .await
+        .expect("an answer in time")
+    }
+
+    /// A 101 answer to `key`, with `extra` header lines.
+    fn switching(key: &str, extra: &str) -> Vec<u8> {
+        format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n{extra}\r\n",
+            protocol::accept_key(key)
+        )
+        .into_bytes()
+    }
+
+    #[tokio::test]
+    async fn the_structured_protocol_is_offered_and_either_answer_is_understood() {
+        let (config, tcp, server) =
+            fake_server(|key| switching(key, "Sec-WebSocket-Protocol: broadcast-chat.v1\r\n"))
+                .await;
+        let params = [("session", "s1".to_owned())];
+        let (_ws, protocol) = upgrade_with(&config, &params, tcp).await.expect("upgrade");
+        assert_eq!(protocol, Protocol::Structured);
+        let (request, _tcp) = server.await.expect("server task");
+        assert!(
+            request.starts_with("GET /rust?session=s1 HTTP/1.1\r\n"),
+            "{request}"
+        );
+        assert!(
+            request.contains("\r\nSec-WebSocket-Protocol: broadcast-chat.v1\r\n"),
+            "{request}"
+        );
+
+        let (config, tcp, _server) = fake_server(|key| switching(key, "")).await;
+        let (_ws, protocol) = upgrade_with(&config, &[], tcp).await.expect("upgrade");
+        assert_eq!(
+            protocol,
+            Protocol::Classic,
+            "a server that chose nothing is classic"
+        );
+
+        let (config, tcp, _server) =
+            fake_server(|key| switching(key, "Sec-WebSocket-Protocol: mqtt\r\n")).await;
+        let err = upgrade_with(&config, &[], tcp).await.expect_err("refused");
+        assert_eq!(
+            err.to_string(),
+            "cannot connect to ws://test: the server chose the subprotocol \"mqtt\", which this client does not speak"
+        );
     }
 
     #[tokio::test]
     async fn upgrade_sends_name_and_token_and_keeps_frames_after_the_answer() {
         let (mut config, tcp, server) = fake_server(|key| {
-            let mut answer = format!(
-                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
-                protocol::accept_key(key)
-            )
-            .into_bytes();
+            let mut answer = switching(key, "");
             // A text frame "hi", sent in the same write as the head.
             answer.extend_from_slice(&[0x81, 2, b'h', b'i']);
             answer
         })
         .await;
-        config.name = Some("alice".into());
         config.token = Some(crate::Secret::new("t0k"));
-        let mut ws = upgrade_on(&config, tcp).await.expect("upgrade");
+        let params = [("name", "alice".to_owned())];
+        let (mut ws, _) = upgrade_with(&config, &params, tcp).await.expect("upgrade");
         let (request, _tcp) = server.await.expect("server task");
         assert!(
             request.starts_with("GET /rust?name=alice HTTP/1.1\r\n"),

@@ -1,6 +1,6 @@
 //! The server's URL: checking it, showing it, and the request target and `Host` it gives.
 
-use crate::{Error, Result, protocol};
+use crate::{Error, Result};
 
 /// Checks that `url` is a `ws://` or `wss://` URL with a host, as the client needs it.
 ///
@@ -38,28 +38,30 @@ pub(super) fn host_header(uri: &http::Uri) -> String {
     authority.rsplit('@').next().unwrap_or(authority).to_owned()
 }
 
-/// The request target for `uri`: its path and query, with `name=NAME` added (and
-/// any `name` already in the query replaced) when a name is given.
-pub fn request_target(uri: &http::Uri, name: Option<&str>) -> String {
+/// The request target for `uri`: its path and query, with `params` added (any of
+/// the same name already in the query replaced).
+pub fn request_target(uri: &http::Uri, params: &[(&str, String)]) -> String {
     let path = match uri.path() {
         "" => "/",
         path => path,
     };
-    let mut params: Vec<String> = uri
+    let ours = |pair: &&str| {
+        params
+            .iter()
+            .any(|(key, _)| pair.split('=').next() == Some(*key))
+    };
+    let mut query: Vec<String> = uri
         .query()
         .into_iter()
         .flat_map(|q| q.split('&'))
-        .filter(|pair| !pair.is_empty())
-        .filter(|pair| name.is_none() || pair.split('=').next() != Some(protocol::NAME_PARAM))
+        .filter(|pair| !pair.is_empty() && !ours(pair))
         .map(str::to_owned)
         .collect();
-    if let Some(name) = name {
-        params.push(format!("{}={name}", protocol::NAME_PARAM));
-    }
-    if params.is_empty() {
+    query.extend(params.iter().map(|(key, value)| format!("{key}={value}")));
+    if query.is_empty() {
         path.to_owned()
     } else {
-        format!("{path}?{}", params.join("&"))
+        format!("{path}?{}", query.join("&"))
     }
 }
 
@@ -67,28 +69,32 @@ pub fn request_target(uri: &http::Uri, name: Option<&str>) -> String {
 mod tests {
     use super::*;
 
+    fn name(name: &str) -> Vec<(&'static str, String)> {
+        vec![("name", name.to_owned())]
+    }
+
     #[test]
     fn the_name_goes_in_the_query_and_the_path_stays() {
         let uri = |s: &str| parse_url(s).expect("valid");
-        assert_eq!(request_target(&uri("ws://h:2000"), None), "/");
+        assert_eq!(request_target(&uri("ws://h:2000"), &[]), "/");
         assert_eq!(
-            request_target(&uri("ws://h:2000"), Some("alice")),
+            request_target(&uri("ws://h:2000"), &name("alice")),
             "/?name=alice"
         );
         assert_eq!(
-            request_target(&uri("ws://h:2000/rust"), Some("alice")),
+            request_target(&uri("ws://h:2000/rust"), &name("alice")),
             "/rust?name=alice"
         );
         assert_eq!(
-            request_target(&uri("ws://h/rust?x=1"), Some("bob")),
+            request_target(&uri("ws://h/rust?x=1"), &name("bob")),
             "/rust?x=1&name=bob"
         );
         assert_eq!(
-            request_target(&uri("ws://h/?name=old&x=1"), Some("new")),
+            request_target(&uri("ws://h/?name=old&x=1"), &name("new")),
             "/?x=1&name=new"
         );
         assert_eq!(
-            request_target(&uri("ws://h/r?name=kept"), None),
+            request_target(&uri("ws://h/r?name=kept"), &[]),
             "/r?name=kept"
         );
         assert_eq!(host_header(&uri("ws://user@[::1]:9/x")), "[::1]:9");

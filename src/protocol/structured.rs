@@ -207,7 +207,15 @@ impl<'de> Deserialize<'de> for Epoch {
     }
 }
 
-impl ServerFrame<'_> {
+impl<'a> ServerFrame<'a> {
+    /// Reads a frame the server sent.
+    ///
+    /// # Errors
+    /// serde_json's error when `json` is not a frame of this protocol.
+    pub fn parse(json: &'a str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+
     /// The frame as JSON text.
     pub fn to_json(&self) -> String {
         // Serializing these types cannot fail: every key is a string and every value
@@ -297,7 +305,19 @@ impl<'a> ClientFrame<'a> {
     pub fn to_json(&self) -> String {
         match self {
             ClientFrame::Send { id, text } => {
-                serde_json::json!({"type": "send", "id": id, "text": text}).to_string()
+                #[derive(Serialize)]
+                struct Send<'a> {
+                    #[serde(rename = "type")]
+                    kind: &'static str,
+                    id: u64,
+                    text: &'a str,
+                }
+                let send = Send {
+                    kind: "send",
+                    id: *id,
+                    text,
+                };
+                serde_json::to_string(&send).unwrap_or_default()
             }
             ClientFrame::Who => r#"{"type":"who"}"#.to_owned(),
         }

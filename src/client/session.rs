@@ -1,0 +1,289 @@
+//! What the client keeps across its connections when it speaks the structured
+//! protocol: its session id, where it is in the room (epoch and offset), and the
+//! lines the server has not acknowledged yet, which it sends again after a
+//! reconnect (the server recognises them by id and shows each once).
+
+use std::collections::VecDeque;
+
+use crate::protocol::structured::{ClientFrame, ServerFrame};
+use crate::protocol::{
+    AFTER_PARAM, EPOCH_PARAM, Epoch, NAME_PARAM, SESSION_PARAM, WELCOME, WHO_COMMAND, classic,
+};
+
+/// What to do with a frame the server sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Shown {
+    /// Print this classic line (`From server: ` is added by the printer).
+    Line(String),
+    /// Tell the user this on the side (stderr): the server did not take a frame.
+    Report(String),
+    /// Nothing to show.
+    Nothing,
+}
+
+/// The client's side of the structured protocol, kept across connections.
+#[derive(Debug)]
+pub(super) struct Session {
+    /// Names this client to the server across its reconnections.
+    id: String,
+    /// The room's epoch and the last offset shown, once welcomed.
+    position: Option<(Epoch, u64)>,
+    /// The id of the next line.
+    next_line: u64,
+    /// Lines sent and not yet acknowledged, oldest first, with their ids.
+    unacked: VecDeque<(u64, String)>,
+    /// The highest offset the server gave one of our lines.
+    acked_offset: u64,
+    /// Whether the welcome was shown (it is shown once, not on every reconnect).
+    welcomed: bool,
+    /// Whether our own lines come back to us.
+    echo: bool,
+}
+
+impl Session {
+    /// A new session with a random id.
+    pub(super) fn new() -> Self {
+        let mut rng = fastrand::Rng::new();
+        Self {
+            id: std::iter::repeat_with(|| rng.alphanumeric())
+                .take(16)
+                .collect(),
+            position: None,
+            next_line: 1,
+            unacked: VecDeque::new(),
+            acked_offset: 0,
+            welcomed: false,
+            echo: true,
+        }
+    }
+
+    /// The query parameters of the next upgrade: the name, the session, and where
+    /// to resume once there is somewhere.
+    pub(super) fn params(&self, name: Option<&str>) -> Vec<(&'static str, String)> {
+        let mut params = Vec::with_capacity(4);
+        if let Some(name) = name {
+            params.push((NAME_PARAM, name.to_owned()));
+        }
+        params.push((SESSION_PARAM, self.id.clone()));
+        if let Some((epoch, after)) = self.position {
+            params.push((EPOCH_PARAM, epoch.to_string()));
+            params.push((AFTER_PARAM, after.to_string()));
+        }
+        params
+    }
+
+    /// The frame for an input line: `/who` asks who is here; anything else is a line
+    /// for the room, kept until the server acknowledges it.
+    pub(super) fn send(&mut self, line: &str) -> String {
+        if line == WHO_COMMAND {
+            return ClientFrame::Who.to_json();
+        }
+        let id = self.next_line;
+        self.next_line += 1;
+        self.unacked.push_back((id, line.to_owned()));
+        frame(id, line)
+    }
+
+    /// The frames of the lines not yet acknowledged, to send again on a new connection.
+    pub(super) fn unacknowledged(&self) -> Vec<String> {
+        self.unacked
+            .iter()
+            .map(|(id, line)| frame(*id, line))
+            .collect()
+    }
+
+    /// Whether every line was acknowledged and, when our lines come back to us, has
+    /// come back: then nothing of ours is in flight, and closing loses nothing.
+    pub(super) fn settled(&self) -> bool {
+        let seen = self.position.map_or(0, |(_, last)| last);
+        self.unacked.is_empty() && (!self.echo || seen >= self.acked_offset)
+    }
+
+    /// Takes a frame from the server and says what to show of it.
+    pub(super) fn receive(&mut self, frame: ServerFrame<'_>) -> Shown {
+        match frame {
+            ServerFrame::Welcome(welcome) => {
+                self.echo = welcome.echo;
+                // In the same room as before, we go on from our own position (the
+                // server replays what we missed); otherwise from where the room is.
+                if self
+                    .position
+                    .is_none_or(|(epoch, _)| epoch != welcome.epoch)
+                {
+                    self.position = Some((welcome.epoch, welcome.offset));
+                    self.acked_offset = 0;
+                }
+                if std::mem::replace(&mut self.welcomed, true) {
+                    Shown::Nothing
+                } else {
+                    Shown::Line(WELCOME.to_owned())
+                }
+            }
+            ServerFrame::Message(message) => {
+                self.seen(message.epoch, message.offset);
+                Shown::Line(classic::tag_from(&message.from, &message.text))
+            }
+            ServerFrame::Notice(notice) => {
+                if let (Some(epoch), Some(offset)) = (notice.epoch, notice.offset) {
+                    self.seen(epoch, offset);
+                }
+                Shown::Line(notice.text.into_owned())
+            }
+            ServerFrame::Recovered(recovered) => match recovered.text {
+                Some(text) if !recovered.complete => Shown::Line(text.into_owned()),
+                _ => Shown::Nothing,
+            },
+            ServerFrame::Ack(ack) => {
+                while self.unacked.front().is_some_and(|(id, _)| *id <= ack.id) {
+                    self.unacked.pop_front();
+                }
+                if let Some(offset) = ack.offset.filter(|_| !ack.duplicate) {
+                    self.acked_offset = self.acked_offset.max(offset);
+                }
+                Shown::Nothing
+            }
+            ServerFrame::Error(error) => Shown::Report(format!("the server says: {}", error.text)),
+        }
+    }
+
+    /// Moves our position to `offset` if it is of our room and ahead of it.
+    fn seen(&mut self, epoch: Epoch, offset: u64) {
+        if let Some((ours, last)) = &mut self.position
+            && *ours == epoch
+        {
+            *last = (*last).max(offset);
+        }
+    }
+}
+
+/// The send frame for line `id`.
+fn frame(id: u64, line: &str) -> String {
+    ClientFrame::Send {
+        id,
+        text: line.into(),
+    }
+    .to_json()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::structured::{Ack, ChatMessage, Recovered, Welcome};
+
+    fn welcome(epoch: u64, offset: u64) -> ServerFrame<'static> {
+        ServerFrame::Welcome(Welcome {
+            text: WELCOME.into(),
+            room: "".into(),
+            epoch: Epoch(epoch),
+            offset,
+            you: "me@x".into(),
+            echo: true,
+        })
+    }
+
+    fn message(epoch: u64, offset: u64, text: &str) -> ServerFrame<'_> {
+        ServerFrame::Message(ChatMessage {
+            room: "".into(),
+            epoch: Epoch(epoch),
+            offset,
+            from: "a@x".into(),
+            text: text.into(),
+        })
+    }
+
+    fn ack(id: u64, offset: u64) -> ServerFrame<'static> {
+        ServerFrame::Ack(Ack {
+            id,
+            offset: Some(offset),
+            duplicate: false,
+        })
+    }
+
+    #[test]
+    fn the_welcome_shows_once_and_the_position_follows_the_messages() {
+        let mut session = Session::new();
+        let params = session.params(Some("alice"));
+        assert_eq!(params[0], ("name", "alice".to_owned()));
+        assert_eq!(params[1].0, "session");
+        assert_eq!(params.len(), 2, "nowhere to resume yet");
+
+        assert_eq!(session.receive(welcome(7, 40)), Shown::Line(WELCOME.into()));
+        assert_eq!(
+            session.receive(message(7, 41, "hi \"you\"")),
+            Shown::Line(r#"a@x: "hi \"you\"""#.into())
+        );
+        let params = session.params(None);
+        assert_eq!(
+            &params[1..],
+            [
+                ("epoch", "0000000000000007".to_owned()),
+                ("after", "41".to_owned())
+            ]
+        );
+
+        // Back on a new connection to the same room: no second welcome, same position.
+        assert_eq!(session.receive(welcome(7, 45)), Shown::Nothing);
+        assert_eq!(session.params(None)[2].1, "41");
+        // A new epoch: the room began again; we go on from where it is.
+        assert_eq!(session.receive(welcome(8, 3)), Shown::Nothing);
+        assert_eq!(session.params(None)[2].1, "3");
+        session.receive(message(7, 99, "stale"));
+        assert_eq!(
+            session.params(None)[2].1,
+            "3",
+            "another epoch's offsets are not ours"
+        );
+    }
+
+    #[test]
+    fn lines_are_kept_until_acknowledged_and_sent_again_with_their_ids() {
+        let mut session = Session::new();
+        session.receive(welcome(1, 0));
+        assert_eq!(
+            session.send("one"),
+            r#"{"type":"send","id":1,"text":"one"}"#
+        );
+        assert_eq!(
+            session.send("/who"),
+            r#"{"type":"who"}"#,
+            "not a line for the room"
+        );
+        assert_eq!(
+            session.send("two"),
+            r#"{"type":"send","id":2,"text":"two"}"#
+        );
+        assert!(!session.settled());
+        assert_eq!(session.receive(ack(1, 1)), Shown::Nothing);
+        assert_eq!(
+            session.unacknowledged(),
+            [r#"{"type":"send","id":2,"text":"two"}"#]
+        );
+        session.receive(ack(2, 2));
+        assert!(session.unacknowledged().is_empty());
+        assert!(!session.settled(), "our own line has not come back yet");
+        session.receive(message(1, 1, "one"));
+        session.receive(message(1, 2, "two"));
+        assert!(session.settled());
+    }
+
+    #[test]
+    fn only_an_incomplete_recovery_is_shown() {
+        let mut session = Session::new();
+        let recovered = |complete, text: Option<&'static str>| {
+            ServerFrame::Recovered(Recovered {
+                complete,
+                missed: None,
+                restarted: false,
+                text: text.map(Into::into),
+            })
+        };
+        assert_eq!(session.receive(recovered(true, None)), Shown::Nothing);
+        assert_eq!(
+            session.receive(recovered(
+                false,
+                Some("* you missed 2 messages while you were away")
+            )),
+            Shown::Line("* you missed 2 messages while you were away".into())
+        );
+    }
+}
