@@ -37,9 +37,48 @@ async fn send_paced(sender: &mut Ws, count: usize, size: usize) {
     }
 }
 
+/// What a laggard read until `until`: the message numbers in order, and the sum of
+/// the counts in missed-count notices.
+async fn read_as_laggard(laggard: &mut Ws, until: &str) -> (Vec<u64>, u64) {
+    let (mut received, mut missed) = (Vec::new(), 0u64);
+    loop {
+        let text = recv_text(laggard).await;
+        if text == until {
+            return (received, missed);
+        }
+        if let Some(rest) = text.strip_prefix("* you missed ") {
+            missed += rest
+                .split(' ')
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+                .expect("a count");
+        } else {
+            let number = text.split(": \"").nth(1).and_then(|t| t.get(..6));
+            received.push(
+                number
+                    .and_then(|n| n.parse().ok())
+                    .expect("a numbered message"),
+            );
+        }
+    }
+}
+
 #[tokio::test]
-async fn lagging_client_gets_missed_notice_and_stays() {
-    let server = Server::start(&["--buffer", "16", "--max-rate", "0"]).await;
+async fn a_lagging_classic_client_gets_every_message_from_the_log_and_stays() {
+    // A channel of 16 overflows at once; a log of 32 MiB holds all 200 x 32 KiB
+    // messages (both encodings of each).
+    let server = Server::start_with_env(
+        &[
+            "--buffer",
+            "16",
+            "--max-rate",
+            "0",
+            "--resume-bytes",
+            "33554432",
+        ],
+        &[("RUST_LOG", "info,broadcast_chat::session=debug")],
+    )
+    .await;
     let mut laggard = connect_small_window(&server).await;
     assert_eq!(
         recv_text(&mut laggard).await,
@@ -53,27 +92,15 @@ async fn lagging_client_gets_missed_notice_and_stays() {
     send(&mut sender, "after").await;
     let after = tagged(&sender, "after");
 
-    let (mut received, mut missed) = (0u64, 0u64);
-    loop {
-        let text = recv_text(&mut laggard).await;
-        if text == after {
-            break;
-        }
-        if let Some(rest) = text.strip_prefix("* you missed ") {
-            missed += rest
-                .split(' ')
-                .next()
-                .and_then(|n| n.parse::<u64>().ok())
-                .expect("a count");
-        } else {
-            received += 1;
-        }
-    }
-    assert!(missed > 0, "the laggard was never told it missed anything");
+    let (received, missed) = read_as_laggard(&mut laggard, &after).await;
+    // It did fall behind the channel (the session says so at debug level) ...
+    server.stderr.wait_for("catching up from the log").await;
+    // ... and lost nothing.
+    assert_eq!(missed, 0, "nothing was reported missed");
     assert_eq!(
-        received + missed,
-        200,
-        "every message is either delivered or counted as missed"
+        received,
+        (0..200).collect::<Vec<u64>>(),
+        "every one, in order"
     );
 
     // Still connected: it goes on receiving.
@@ -82,6 +109,30 @@ async fn lagging_client_gets_missed_notice_and_stays() {
         recv_text(&mut laggard).await,
         tagged(&laggard, "still here")
     );
+}
+
+#[tokio::test]
+async fn a_client_further_behind_than_the_log_is_told_the_exact_count() {
+    let server =
+        Server::start(&["--buffer", "16", "--max-rate", "0", "--resume-window", "32"]).await;
+    let mut laggard = connect_small_window(&server).await;
+    assert_eq!(
+        recv_text(&mut laggard).await,
+        "Welcome to chat! Type a message"
+    );
+    let mut sender = connect(&server.url()).await;
+    send_paced(&mut sender, 200, 32 * 1024).await;
+    send(&mut sender, "after").await;
+    let after = tagged(&sender, "after");
+
+    let (received, missed) = read_as_laggard(&mut laggard, &after).await;
+    assert!(missed > 0, "the laggard was never told it missed anything");
+    assert_eq!(
+        received.len() as u64 + missed,
+        200,
+        "every message is either delivered or counted as missed"
+    );
+    assert!(received.is_sorted(), "in order: {received:?}");
 }
 
 #[tokio::test]

@@ -127,8 +127,9 @@ pub(crate) struct Membership {
     /// How this member is tagged: `alice@127.0.0.1:53422` or the address alone.
     who: String,
     format: Format,
-    /// The client's session id, for recognising lines sent again.
-    session: Option<Box<str>>,
+    /// The client's session id, for recognising lines sent again; without one, the
+    /// connection's own key (`#` and its id, which no session id can be).
+    session: Box<str>,
 }
 
 /// What a session reads from the log when it catches up.
@@ -200,7 +201,10 @@ impl Hub {
                 id: newcomer.id,
                 who: newcomer.who,
                 format: newcomer.format,
-                session: newcomer.session.map(Into::into),
+                session: match newcomer.session {
+                    Some(session) => session.into(),
+                    None => format!("#{}", newcomer.id).into(),
+                },
             },
             rx,
             epoch,
@@ -220,9 +224,9 @@ impl Hub {
 impl Membership {
     /// Sends `text` to everyone in the room, this member included (sessions with
     /// no-echo leave their own out). A line with the client's `id` is sent once,
-    /// however often it is published.
+    /// however often it is published in the client's session.
     pub(crate) async fn publish(&self, text: &str, id: Option<u64>) -> Published {
-        let line = self.session.as_deref().zip(id);
+        let line = id.map(|id| (&*self.session, id));
         self.room.publish(self.id, &self.who, text, line)
     }
 

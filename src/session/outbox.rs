@@ -10,6 +10,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 use tokio_websockets::{CloseCode, Message, WebSocketStream};
 
+use tracing::debug;
+
 use super::frames::Frames;
 use super::{End, bounded};
 use crate::hub::{Delivery, Membership, SenderId};
@@ -127,7 +129,13 @@ impl Outbox {
             None => Ok(()),
             // The channel moved on without us: everything after our position that the
             // log still holds, then live again (the channel's copies are passed over).
-            Some(None) => self.catch_up(ws, membership, None).await,
+            Some(None) => {
+                debug!(
+                    after = self.last,
+                    "fell behind the channel; catching up from the log"
+                );
+                self.catch_up(ws, membership, None).await
+            }
             // A message came before the ones it follows: those first, then it.
             Some(Some(delivery)) => {
                 self.catch_up(ws, membership, Some(delivery.offset - 1))
@@ -153,7 +161,10 @@ impl Outbox {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         while until.is_none_or(|until| self.last < until) {
-            let read = membership.read_after(self.last, self.max_batch).await;
+            let wanted = until.map_or(self.max_batch, |until| {
+                usize::try_from(until - self.last).map_or(self.max_batch, |n| n.min(self.max_batch))
+            });
+            let read = membership.read_after(self.last, wanted).await;
             let more = !read.deliveries.is_empty();
             let limit = self.write_timeout;
             let write = async {

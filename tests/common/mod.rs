@@ -514,6 +514,28 @@ pub async fn upgrade_status(addr: SocketAddr, path: &str, extra_headers: &str) -
     String::from_utf8_lossy(&head).trim_end().to_owned()
 }
 
+/// Sends a WebSocket upgrade request with `extra_headers` (each ending in `\r\n`)
+/// over plain TCP and returns the head of the answer, up to the blank line.
+pub async fn upgrade_head(addr: SocketAddr, path: &str, extra_headers: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut tcp = timeout(WAIT, TcpStream::connect(addr))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    tcp.write_all(upgrade_request(path, extra_headers).as_bytes())
+        .await
+        .expect("write request");
+    let mut head = Vec::new();
+    timeout(WAIT, async {
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(tcp.read_u8().await.expect("read answer"));
+        }
+    })
+    .await
+    .expect("answer in time");
+    String::from_utf8_lossy(&head).into_owned()
+}
+
 /// A WebSocket upgrade request for `target` with `extra_headers` (each ending in `\r\n`).
 pub fn upgrade_request(target: &str, extra_headers: &str) -> String {
     format!(
@@ -726,4 +748,153 @@ impl Screen {
     pub async fn wait_for(&self, needle: &str) -> usize {
         self.wait_for_after(0, needle).await
     }
+}
+
+/// A TCP proxy in front of a server that the test can cut, to play a flaky network:
+/// [`Proxy::sever`] closes every connection through it, [`Proxy::set_down`] makes
+/// it close new ones at once, and [`Proxy::hold_downstream`] stops passing on what
+/// the server sends (it stays with the proxy until released, or lost in a cut).
+pub struct Proxy {
+    pub port: u16,
+    state: Arc<ProxyState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct ProxyState {
+    /// Bumped by every cut; each connection ends when it changes.
+    cuts: tokio::sync::watch::Sender<u64>,
+    /// Whether server-to-client traffic is held back.
+    hold: tokio::sync::watch::Sender<bool>,
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl Proxy {
+    /// A proxy on a free port that forwards every connection to `target`.
+    pub async fn start(target: SocketAddr) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let state = Arc::new(ProxyState {
+            cuts: tokio::sync::watch::channel(0).0,
+            hold: tokio::sync::watch::channel(false).0,
+            down: std::sync::atomic::AtomicBool::new(false),
+        });
+        let shared = Arc::clone(&state);
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                if shared.down.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
+                tokio::spawn(Self::forward(client, target, Arc::clone(&shared)));
+            }
+        });
+        Proxy { port, state, task }
+    }
+
+    async fn forward(client: TcpStream, target: SocketAddr, state: Arc<ProxyState>) {
+        use tokio::io::AsyncReadExt;
+        let mut cuts = state.cuts.subscribe();
+        let Ok(server) = TcpStream::connect(target).await else {
+            return;
+        };
+        let _ = (client.set_nodelay(true), server.set_nodelay(true));
+        let (mut client_read, mut client_write) = client.into_split();
+        let (mut server_read, mut server_write) = server.into_split();
+        let upstream = tokio::io::copy(&mut client_read, &mut server_write);
+        let mut hold = state.hold.subscribe();
+        let downstream = async {
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let n = match server_read.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                // Held: keep what was read until released (or the cut ends it all).
+                if hold.wait_for(|held| !*held).await.is_err() {
+                    return;
+                }
+                if client_write.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        };
+        // A cut comes first: what was held when it came is lost, as in a real cut.
+        tokio::select! {
+            biased;
+            _ = cuts.changed() => {}
+            _ = upstream => {}
+            () = downstream => {}
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://127.0.0.1:{}", self.port)
+    }
+
+    /// Closes every connection through the proxy, as a network that drops.
+    pub fn sever(&self) {
+        self.state.cuts.send_modify(|n| *n += 1);
+    }
+
+    /// While down, new connections are closed as soon as they arrive.
+    pub fn set_down(&self, down: bool) {
+        self.state
+            .down
+            .store(down, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Holds back (or releases) what the servers send through the proxy.
+    pub fn hold_downstream(&self, hold: bool) {
+        self.state.hold.send_replace(hold);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.sever();
+    }
+}
+
+/// A WebSocket to `url` that speaks the structured protocol; returns it with its
+/// welcome frame, parsed.
+pub async fn connect_structured(url: &str) -> (Ws, serde_json::Value) {
+    let uri: http::Uri = url.parse().expect("valid url");
+    let addr = format!(
+        "{}:{}",
+        uri.host().expect("host"),
+        uri.port_u16().expect("port")
+    );
+    let (mut ws, response) = timeout(WAIT, async {
+        let stream = TcpStream::connect(addr).await.expect("tcp connect");
+        ClientBuilder::from_uri(uri)
+            .add_header(
+                http::header::SEC_WEBSOCKET_PROTOCOL,
+                http::HeaderValue::from_static("broadcast-chat.v1"),
+            )
+            .expect("header")
+            .connect_on(stream)
+            .await
+            .expect("upgrade")
+    })
+    .await
+    .expect("connect in time");
+    assert_eq!(
+        response
+            .headers()
+            .get(http::header::SEC_WEBSOCKET_PROTOCOL)
+            .map(|v| v.as_bytes()),
+        Some(&b"broadcast-chat.v1"[..]),
+        "the server chose the structured protocol"
+    );
+    let welcome = recv_json(&mut ws).await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    (ws, welcome)
+}
+
+/// The next text frame, parsed as JSON.
+pub async fn recv_json(ws: &mut Ws) -> serde_json::Value {
+    let text = recv_text(ws).await;
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }

@@ -1,0 +1,130 @@
+//! Nothing lost across a reconnect: a client whose connection is cut comes back
+//! where it left off, shows every message once and in order, and a line it typed
+//! just before the cut is shown once, everywhere. The network is a proxy in the
+//! test that the test cuts.
+
+mod common;
+
+use common::*;
+
+/// Sends `texts` from `talker`, each after the previous came back to it, so that
+/// every one has been published when this returns.
+async fn say(talker: &mut Ws, texts: impl IntoIterator<Item = String>) {
+    for text in texts {
+        send(talker, &text).await;
+        assert_eq!(recv_text(talker).await, tagged(talker, &text));
+    }
+}
+
+/// The messages from `tag` that the client printed, in the order printed.
+fn printed_from(lines: &[String], tag: &str) -> Vec<String> {
+    let prefix = format!("From server: {tag}: ");
+    lines
+        .iter()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .map(|quoted| quoted.trim_matches('"').to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_cut_connection_resumes_and_every_message_shows_once_in_order() {
+    let server = Server::start(&["--max-rate", "0"]).await;
+    let proxy = Proxy::start(server.addr()).await;
+    let mut client = Client::start(&["--url", &proxy.url(), "--reconnect"]);
+    client.stdout.wait_for("Welcome").await;
+    let mut talker = connect(&server.url()).await;
+    let tag = format!("{:?}", local_addr(&talker));
+    let numbered = |range: std::ops::Range<u32>| range.map(|i| format!("m{i}"));
+
+    say(&mut talker, numbered(0..100)).await;
+    client.stdout.wait_for("\"m99\"").await;
+
+    // The network drops and stays down while a hundred more are said.
+    proxy.set_down(true);
+    proxy.sever();
+    client.stderr.wait_for("reconnecting in").await;
+    say(&mut talker, numbered(100..200)).await;
+
+    // Back up: the client returns while the talk goes on.
+    proxy.set_down(false);
+    say(&mut talker, numbered(200..300)).await;
+    client.stdout.wait_for("\"m299\"").await;
+    client.stderr.wait_for("reconnected to").await;
+
+    client.close_stdin();
+    assert_eq!(client.wait().await.code(), Some(0));
+    let lines = client.stdout.complete().await;
+    let expected: Vec<String> = numbered(0..300).collect();
+    assert_eq!(printed_from(&lines, &tag), expected, "each once, in order");
+    assert!(
+        !lines.iter().any(|l| l.starts_with("From server: * ")),
+        "nothing to report: {lines:#?}"
+    );
+    let welcomes = lines.iter().filter(|l| l.contains("Welcome")).count();
+    assert_eq!(welcomes, 1, "the welcome is not shown again on a reconnect");
+}
+
+#[tokio::test]
+async fn a_line_typed_just_before_the_cut_arrives_once() {
+    let server = Server::start(&["--max-rate", "0"]).await;
+    let proxy = Proxy::start(server.addr()).await;
+    let mut client = Client::start(&["--url", &proxy.url(), "--reconnect", "--name", "alice"]);
+    client.stdout.wait_for("Welcome").await;
+    let mut bob = connect(&server.url()).await;
+
+    // The server takes the line, but its acknowledgement and echo never reach the
+    // client: the connection is cut first. The client sends the line again when it
+    // is back, and the server recognises it.
+    proxy.hold_downstream(true);
+    client.send_line("just before the cut").await;
+    let first = recv_text(&mut bob).await;
+    assert!(first.ends_with(": \"just before the cut\""), "{first}");
+    proxy.sever();
+    proxy.hold_downstream(false);
+    client.stderr.wait_for("reconnected to").await;
+    client.send_line("after").await;
+    let next = recv_text(&mut bob).await;
+    assert!(next.ends_with(": \"after\""), "the line came again: {next}");
+
+    client.stdout.wait_for("\"after\"").await;
+    client.close_stdin();
+    assert_eq!(client.wait().await.code(), Some(0));
+    let lines = client.stdout.complete().await;
+    let shown = lines
+        .iter()
+        .filter(|l| l.ends_with(": \"just before the cut\""))
+        .count();
+    assert_eq!(shown, 1, "{lines:#?}");
+}
+
+#[tokio::test]
+async fn a_client_away_longer_than_the_log_reaches_is_told_how_many_it_missed() {
+    let server = Server::start(&["--max-rate", "0", "--resume-window", "20"]).await;
+    let proxy = Proxy::start(server.addr()).await;
+    let mut client = Client::start(&["--url", &proxy.url(), "--reconnect"]);
+    client.stdout.wait_for("Welcome").await;
+    let mut talker = connect(&server.url()).await;
+    say(&mut talker, ["before".to_owned()]).await;
+    client.stdout.wait_for("\"before\"").await;
+
+    proxy.set_down(true);
+    proxy.sever();
+    client.stderr.wait_for("reconnecting in").await;
+    say(&mut talker, (0..50).map(|i| format!("away {i}"))).await;
+    proxy.set_down(false);
+
+    // 50 were said; the log keeps the last 20: 30 are lost, and the client says so.
+    client
+        .stdout
+        .wait_for("From server: * you missed 30 messages while you were away")
+        .await;
+    client.stdout.wait_for("\"away 49\"").await;
+    client.close_stdin();
+    assert_eq!(client.wait().await.code(), Some(0));
+    let lines = client.stdout.complete().await;
+    let tag = format!("{:?}", local_addr(&talker));
+    let expected: Vec<String> = std::iter::once("before".to_owned())
+        .chain((30..50).map(|i| format!("away {i}")))
+        .collect();
+    assert_eq!(printed_from(&lines, &tag), expected);
+}
