@@ -33,6 +33,10 @@ pub struct ServerConfig {
     pub close_timeout: Duration,
     /// Most broadcast messages written to one client in one batch (one flush).
     pub max_batch: usize,
+    /// A session that has just written to its client collects what arrives during
+    /// this long before writing again (0: write at once). Fewer, larger writes cost
+    /// less CPU, at up to this much latency while messages keep coming.
+    pub write_delay: Duration,
     /// Most connections open at once, handshakes included; one more gets HTTP 503.
     pub max_connections: usize,
     /// Messages per second one client may send on average; 0 turns the limit off.
@@ -75,6 +79,7 @@ impl Default for ServerConfig {
             ping_interval: Duration::from_secs(30),
             close_timeout: Duration::from_secs(2),
             max_batch: 64,
+            write_delay: Duration::ZERO,
             max_connections: 10_000,
             max_rate: 10.0,
             max_burst: 30,

@@ -137,3 +137,51 @@ async fn shutdown_ends_within_the_close_timeout_when_a_client_never_answers() {
     assert!(result.is_ok(), "{result:?}");
     assert_eq!(start.elapsed().as_secs(), 2, "{:?}", start.elapsed());
 }
+
+/// Sends a text frame over a raw client connection (masked, as clients must).
+async fn send_raw(tcp: &mut TcpStream, text: &str) {
+    let mut frame = vec![0x81, 0x80 | u8::try_from(text.len()).expect("a short text")];
+    frame.extend_from_slice(&[0, 0, 0, 0]);
+    frame.extend_from_slice(text.as_bytes());
+    tcp.write_all(&frame).await.expect("send");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_write_delay_holds_a_message_no_longer_than_the_delay() {
+    let delay = Duration::from_millis(10);
+    let server = InProcess::start(ServerConfig {
+        write_delay: delay,
+        max_rate: 0.0,
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut reader = raw_client(server.addr).await;
+    let mut sender = raw_client(server.addr).await;
+
+    // A message after a quiet spell goes out at once ...
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let start = Instant::now();
+    send_raw(&mut sender, "first").await;
+    let (_, first) = read_frame(&mut reader).await.expect("first");
+    assert!(first.ends_with(b"\"first\""));
+    assert_eq!(start.elapsed(), Duration::ZERO, "written at once");
+
+    // ... one that follows within the delay waits for the delay's end, no longer ...
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    send_raw(&mut sender, "second").await;
+    let (_, second) = read_frame(&mut reader).await.expect("second");
+    assert!(second.ends_with(b"\"second\""));
+    assert_eq!(
+        start.elapsed(),
+        delay,
+        "held until the delay after the first write"
+    );
+
+    // ... and after a quiet spell longer than the delay, the next goes at once again.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let quiet = Instant::now();
+    send_raw(&mut sender, "third").await;
+    let (_, third) = read_frame(&mut reader).await.expect("third");
+    assert!(third.ends_with(b"\"third\""));
+    assert_eq!(quiet.elapsed(), Duration::ZERO, "written at once");
+}

@@ -52,6 +52,10 @@ struct Cli {
     /// Time a client has to complete the WebSocket handshake.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     handshake_timeout: Duration,
+    /// After a write to a client, collect what arrives for this long before writing
+    /// again: fewer, larger writes at up to this much latency (0: write at once).
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = parse_duration)]
+    write_delay: Duration,
     /// Time a write to a client may take before the client is dropped as stuck.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     write_timeout: Duration,
@@ -123,6 +127,7 @@ impl Cli {
             flood_timeout: self.flood_timeout,
             handshake_timeout: self.handshake_timeout,
             write_timeout: self.write_timeout,
+            write_delay: self.write_delay,
             ping_interval: self.ping_interval,
             close_timeout: self.close_timeout,
             token: self

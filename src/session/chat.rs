@@ -56,6 +56,11 @@ impl Chat<'_> {
         );
         // Made once: a new one on every wake-up would register with the token anew.
         let mut cancelled = pin!(shutdown.cancelled());
+        // With a write delay, after each write the channel is left alone until the
+        // delay is over: what arrives meanwhile waits in it, and goes in one write.
+        let delay = config.write_delay;
+        let mut resting = pin!(tokio::time::sleep_until(Instant::now()));
+        let mut rest = false;
 
         loop {
             let result = tokio::select! {
@@ -83,10 +88,21 @@ impl Chat<'_> {
                         Some(Err(e)) => return End::ProtocolError(e),
                     }
                 }
-                received = rx.recv() => match received {
+                received = rx.recv(), if !rest => match received {
                     Err(RecvError::Closed) => return outbox::channel_closed(),
-                    received => outbox.deliver(ws, rx, received, self.membership).await,
+                    received => {
+                        let delivered = outbox.deliver(ws, rx, received, self.membership).await;
+                        if !delay.is_zero() {
+                            resting.as_mut().reset(Instant::now() + delay);
+                            rest = true;
+                        }
+                        delivered
+                    }
                 },
+                () = &mut resting, if rest => {
+                    rest = false;
+                    Ok(())
+                }
                 _ = keepalive.tick() => {
                     if heard {
                         (heard, ping_sent) = (false, false);

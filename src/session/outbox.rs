@@ -48,15 +48,14 @@ impl Outbox {
     pub(super) fn new(
         last: u64,
         skip: Option<SenderId>,
-        max_batch: usize,
-        write_timeout: Duration,
+        config: &crate::ServerConfig,
         frames: Frames,
     ) -> Self {
         Self {
             last,
             skip,
-            max_batch: max_batch.max(1),
-            write_timeout,
+            max_batch: config.max_batch.max(1),
+            write_timeout: config.write_timeout,
             frames,
         }
     }
@@ -216,8 +215,7 @@ mod tests {
         Outbox::new(
             last,
             skip,
-            64,
-            Duration::from_secs(1),
+            &crate::ServerConfig::default(),
             Frames(Format::Classic),
         )
     }
