@@ -2,6 +2,8 @@
 
 #[path = "fanout/load.rs"]
 mod load;
+#[path = "fanout/parse.rs"]
+mod parse;
 #[path = "fanout/report.rs"]
 mod report;
 #[path = "fanout/run.rs"]

@@ -2,6 +2,9 @@
 //! from running, so its pure modules are compiled into this test as well.
 
 #[allow(dead_code)]
+#[path = "../benches/fanout/parse.rs"]
+mod parse;
+#[allow(dead_code)]
 #[path = "../benches/fanout/report.rs"]
 mod report;
 #[allow(dead_code)]
@@ -10,6 +13,7 @@ mod stats;
 
 use std::time::Duration;
 
+use parse::{Incoming, Payload};
 use report::{Headline, OURS, Outcome, Report, Row, ServerInfo};
 
 /// A run of `scenario` against `server` with every copy of 10 messages to 10 connections.
@@ -231,6 +235,47 @@ fn open_loop_schedule_is_fixed_and_staggered() {
         stats::open_loop_due(199, 19, 20, 100),
         Duration::from_micros(1_999_500)
     );
+}
+
+#[test]
+fn classic_lines_give_the_bench_payload_notices_or_nothing() {
+    let copy = |sender, seq, ts| Incoming::Copy(Payload { sender, seq, ts });
+    let tag = b"fo1ar2";
+    assert_eq!(
+        parse::classify(br#"127.0.0.1:5000: "fo1ar2 3 41 1234567""#, tag),
+        copy(3, 41, 1_234_567)
+    );
+    // A named sender's tag, and a colon inside it, change nothing.
+    assert_eq!(
+        parse::classify(br#"alice@[::1]:5000: "fo1ar2 0 0 0""#, tag),
+        copy(0, 0, 0)
+    );
+    assert_eq!(
+        parse::classify(b"* you missed 12 messages: your connection fell behind", tag),
+        Incoming::Notice { missed: Some(12) }
+    );
+    assert_eq!(
+        parse::classify(b"* 2 here: a, b", tag),
+        Incoming::Notice { missed: Some(2) },
+        "any notice's first number; only lag notices come during a run"
+    );
+    for other in [
+        &b"Welcome to chat! Type a message"[..],
+        br#"127.0.0.1:5000: "fo1ar9 3 41 1234567""#,
+        br#"127.0.0.1:5000: "fo1ar2 3 41""#,
+        br#"127.0.0.1:5000: "fo1ar2 3 41 12 5""#,
+        br#"127.0.0.1:5000: "fo1ar2 3 x 12""#,
+        br#"127.0.0.1:5000: "fo1ar2 3 41 99999999999999999999""#,
+        br#"127.0.0.1:5000: "fo1ar2 3 41 12"#,
+        br#"127.0.0.1:5000: "fo1ar23 41 12""#,
+    ] {
+        assert_eq!(
+            parse::classify(other, tag),
+            Incoming::Other,
+            "{}",
+            String::from_utf8_lossy(other)
+        );
+    }
 }
 
 #[test]

@@ -14,6 +14,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_websockets::{ClientBuilder, Message, WebSocketStream};
 
+use crate::parse::{self, Incoming, Payload};
 use crate::report::Headline;
 use crate::stats;
 
@@ -61,66 +62,6 @@ impl Plan {
     pub fn receivers(&self) -> usize {
         self.connections - self.senders
     }
-}
-
-/// A copy of a bench message, a lag notice, or anything else.
-#[derive(Debug, PartialEq)]
-enum Incoming {
-    Copy { sender: usize, seq: usize, ts: u64 },
-    Notice { missed: Option<u64> },
-    Other,
-}
-
-/// Parses `ADDR: "TAG SENDER SEQ TS"` or a `* ...` notice, by byte scanning.
-fn classify(text: &[u8], tag: &[u8]) -> Incoming {
-    if let Some(rest) = text.strip_prefix(b"* ") {
-        return Incoming::Notice {
-            missed: first_number(rest),
-        };
-    }
-    let Some(start) = text.windows(3).position(|w| w == b": \"") else {
-        return Incoming::Other;
-    };
-    let Some(body) = text[start + 3..].strip_suffix(b"\"") else {
-        return Incoming::Other;
-    };
-    let Some(body) = body.strip_prefix(tag).and_then(|b| b.strip_prefix(b" ")) else {
-        return Incoming::Other;
-    };
-    let mut numbers = body.split(|&b| b == b' ').map(parse_u64);
-    match (
-        numbers.next(),
-        numbers.next(),
-        numbers.next(),
-        numbers.next(),
-    ) {
-        (Some(Some(sender)), Some(Some(seq)), Some(Some(ts)), None) => Incoming::Copy {
-            sender: sender as usize,
-            seq: seq as usize,
-            ts,
-        },
-        _ => Incoming::Other,
-    }
-}
-
-fn parse_u64(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() {
-        return None;
-    }
-    digits.iter().try_fold(0u64, |n, &d| {
-        d.is_ascii_digit()
-            .then(|| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
-            .flatten()
-    })
-}
-
-fn first_number(text: &[u8]) -> Option<u64> {
-    let start = text.iter().position(u8::is_ascii_digit)?;
-    let len = text[start..]
-        .iter()
-        .take_while(|d| d.is_ascii_digit())
-        .count();
-    parse_u64(&text[start..start + len])
 }
 
 /// What one connection received; merged by the scenario.
@@ -311,8 +252,10 @@ where
             }
             continue;
         }
-        match classify(message.as_payload(), tag) {
-            Incoming::Copy { sender, seq, ts } if sender < plan.senders && seq < plan.messages => {
+        match parse::classify(message.as_payload(), tag) {
+            Incoming::Copy(Payload { sender, seq, ts })
+                if sender < plan.senders && seq < plan.messages =>
+            {
                 let now = shared.now_ns();
                 tally.copies += 1;
                 tally.last_copy_ns = now;
@@ -340,7 +283,7 @@ where
                 tally.notices += 1;
                 tally.missed += missed.unwrap_or(0);
             }
-            Incoming::Copy { .. } | Incoming::Other => tally.other += 1,
+            Incoming::Copy(_) | Incoming::Other => tally.other += 1,
         }
     }
     tally
