@@ -1,5 +1,12 @@
-//! What the load generator reads: classic lines, down to the bench payload `TAG SENDER SEQ TS`
-//! they carry. Pure functions, tested by `tests/bench_arithmetic.rs`.
+//! What the load generator reads: classic lines and `broadcast-chat.v1` frames, down to the bench
+//! payload `TAG SENDER SEQ TS` they carry. Pure functions, tested by `tests/bench_arithmetic.rs`.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+
+/// The subprotocol a resuming client asks for.
+pub const SUBPROTOCOL: &str = "broadcast-chat.v1";
 
 /// A bench message: who sent it, its number, and the stamp latency is measured from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,4 +78,94 @@ fn first_number(text: &[u8]) -> Option<u64> {
         .take_while(|d| d.is_ascii_digit())
         .count();
     parse_u64(&text[start..start + len])
+}
+
+/// A `broadcast-chat.v1` frame, reduced to what the load generator acts on.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// The first frame: the room's epoch (16 hex digits) and its last offset.
+    Welcome { epoch: String, offset: u64 },
+    /// A chat message at `offset`; `copy` is its text read as a bench payload.
+    Message { offset: u64, copy: Option<Payload> },
+    /// How a resumption went; `missed` is 0 when the server did not say.
+    Recovered {
+        complete: bool,
+        missed: u64,
+        restarted: bool,
+    },
+    /// A notice (a lag notice carries a count).
+    Notice { count: Option<u64> },
+    /// Anything else: acks, errors, frames that are not JSON of this protocol.
+    Other,
+}
+
+/// Every field the load generator reads from any server frame; serde skips the others.
+#[derive(Deserialize)]
+struct RawFrame<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default)]
+    offset: Option<u64>,
+    #[serde(borrow, default)]
+    epoch: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+    #[serde(default)]
+    complete: Option<bool>,
+    #[serde(default)]
+    missed: Option<u64>,
+    #[serde(default)]
+    restarted: bool,
+    #[serde(default)]
+    count: Option<u64>,
+}
+
+/// Parses a server frame of `broadcast-chat.v1`; `tag` picks out this run's bench payloads.
+/// One pass of serde_json with borrowed strings: no allocation for a message frame.
+pub fn frame(json: &str, tag: &[u8]) -> Frame {
+    let Ok(raw) = serde_json::from_str::<RawFrame<'_>>(json) else {
+        return Frame::Other;
+    };
+    match (raw.kind.as_ref(), raw.offset) {
+        ("message", Some(offset)) => Frame::Message {
+            offset,
+            copy: raw.text.and_then(|text| payload(text.as_bytes(), tag)),
+        },
+        ("welcome", Some(offset)) => match raw.epoch {
+            Some(epoch) if epoch.len() == 16 && epoch.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                Frame::Welcome {
+                    epoch: epoch.into_owned(),
+                    offset,
+                }
+            }
+            _ => Frame::Other,
+        },
+        ("recovered", _) => match raw.complete {
+            Some(complete) => Frame::Recovered {
+                complete,
+                missed: raw.missed.unwrap_or(0),
+                restarted: raw.restarted,
+            },
+            None => Frame::Other,
+        },
+        ("notice", _) => Frame::Notice { count: raw.count },
+        _ => Frame::Other,
+    }
+}
+
+/// The request target of a structured client's connection: its `session` id and, when it
+/// resumes, the room's `epoch` and the last offset it received, after the path's own query if it
+/// has one. `session` must be letters, digits, `-` or `_`; the server refuses others.
+pub fn session_target(path_and_query: &str, session: &str, resume: Option<(&str, u64)>) -> String {
+    let separator = if path_and_query.contains('?') {
+        '&'
+    } else {
+        '?'
+    };
+    match resume {
+        Some((epoch, after)) => {
+            format!("{path_and_query}{separator}session={session}&epoch={epoch}&after={after}")
+        }
+        None => format!("{path_and_query}{separator}session={session}"),
+    }
 }
