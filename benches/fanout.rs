@@ -1,7 +1,11 @@
 //! Fan-out benchmark: broadcast throughput, latency, loss, server CPU and memory per scenario.
 
+#[path = "fanout/connection.rs"]
+mod connection;
 #[path = "fanout/load.rs"]
 mod load;
+#[path = "fanout/parse.rs"]
+mod parse;
 #[path = "fanout/report.rs"]
 mod report;
 #[path = "fanout/run.rs"]
@@ -18,7 +22,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 use http::Uri;
 
-use load::{Pace, Plan, Target};
+use load::{Pace, Plan, Reconnect, Target};
 use report::{Headline, OURS, Report, Row, ServerInfo};
 use run::{ServerSource, Setup};
 use server::ServerSpec;
@@ -82,6 +86,9 @@ enum Scenario {
     Crowd,
     /// 1000 connections, 1 sender at 200 messages/s for 2 s (open loop)
     Steady,
+    /// Like steady for 3 s, and a tenth of the receivers drop their connection mid-run, stay away
+    /// 200 ms and resume with broadcast-chat.v1 (classic clients, where the server lacks it)
+    Reconnect,
     /// 100 connections, 10 senders of 300 messages each, at most 8 in flight each
     Senders,
     /// 100 connections, 20 senders at 100 messages/s each for 2 s: 2000 a second to every client
@@ -92,10 +99,11 @@ enum Scenario {
 }
 
 impl Scenario {
-    const ALL: [Scenario; 6] = [
+    const ALL: [Scenario; 7] = [
         Scenario::Burst,
         Scenario::Crowd,
         Scenario::Steady,
+        Scenario::Reconnect,
         Scenario::Senders,
         Scenario::Busy,
         Scenario::Idle,
@@ -113,11 +121,24 @@ impl Scenario {
                 Pace::Closed { .. } => Headline::DeliveriesPerSecond,
                 Pace::Open { .. } => Headline::P99,
             },
+            reconnect: None,
         };
         match self {
             Scenario::Burst => vec![plan("burst", 100, 1, 2000, Pace::Closed { window: 8 })],
             Scenario::Crowd => vec![plan("crowd", 1000, 1, 500, Pace::Closed { window: 4 })],
             Scenario::Steady => vec![plan("steady", 1000, 1, 400, Pace::Open { per_second: 200 })],
+            // Open loop, so the drops fall mid-traffic whatever the server's speed: they are
+            // spread over 0.5 s to 2 s of a 3 s run, and 40 messages are said while each
+            // client is away.
+            Scenario::Reconnect => vec![Plan {
+                reconnect: Some(Reconnect {
+                    every: 10,
+                    first_seq: 100,
+                    last_seq: 400,
+                    away: Duration::from_millis(200),
+                }),
+                ..plan("reconnect", 1000, 1, 600, Pace::Open { per_second: 200 })
+            }],
             Scenario::Senders => vec![plan("senders", 100, 10, 300, Pace::Closed { window: 8 })],
             Scenario::Busy => vec![plan("busy", 100, 20, 200, Pace::Open { per_second: 100 })],
             Scenario::Idle => {

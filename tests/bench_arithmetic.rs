@@ -2,6 +2,9 @@
 //! from running, so its pure modules are compiled into this test as well.
 
 #[allow(dead_code)]
+#[path = "../benches/fanout/parse.rs"]
+mod parse;
+#[allow(dead_code)]
 #[path = "../benches/fanout/report.rs"]
 mod report;
 #[allow(dead_code)]
@@ -10,6 +13,7 @@ mod stats;
 
 use std::time::Duration;
 
+use parse::{Frame, Incoming, Payload};
 use report::{Headline, OURS, Outcome, Report, Row, ServerInfo};
 
 /// A run of `scenario` against `server` with every copy of 10 messages to 10 connections.
@@ -231,6 +235,191 @@ fn open_loop_schedule_is_fixed_and_staggered() {
         stats::open_loop_due(199, 19, 20, 100),
         Duration::from_micros(1_999_500)
     );
+}
+
+#[test]
+fn classic_lines_give_the_bench_payload_notices_or_nothing() {
+    let copy = |sender, seq, ts| Incoming::Copy(Payload { sender, seq, ts });
+    let tag = b"fo1ar2";
+    assert_eq!(
+        parse::classify(br#"127.0.0.1:5000: "fo1ar2 3 41 1234567""#, tag),
+        copy(3, 41, 1_234_567)
+    );
+    // A named sender's tag, and a colon inside it, change nothing.
+    assert_eq!(
+        parse::classify(br#"alice@[::1]:5000: "fo1ar2 0 0 0""#, tag),
+        copy(0, 0, 0)
+    );
+    assert_eq!(
+        parse::classify(
+            b"* you missed 12 messages: your connection fell behind",
+            tag
+        ),
+        Incoming::Notice { missed: Some(12) }
+    );
+    assert_eq!(
+        parse::classify(b"* 2 here: a, b", tag),
+        Incoming::Notice { missed: Some(2) },
+        "any notice's first number; only lag notices come during a run"
+    );
+    for other in [
+        &b"Welcome to chat! Type a message"[..],
+        br#"127.0.0.1:5000: "fo1ar9 3 41 1234567""#,
+        br#"127.0.0.1:5000: "fo1ar2 3 41""#,
+        br#"127.0.0.1:5000: "fo1ar2 3 41 12 5""#,
+        br#"127.0.0.1:5000: "fo1ar2 3 x 12""#,
+        br#"127.0.0.1:5000: "fo1ar2 3 41 99999999999999999999""#,
+        br#"127.0.0.1:5000: "fo1ar2 3 41 12"#,
+        br#"127.0.0.1:5000: "fo1ar23 41 12""#,
+    ] {
+        assert_eq!(
+            parse::classify(other, tag),
+            Incoming::Other,
+            "{}",
+            String::from_utf8_lossy(other)
+        );
+    }
+}
+
+#[test]
+fn structured_frames_give_offsets_epochs_and_the_bench_payload() {
+    let tag = b"fo1ar2";
+    let epoch = "3f9a0c12d4e5b678";
+    assert_eq!(
+        parse::frame(
+            r#"{"type":"welcome","text":"Welcome to chat! Type a message","room":"","epoch":"3f9a0c12d4e5b678","offset":41,"you":"127.0.0.1:5000","echo":true}"#,
+            tag
+        ),
+        Frame::Welcome {
+            epoch: epoch.to_owned(),
+            offset: 41
+        }
+    );
+    assert_eq!(
+        parse::frame(
+            r#"{"type":"message","room":"","epoch":"3f9a0c12d4e5b678","offset":42,"from":"127.0.0.1:5000","text":"fo1ar2 0 7 123"}"#,
+            tag
+        ),
+        Frame::Message {
+            offset: 42,
+            copy: Some(Payload {
+                sender: 0,
+                seq: 7,
+                ts: 123
+            })
+        }
+    );
+    // Key order is the server's business; an escaped text is read as well.
+    assert_eq!(
+        parse::frame(
+            r#"{"text":"fo1ar2 1\u00202 3","offset":9,"type":"message","from":"a@b"}"#,
+            tag
+        ),
+        Frame::Message {
+            offset: 9,
+            copy: Some(Payload {
+                sender: 1,
+                seq: 2,
+                ts: 3
+            })
+        }
+    );
+    assert_eq!(
+        parse::frame(
+            r#"{"type":"message","offset":43,"from":"x","text":"hello"}"#,
+            tag
+        ),
+        Frame::Message {
+            offset: 43,
+            copy: None
+        },
+        "another's message still moves the offset on"
+    );
+    assert_eq!(
+        parse::frame(r#"{"type":"recovered","complete":true}"#, tag),
+        Frame::Recovered {
+            complete: true,
+            missed: 0,
+            restarted: false
+        }
+    );
+    assert_eq!(
+        parse::frame(
+            r#"{"type":"recovered","complete":false,"missed":30,"text":"* you missed 30 messages while you were away"}"#,
+            tag
+        ),
+        Frame::Recovered {
+            complete: false,
+            missed: 30,
+            restarted: false
+        }
+    );
+    assert_eq!(
+        parse::frame(
+            r#"{"type":"recovered","complete":false,"restarted":true,"text":"* the room was restarted"}"#,
+            tag
+        ),
+        Frame::Recovered {
+            complete: false,
+            missed: 0,
+            restarted: true
+        }
+    );
+    assert_eq!(
+        parse::frame(
+            r#"{"type":"notice","kind":"missed","text":"* you missed 3 messages: your connection fell behind","count":3}"#,
+            tag
+        ),
+        Frame::Notice { count: Some(3) }
+    );
+    for other in [
+        r#"{"type":"ack","id":1,"offset":42}"#,
+        r#"{"type":"error","code":"bad-offset","text":"beyond"}"#,
+        r#"{"type":"welcome","epoch":"xyz","offset":1}"#,
+        r#"{"type":"welcome","epoch":"3f9a0c12d4e5b678"}"#,
+        r#"{"type":"message","text":"fo1ar2 0 7 123"}"#,
+        r#"{"type":"recovered"}"#,
+        r#"{"offset":1}"#,
+        r#"127.0.0.1:5000: "fo1ar2 0 7 123""#,
+        "Welcome to chat! Type a message",
+        "",
+    ] {
+        assert_eq!(parse::frame(other, tag), Frame::Other, "{other}");
+    }
+}
+
+#[test]
+fn a_session_target_adds_session_and_resume_to_the_query() {
+    assert_eq!(parse::session_target("/", "s1", None), "/?session=s1");
+    assert_eq!(
+        parse::session_target("/", "s1", Some(("3f9a0c12d4e5b678", 41))),
+        "/?session=s1&epoch=3f9a0c12d4e5b678&after=41"
+    );
+    assert_eq!(
+        parse::session_target("/rust?name=bob", "s1", Some(("00000000000000ab", 0))),
+        "/rust?name=bob&session=s1&epoch=00000000000000ab&after=0"
+    );
+}
+
+#[test]
+fn a_tenth_of_the_receivers_drop_one_after_another() {
+    let after = |id| stats::reconnect_after(id, 999, 10, 100, 400);
+    let droppers: Vec<usize> = (0..999).filter(|&id| after(id).is_some()).collect();
+    assert_eq!(droppers.len(), 100);
+    assert_eq!(droppers[..3], [0, 10, 20]);
+    assert_eq!(droppers.last(), Some(&990));
+    // Spread evenly from the first seq to the last, in id order.
+    assert_eq!(after(0), Some(100));
+    assert_eq!(after(10), Some(103));
+    assert_eq!(after(500), Some(251));
+    assert_eq!(after(990), Some(400));
+    let seqs: Vec<usize> = droppers.iter().filter_map(|&id| after(id)).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    assert_eq!(after(5), None);
+    assert_eq!(after(999), None, "not a receiver");
+    // One dropper drops at the first seq; none when every is 0.
+    assert_eq!(stats::reconnect_after(0, 5, 10, 100, 400), Some(100));
+    assert_eq!(stats::reconnect_after(0, 5, 0, 100, 400), None);
 }
 
 #[test]

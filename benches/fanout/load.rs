@@ -1,13 +1,13 @@
-//! The load generator: one task per connection reading copies, sender tasks writing, tallies.
+//! The load generator: what a run does, the state its tasks share, tallies, and the senders.
+//! Each connection's task is in `connection.rs`.
 
 use std::net::SocketAddr;
-use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
-use futures_util::stream::{SplitSink, Stream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
+use futures_util::stream::SplitSink;
 use http::Uri;
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc};
@@ -17,10 +17,6 @@ use tokio_websockets::{ClientBuilder, Message, WebSocketStream};
 use crate::report::Headline;
 use crate::stats;
 
-/// The first message the server sends every client.
-pub const WELCOME: &str = "Welcome to chat! Type a message";
-/// Bound on one connection's TCP connect, upgrade and welcome message.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A closed-loop sender that waits this long for a window slot sends anyway (and counts a stall).
 const WINDOW_STALL: Duration = Duration::from_secs(1);
 
@@ -55,75 +51,45 @@ pub struct Plan {
     pub pace: Pace,
     /// The figure that picks the median of several runs.
     pub headline: Headline,
+    /// Receivers that drop their connection mid-run and come back, if any.
+    pub reconnect: Option<Reconnect>,
+}
+
+/// Receivers that drop their connection abruptly mid-run, stay away a while, and reconnect:
+/// with `broadcast-chat.v1` they resume after the last offset they received, otherwise they come
+/// back as new classic clients and lose what was said while they were away.
+#[derive(Clone, Copy, Debug)]
+pub struct Reconnect {
+    /// One receiver in this many (ids 0, `every`, 2 × `every`, ...); the others stay classic.
+    pub every: usize,
+    /// They drop after receiving these seqs of the first sender's, spread evenly in id order.
+    pub first_seq: usize,
+    pub last_seq: usize,
+    /// How long each stays away before reconnecting.
+    pub away: Duration,
 }
 
 impl Plan {
     pub fn receivers(&self) -> usize {
         self.connections - self.senders
     }
-}
 
-/// A copy of a bench message, a lag notice, or anything else.
-#[derive(Debug, PartialEq)]
-enum Incoming {
-    Copy { sender: usize, seq: usize, ts: u64 },
-    Notice { missed: Option<u64> },
-    Other,
-}
-
-/// Parses `ADDR: "TAG SENDER SEQ TS"` or a `* ...` notice, by byte scanning.
-fn classify(text: &[u8], tag: &[u8]) -> Incoming {
-    if let Some(rest) = text.strip_prefix(b"* ") {
-        return Incoming::Notice {
-            missed: first_number(rest),
-        };
+    /// After which seq connection `id` drops and reconnects, if it is one that does.
+    pub fn reconnect_after(&self, id: usize) -> Option<usize> {
+        let r = self.reconnect?;
+        stats::reconnect_after(id, self.receivers(), r.every, r.first_seq, r.last_seq)
     }
-    let Some(start) = text.windows(3).position(|w| w == b": \"") else {
-        return Incoming::Other;
-    };
-    let Some(body) = text[start + 3..].strip_suffix(b"\"") else {
-        return Incoming::Other;
-    };
-    let Some(body) = body.strip_prefix(tag).and_then(|b| b.strip_prefix(b" ")) else {
-        return Incoming::Other;
-    };
-    let mut numbers = body.split(|&b| b == b' ').map(parse_u64);
-    match (
-        numbers.next(),
-        numbers.next(),
-        numbers.next(),
-        numbers.next(),
-    ) {
-        (Some(Some(sender)), Some(Some(seq)), Some(Some(ts)), None) => Incoming::Copy {
-            sender: sender as usize,
-            seq: seq as usize,
-            ts,
-        },
-        _ => Incoming::Other,
+
+    /// How many receivers drop and reconnect.
+    pub fn reconnecting(&self) -> usize {
+        (0..self.receivers())
+            .filter(|&id| self.reconnect_after(id).is_some())
+            .count()
     }
 }
 
-fn parse_u64(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() {
-        return None;
-    }
-    digits.iter().try_fold(0u64, |n, &d| {
-        d.is_ascii_digit()
-            .then(|| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
-            .flatten()
-    })
-}
-
-fn first_number(text: &[u8]) -> Option<u64> {
-    let start = text.iter().position(u8::is_ascii_digit)?;
-    let len = text[start..]
-        .iter()
-        .take_while(|d| d.is_ascii_digit())
-        .count();
-    parse_u64(&text[start..start + len])
-}
-
-/// What one connection received; merged by the scenario.
+/// What one connection received, over all its connections when it reconnected; merged by the
+/// scenario.
 #[derive(Default)]
 pub struct Tally {
     /// Copies of this run's messages, duplicates included.
@@ -144,6 +110,26 @@ pub struct Tally {
     pub last_copy_ns: u64,
     /// Why the connection ended before the scenario did, if it did.
     pub ended: Option<String>,
+    /// Times this client dropped its connection on purpose, and came back.
+    pub drops: u64,
+    pub reconnects: u64,
+    /// Of the reconnects, those that resumed with `broadcast-chat.v1`.
+    pub resumed: u64,
+    /// Copies a resumption replayed (between the welcome and `recovered`).
+    pub replayed: u64,
+    /// Copies received live on a connection opened after a drop.
+    pub live_after: u64,
+    /// Resumptions the server called incomplete.
+    pub incomplete: u64,
+    /// Messages a structured connection was told it lost: by `recovered` and by lag notices.
+    pub announced_lost: u64,
+    /// Offsets that message frames jumped over, and times one came back to an earlier offset.
+    pub skipped_offsets: u64,
+    pub repeated_offsets: u64,
+    /// Where the first of those happened.
+    pub first_offset_skip: Option<String>,
+    /// Where the first duplicate or out-of-order copy arrived.
+    pub first_disorder: Option<String>,
 }
 
 /// One per-connection progress counter, on its own cache line.
@@ -160,15 +146,16 @@ pub struct Shared {
     pub tag: String,
     /// Latencies and timestamps are nanoseconds since this instant.
     pub epoch: Instant,
-    connect_limit: Semaphore,
+    /// Connections being opened at once.
+    pub connect_limit: Semaphore,
     /// Window slots per sender, released by the sender's own receive side.
-    acks: Vec<Semaphore>,
+    pub acks: Vec<Semaphore>,
     /// Distinct copies per connection so far, polled to see when traffic has stopped.
     pub progress: Vec<Progress>,
     /// Fired when the delivery phase ends: receive loops and senders stop.
     pub cancel: CancellationToken,
-    ready_tx: mpsc::UnboundedSender<Result<Option<(usize, Sink)>, String>>,
-    tally_tx: mpsc::UnboundedSender<Tally>,
+    pub ready_tx: mpsc::UnboundedSender<Result<Option<(usize, Sink)>, String>>,
+    pub tally_tx: mpsc::UnboundedSender<Tally>,
 }
 
 /// The receiving ends a scenario reads from.
@@ -210,140 +197,10 @@ impl Shared {
         (Arc::new(shared), Channels { ready_rx, tally_rx })
     }
 
-    fn now_ns(&self) -> u64 {
+    /// Nanoseconds since the epoch.
+    pub fn now_ns(&self) -> u64 {
         self.epoch.elapsed().as_nanos() as u64
     }
-}
-
-/// Opens connection `id` (the last `senders` ids are senders), reports it ready, receives until
-/// done or cancelled, reports its tally, then holds the socket open until aborted.
-pub async fn connection(id: usize, shared: Arc<Shared>) {
-    let opened = {
-        let _permit = shared.connect_limit.acquire().await;
-        tokio::time::timeout(CONNECT_TIMEOUT, open(&shared))
-            .await
-            .unwrap_or_else(|_| Err(format!("no welcome within {CONNECT_TIMEOUT:?}")))
-    };
-    let ws = match opened {
-        Ok(ws) => ws,
-        Err(error) => {
-            let _ = shared.ready_tx.send(Err(error));
-            return;
-        }
-    };
-    let receivers = shared.plan.receivers();
-    if id >= receivers {
-        let sender = id - receivers;
-        let (sink, mut stream) = ws.split();
-        let _ = shared.ready_tx.send(Ok(Some((sender, sink))));
-        let tally = receive(&mut stream, &shared, id, Some(sender)).await;
-        let _ = shared.tally_tx.send(tally);
-        std::future::pending::<()>().await;
-    } else {
-        let mut ws = ws;
-        let _ = shared.ready_tx.send(Ok(None));
-        let tally = receive(&mut ws, &shared, id, None).await;
-        let _ = shared.tally_tx.send(tally);
-        std::future::pending::<()>().await;
-    }
-}
-
-async fn open(shared: &Shared) -> Result<Ws, String> {
-    let tcp = TcpStream::connect(shared.target.addr)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    tcp.set_nodelay(true)
-        .map_err(|e| format!("set_nodelay: {e}"))?;
-    let (mut ws, _response) = shared
-        .builder
-        .connect_on(tcp)
-        .await
-        .map_err(|e| format!("upgrade: {e}"))?;
-    match ws.next().await {
-        Some(Ok(message)) if message.as_text() == Some(WELCOME) => Ok(ws),
-        Some(Ok(message)) => Err(format!("first message was not the welcome: {message:?}")),
-        Some(Err(e)) => Err(format!("reading welcome: {e}")),
-        None => Err("closed before the welcome".to_string()),
-    }
-}
-
-/// Reads copies until every expected one arrived, the connection ends, or the run is cancelled.
-/// `own` is the sender id whose window this connection's own copies release.
-async fn receive<S>(stream: &mut S, shared: &Shared, id: usize, own: Option<usize>) -> Tally
-where
-    S: Stream<Item = Result<Message, tokio_websockets::Error>> + Unpin,
-{
-    let plan = &shared.plan;
-    let expected = (plan.senders * plan.messages) as u64;
-    let tag = shared.tag.as_bytes();
-    let mut tally = Tally {
-        latencies_us: Vec::with_capacity(expected as usize),
-        ..Tally::default()
-    };
-    // Copies seen per (sender, seq), and the highest seq seen per sender.
-    let mut seen = vec![0u8; plan.senders * plan.messages];
-    let mut highest = vec![None::<usize>; plan.senders];
-    // Own copies released so far: copies come back in send order, so seeing seq s also
-    // releases the slots of earlier own messages that were lost.
-    let mut acked = 0usize;
-    let mut cancelled = pin!(shared.cancel.cancelled());
-    while tally.unique < expected {
-        let message = tokio::select! {
-            biased;
-            message = stream.next() => message,
-            () = &mut cancelled => break,
-        };
-        let message = match message {
-            Some(Ok(message)) => message,
-            Some(Err(e)) => {
-                tally.ended = Some(format!("read error: {e}"));
-                break;
-            }
-            None => {
-                tally.ended = Some("closed by the server".to_string());
-                break;
-            }
-        };
-        if !message.is_text() {
-            if message.is_close() {
-                tally.ended = Some(format!("close frame: {:?}", message.as_close()));
-                break;
-            }
-            continue;
-        }
-        match classify(message.as_payload(), tag) {
-            Incoming::Copy { sender, seq, ts } if sender < plan.senders && seq < plan.messages => {
-                let now = shared.now_ns();
-                tally.copies += 1;
-                tally.last_copy_ns = now;
-                tally
-                    .latencies_us
-                    .push(u32::try_from(now.saturating_sub(ts) / 1000).unwrap_or(u32::MAX));
-                let count = &mut seen[sender * plan.messages + seq];
-                if *count > 0 {
-                    tally.duplicates += 1;
-                } else {
-                    tally.unique += 1;
-                    shared.progress[id].0.store(tally.unique, Ordering::Relaxed);
-                }
-                *count = count.saturating_add(1);
-                match highest[sender] {
-                    Some(high) if seq < high => tally.out_of_order += 1,
-                    _ => highest[sender] = Some(seq),
-                }
-                if own == Some(sender) && seq >= acked {
-                    shared.acks[sender].add_permits(seq + 1 - acked);
-                    acked = seq + 1;
-                }
-            }
-            Incoming::Notice { missed } => {
-                tally.notices += 1;
-                tally.missed += missed.unwrap_or(0);
-            }
-            Incoming::Copy { .. } | Incoming::Other => tally.other += 1,
-        }
-    }
-    tally
 }
 
 /// What a sender did.

@@ -321,8 +321,9 @@ pub fn table(report: &Report) -> String {
         "conns = N receivers + S senders (senders receive their own copies too). deliveries = \
          distinct copies received, expected = msgs x conns. deliv/s = deliveries from the first \
          send to the last copy. Latency = arrival minus the send time stamped in the message; \
-         open-loop senders (steady, busy) stamp the time a message was due, so a sender that \
-         falls behind is charged for it. cpu s/M = server CPU seconds, all threads (schedstat, \
+         open-loop senders (steady, reconnect, busy) stamp the time a message was due, so a \
+         sender that falls behind is charged for it; a replayed copy arrives as late as its \
+         client was away. cpu s/M = server CPU seconds, all threads (schedstat, \
          ns), per million deliveries over the send phase. wr/deliv = the server's write \
          syscalls (syscw) over the send phase per delivery. kB/conn = server RSS growth over the \
          connect phase / conns. lost, dup, ooo = the worst run's copies never received, \

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 use tokio::time::{MissedTickBehavior, timeout_at};
 
-use crate::load::{self, Plan, Shared, Target};
+use crate::connection;
+use crate::load::{self, Plan, Shared, Tally, Target};
 use crate::report::Outcome;
 use crate::server::{self, ServerProcess, ServerSpec};
 use crate::stats;
@@ -79,7 +80,7 @@ pub async fn run(
     let mut tasks = JoinSet::new();
     let connect_start = Instant::now();
     for id in 0..plan.connections {
-        tasks.spawn(load::connection(id, Arc::clone(&shared)));
+        tasks.spawn(connection::connection(id, Arc::clone(&shared)));
     }
     let mut sinks = Vec::new();
     let mut connected = 0;
@@ -251,7 +252,11 @@ pub async fn run(
     let mut latencies = Vec::new();
     let (mut other, mut last_copy_ns) = (0, 0);
     let mut ended = Vec::new();
+    let mut away = Away::default();
+    let mut first_disorder = None;
     for tally in tallies {
+        away.add(&tally);
+        first_disorder = first_disorder.or(tally.first_disorder);
         outcome.copies += tally.copies;
         outcome.unique += tally.unique;
         outcome.duplicates += tally.duplicates;
@@ -274,8 +279,10 @@ pub async fn run(
     }
     if outcome.duplicates > 0 || outcome.out_of_order > 0 {
         notes.push(format!(
-            "{} duplicate and {} out-of-order copies",
-            outcome.duplicates, outcome.out_of_order
+            "{} duplicate and {} out-of-order copies, first: {}",
+            outcome.duplicates,
+            outcome.out_of_order,
+            first_disorder.as_deref().unwrap_or("?")
         ));
     }
     if outcome.lag_notices > 0 {
@@ -292,6 +299,9 @@ pub async fn run(
             "{} connections ended early, first: {first}",
             ended.len()
         ));
+    }
+    if plan.reconnect.is_some() {
+        notes.extend(away.notes(plan.reconnecting()));
     }
 
     if let Some(first) = first_send_ns {
@@ -315,4 +325,63 @@ pub async fn run(
     }
     outcome.notes = notes;
     Ok(outcome)
+}
+
+/// What the clients that dropped and reconnected did, summed over them.
+#[derive(Default)]
+struct Away {
+    drops: u64,
+    reconnects: u64,
+    resumed: u64,
+    replayed: u64,
+    live_after: u64,
+    incomplete: u64,
+    announced_lost: u64,
+    skipped_offsets: u64,
+    repeated_offsets: u64,
+    first_offset_skip: Option<String>,
+}
+
+impl Away {
+    fn add(&mut self, tally: &Tally) {
+        self.drops += tally.drops;
+        self.reconnects += tally.reconnects;
+        self.resumed += tally.resumed;
+        self.replayed += tally.replayed;
+        self.live_after += tally.live_after;
+        self.incomplete += tally.incomplete;
+        self.announced_lost += tally.announced_lost;
+        self.skipped_offsets += tally.skipped_offsets;
+        self.repeated_offsets += tally.repeated_offsets;
+        if self.first_offset_skip.is_none() {
+            self.first_offset_skip.clone_from(&tally.first_offset_skip);
+        }
+    }
+
+    /// The notes of a run in which `planned` clients were to drop and reconnect.
+    fn notes(&self, planned: usize) -> Vec<String> {
+        let classic = self.reconnects - self.resumed;
+        let mut notes = vec![format!(
+            "{} of {planned} clients dropped their connection mid-run and {} came back ({} \
+             resumed with broadcast-chat.v1, {classic} as classic clients, which lose what was \
+             said while away); copies on the new connections: {} replayed, {} live",
+            self.drops, self.reconnects, self.resumed, self.replayed, self.live_after
+        )];
+        if self.incomplete > 0 {
+            notes.push(format!(
+                "{} resumptions were incomplete by the server's word",
+                self.incomplete
+            ));
+        }
+        // Skipped offsets the server announced are expected; others, and any offset that
+        // comes again, are the server's bug.
+        if let Some(first) = &self.first_offset_skip {
+            notes.push(format!(
+                "structured connections skipped {} offsets (the server announced {} lost) and \
+                 went back {} times; first: {first}",
+                self.skipped_offsets, self.announced_lost, self.repeated_offsets
+            ));
+        }
+        notes
+    }
 }

@@ -89,3 +89,22 @@ pub fn proc_io_field(io: &str, key: &str) -> Option<u64> {
         .parse()
         .ok()
 }
+
+/// After which of the room's messages (by seq) receiver `id` of `receivers` drops its connection,
+/// if it is one of the one-in-`every` that do (ids 0, `every`, 2 × `every`, ...): their drops are
+/// spread evenly from `first` to `last` in id order, so they leave and come back one after
+/// another rather than all at once.
+pub fn reconnect_after(
+    id: usize,
+    receivers: usize,
+    every: usize,
+    first: usize,
+    last: usize,
+) -> Option<usize> {
+    if every == 0 || id >= receivers || !id.is_multiple_of(every) {
+        return None;
+    }
+    let count = receivers.div_ceil(every);
+    let span = last.saturating_sub(first);
+    Some(first + (id / every) * span / (count - 1).max(1))
+}
