@@ -100,6 +100,19 @@ pub(crate) enum Recovery {
     Ahead(u64),
 }
 
+impl Recovery {
+    /// The recovery once `lost` more messages went missing during the replay (the
+    /// log let them go before the session read them).
+    pub(crate) fn and_missed(self, lost: u64) -> Self {
+        match self {
+            _ if lost == 0 => self,
+            Recovery::Complete => Recovery::Missed(lost),
+            Recovery::Missed(before) => Recovery::Missed(before + lost),
+            other => other,
+        }
+    }
+}
+
 /// What joining gives a session.
 #[derive(Debug)]
 pub(crate) struct Joined {
@@ -449,6 +462,14 @@ mod tests {
             (3, vec![7, 8, 9, 10]),
             "the exact count is known"
         );
+    }
+
+    #[test]
+    fn what_the_log_lets_go_during_a_replay_counts_as_missed() {
+        assert_eq!(Recovery::Complete.and_missed(0), Recovery::Complete);
+        assert_eq!(Recovery::Complete.and_missed(2), Recovery::Missed(2));
+        assert_eq!(Recovery::Missed(3).and_missed(2), Recovery::Missed(5));
+        assert_eq!(Recovery::Restarted.and_missed(2), Recovery::Restarted);
     }
 
     #[test]

@@ -129,8 +129,15 @@ async fn serve<S>(
     );
     let greeting = async {
         bounded(config.write_timeout, ws.send(welcome)).await?;
-        outbox.catch_up(&mut ws, &membership, Some(head)).await?;
-        if let Some(recovered) = recovery.and_then(|r| frames.recovered(r)) {
+        // What the log let go while we replayed is part of what the returning client
+        // missed (for a newcomer, a gap in the history, which it was not there for).
+        let lost = outbox
+            .catch_up(&mut ws, &membership, Some(head), false)
+            .await?;
+        if let Some(recovered) = recovery
+            .map(|r| r.and_missed(lost))
+            .and_then(|r| frames.recovered(r))
+        {
             bounded(config.write_timeout, ws.send(recovered)).await?;
         }
         Ok(())

@@ -133,11 +133,11 @@ impl Outbox {
                     after = self.last,
                     "fell behind the channel; catching up from the log"
                 );
-                self.catch_up(ws, membership, None).await
+                self.catch_up(ws, membership, None, true).await.map(drop)
             }
             // A message came before the ones it follows: those first, then it.
             Some(Some(delivery)) => {
-                self.catch_up(ws, membership, Some(delivery.offset - 1))
+                self.catch_up(ws, membership, Some(delivery.offset - 1), true)
                     .await?;
                 if let Step::Write(message) = self.step(delivery) {
                     bounded(self.write_timeout, ws.send(message)).await?;
@@ -149,16 +149,19 @@ impl Outbox {
 
     /// Writes what the room's log holds after our position, a batch per write, until
     /// we reach `until` (or the log's head). Messages the log no longer holds are
-    /// reported with their exact count.
+    /// counted exactly, and reported to the client if `report` (otherwise the caller
+    /// says it its own way); returns how many there were.
     pub(super) async fn catch_up<S>(
         &mut self,
         ws: &mut WebSocketStream<S>,
         membership: &Membership,
         until: Option<u64>,
-    ) -> Result<(), End>
+        report: bool,
+    ) -> Result<u64, End>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
+        let mut missed = 0;
         while until.is_none_or(|until| self.last < until) {
             let wanted = until.map_or(self.max_batch, |until| {
                 usize::try_from(until - self.last).map_or(self.max_batch, |n| n.min(self.max_batch))
@@ -166,10 +169,12 @@ impl Outbox {
             let read = membership.read_after(self.last, wanted).await;
             let more = !read.deliveries.is_empty();
             let limit = self.write_timeout;
+            self.last += read.missed;
+            missed += read.missed;
+            let notice = (report && read.missed > 0).then(|| self.frames.missed(read.missed));
             let write = async {
-                if read.missed > 0 {
-                    self.last += read.missed;
-                    ws.feed(self.frames.missed(read.missed)).await?;
+                if let Some(notice) = notice {
+                    ws.feed(notice).await?;
                 }
                 for delivery in read.deliveries {
                     if let Step::Write(message) = self.step(delivery) {
@@ -183,7 +188,7 @@ impl Outbox {
                 break;
             }
         }
-        Ok(())
+        Ok(missed)
     }
 
     /// The last offset delivered.
