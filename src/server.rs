@@ -73,7 +73,10 @@ pub async fn run(
 
     drop(listener);
     info!(clients = shared.open_connections(), "shutting down");
+    // Handshakes in progress stop at once; chatting sessions learn it from their
+    // room's channel, after writing what it still holds.
     cancel.cancel();
+    shared.hub.close();
     tracker.close();
     // Each session bounds its own close handshake; this bounds everything else.
     if tokio::time::timeout(close_timeout + Duration::from_millis(500), tracker.wait())

@@ -9,6 +9,7 @@ mod log;
 mod room;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::broadcast;
@@ -47,9 +48,14 @@ pub(crate) struct Delivery {
     pub(crate) message: Message,
 }
 
-/// A client could not join: the server has `max_rooms` rooms already.
+/// Why a client could not join.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct TooManyRooms;
+pub(crate) enum JoinError {
+    /// The server has `max_rooms` rooms already.
+    TooManyRooms,
+    /// The server is shutting down: its rooms are closed.
+    ShuttingDown,
+}
 
 /// The rooms.
 #[derive(Debug)]
@@ -68,6 +74,8 @@ pub(crate) struct Hub {
     max_rooms: usize,
     /// Whether joins and leaves are announced to the room.
     presence: bool,
+    /// Set once, under the rooms lock, when the server shuts down.
+    closed: AtomicBool,
 }
 
 /// Who is joining, and how.
@@ -165,6 +173,19 @@ impl Hub {
             log_bytes: config.resume_bytes,
             max_rooms: config.max_rooms.max(1),
             presence: config.presence,
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// Closes every room's channels, so that each session, once it has written what
+    /// they still hold, learns that the server is shutting down (its channel says
+    /// closed); nobody can join after this. The cheapest signal there is: sessions
+    /// poll their channel anyway.
+    pub(crate) fn close(&self) {
+        let rooms = lock(&self.rooms);
+        self.closed.store(true, Ordering::Relaxed);
+        for room in rooms.values() {
+            lock(&room.state).close();
         }
     }
 
@@ -172,11 +193,14 @@ impl Hub {
     ///
     /// The session subscribes and reads the log's head under the room's lock, so
     /// the replay (up to the head) and live traffic (after it) meet exactly.
-    pub(crate) fn join(self: &Arc<Self>, newcomer: Newcomer<'_>) -> Result<Joined, TooManyRooms> {
+    pub(crate) fn join(self: &Arc<Self>, newcomer: Newcomer<'_>) -> Result<Joined, JoinError> {
         let mut rooms = lock(&self.rooms);
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(JoinError::ShuttingDown);
+        }
         let room = match rooms.get(newcomer.room) {
             Some(room) => Arc::clone(room),
-            None if rooms.len() >= self.max_rooms => return Err(TooManyRooms),
+            None if rooms.len() >= self.max_rooms => return Err(JoinError::TooManyRooms),
             None => {
                 let room = Arc::new(Room::new(
                     newcomer.room,
@@ -386,7 +410,7 @@ mod tests {
             session: None,
             resume: None,
         });
-        assert_eq!(refused.err(), Some(TooManyRooms));
+        assert_eq!(refused.err(), Some(JoinError::TooManyRooms));
         let _c = join(&hub, "one", 3, None);
     }
 
@@ -470,6 +494,28 @@ mod tests {
         assert_eq!(Recovery::Complete.and_missed(2), Recovery::Missed(2));
         assert_eq!(Recovery::Missed(3).and_missed(2), Recovery::Missed(5));
         assert_eq!(Recovery::Restarted.and_missed(2), Recovery::Restarted);
+    }
+
+    #[test]
+    fn closing_ends_every_channel_after_what_it_holds_and_refuses_newcomers() {
+        let hub = hub(ServerConfig::default());
+        let mut a = join(&hub, "r", 1, None);
+        publish(&a, "last words");
+        hub.close();
+        assert_eq!(next(&mut a).0, 1, "what was sent is still delivered");
+        assert_eq!(
+            a.rx.try_recv().err(),
+            Some(broadcast::error::TryRecvError::Closed)
+        );
+        let refused = hub.join(Newcomer {
+            room: "r",
+            id: 2,
+            who: "b".into(),
+            format: Format::Classic,
+            session: None,
+            resume: None,
+        });
+        assert_eq!(refused.err(), Some(JoinError::ShuttingDown));
     }
 
     #[test]

@@ -139,6 +139,12 @@ impl RoomState {
             .subscribe()
     }
 
+    /// Drops the channels: their receivers get what they hold, then "closed".
+    pub(super) fn close(&mut self) {
+        self.classic_tx = None;
+        self.structured_tx = None;
+    }
+
     /// Logs `entry` and sends it to every subscribed session, each in its format.
     pub(super) fn append(&mut self, entry: Entry) {
         // An error means nobody is subscribed in that format: nobody to tell.

@@ -1,5 +1,6 @@
 //! The chat loop: the client's frames go to the hub, the hub's messages to the
-//! client, a quiet client is pinged, and shutdown closes it.
+//! client, a quiet client is pinged. Shutdown arrives through the room's channel,
+//! which the hub closes: nothing else to poll on every wake-up.
 
 use std::pin::pin;
 
@@ -7,7 +8,6 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::time::{Instant, MissedTickBehavior};
-use tokio_util::sync::CancellationToken;
 use tokio_websockets::{CloseCode, Message, WebSocketStream};
 
 use super::frames::Frames;
@@ -36,7 +36,6 @@ impl Chat<'_> {
         ws: &mut WebSocketStream<S>,
         rx: &mut broadcast::Receiver<Delivery>,
         outbox: &mut Outbox,
-        shutdown: &CancellationToken,
     ) -> End
     where
         S: AsyncRead + AsyncWrite + Unpin,
@@ -54,8 +53,6 @@ impl Chat<'_> {
             config.flood_timeout,
             Instant::now(),
         );
-        // Made once: a new one on every wake-up would register with the token anew.
-        let mut cancelled = pin!(shutdown.cancelled());
         // With a write delay, after each write the channel is left alone until the
         // delay is over: what arrives meanwhile waits in it, and goes in one write.
         let delay = config.write_delay;
@@ -65,7 +62,6 @@ impl Chat<'_> {
         loop {
             let result = tokio::select! {
                 biased;
-                () = &mut cancelled => return End::Close(CloseCode::GOING_AWAY, protocol::REASON_SHUTDOWN),
                 frame = ws.next() => {
                     heard = true;
                     match frame {

@@ -149,7 +149,7 @@ async fn serve<S>(
                 guard,
                 frames,
             };
-            session.run(&mut ws, &mut rx, &mut outbox, shutdown).await
+            session.run(&mut ws, &mut rx, &mut outbox).await
         }
         Err(end) => end,
     };

@@ -11,7 +11,7 @@ use tracing::{debug, info};
 
 use crate::config::ServerConfig;
 use crate::handshake::{self, Failure, Incoming, Reply, UpgradeRequest};
-use crate::hub::{Format, Joined, Newcomer, TooManyRooms};
+use crate::hub::{Format, JoinError, Joined, Newcomer};
 use crate::protocol::{self, Params, classic, structured::SUBPROTOCOL};
 use crate::state::ConnectionGuard;
 
@@ -60,11 +60,12 @@ where
             session: params.session,
             resume: params.resume,
         };
-        let joined = shared.hub.join(newcomer).map_err(|TooManyRooms| {
-            Failure::Refused(Reply::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too many rooms; join an existing one",
-            ))
+        let joined = shared.hub.join(newcomer).map_err(|e| {
+            let reason = match e {
+                JoinError::TooManyRooms => "too many rooms; join an existing one",
+                JoinError::ShuttingDown => protocol::REASON_SHUTDOWN,
+            };
+            Failure::Refused(Reply::new(StatusCode::SERVICE_UNAVAILABLE, reason))
         })?;
         let subprotocol = (format == Format::Structured).then_some(SUBPROTOCOL);
         handshake::accept(&mut *stream, &request, subprotocol).await?;
