@@ -7,7 +7,7 @@ use std::pin::pin;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::broadcast::{self, error::RecvError};
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tokio_websockets::{CloseCode, Message, WebSocketStream};
 
 use super::frames::Frames;
@@ -41,9 +41,8 @@ impl Chat<'_> {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let config = &self.guard.shared().config;
-        let mut keepalive =
-            tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
-        keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // One timer, made once and moved on at each tick.
+        let mut keepalive = pin!(tokio::time::sleep(config.ping_interval));
         // Whether the client sent anything since the last tick, and whether a ping
         // is waiting for an answer.
         let (mut heard, mut ping_sent) = (false, false);
@@ -60,6 +59,10 @@ impl Chat<'_> {
         let mut rest = false;
 
         loop {
+            // The client's frames first: a sender's line goes out before the session
+            // writes what it has for its client, which keeps a busy room moving.
+            // The channel cannot starve the client's frames (they come first), and
+            // the frames cannot starve the channel: the rate limit ends a flood.
             let result = tokio::select! {
                 biased;
                 frame = ws.next() => {
@@ -99,7 +102,8 @@ impl Chat<'_> {
                     rest = false;
                     Ok(())
                 }
-                _ = keepalive.tick() => {
+                () = &mut keepalive => {
+                    keepalive.as_mut().reset(Instant::now() + config.ping_interval);
                     if heard {
                         (heard, ping_sent) = (false, false);
                         Ok(())
