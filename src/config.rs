@@ -67,6 +67,9 @@ pub struct ServerConfig {
     pub presence: bool,
     /// Whether a sender is spared its own messages.
     pub no_echo: bool,
+    /// With a URL, the rooms' logs are in this Redis, shared with every instance
+    /// that uses it; without, they are in this process.
+    pub redis_url: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -93,6 +96,7 @@ impl Default for ServerConfig {
             max_rooms: 100,
             presence: false,
             no_echo: false,
+            redis_url: None,
         }
     }
 }

@@ -14,6 +14,15 @@ pub enum Error {
     #[error("listener failed: {0}")]
     Listener(#[source] io::Error),
 
+    /// Redis (`--redis-url`) is unusable: an invalid URL, or unreachable at start.
+    #[error("cannot use Redis at {url}: {reason} (is it running, and is the URL right?)")]
+    Redis {
+        /// The URL, without its password.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+
     /// The URL is not a `ws://` or `wss://` URL the client can use.
     #[error("invalid URL {url:?}: {reason}")]
     InvalidUrl {

@@ -13,6 +13,8 @@ use tracing::{error, info, warn};
 
 use crate::config::ServerConfig;
 use crate::handshake::{self, Reply};
+use crate::hub::Hub;
+use crate::hub::redis::RedisLog;
 use crate::state::{ConnectionGuard, Shared};
 use crate::{Error, Result, session};
 
@@ -20,23 +22,91 @@ use crate::{Error, Result, session};
 /// loop does not spin while the condition lasts.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Serves chat clients on `listener` until `shutdown` completes, then closes every
-/// client with 1001 and waits at most `config.close_timeout` for them.
-///
-/// Shutdown uses tokio-util's `CancellationToken` (one child per session, so each
-/// session sees the signal in its `select!`) and `TaskTracker` (to wait for the
-/// sessions' close handshakes without keeping their `JoinHandle`s).
+/// Time to reach Redis at start, with `--redis-url`.
+const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A server ready to serve: its rooms made, and Redis reached if it uses Redis.
+pub struct Server {
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    /// Makes the server's state; with `config.redis_url`, connects to Redis first.
+    ///
+    /// # Errors
+    /// [`Error::Redis`] when the Redis URL is invalid or Redis cannot be reached.
+    pub async fn start(config: ServerConfig) -> Result<Self> {
+        let hub = match &config.redis_url {
+            None => Arc::new(Hub::new(&config)),
+            Some(url) => {
+                let (log, pushes) = RedisLog::connect(
+                    url,
+                    config.resume_window.max(config.history),
+                    REDIS_CONNECT_TIMEOUT,
+                )
+                .await
+                .map_err(|e| Error::Redis {
+                    url: redact(url),
+                    reason: e.to_string(),
+                })?;
+                info!(url = %redact(url), "connected to Redis");
+                Hub::with_redis(&config, log, pushes)
+            }
+        };
+        Ok(Self {
+            shared: Arc::new(Shared::new(config, hub)),
+        })
+    }
+
+    /// Serves chat clients on `listener` until `shutdown` completes, then closes
+    /// every client with 1001 and waits at most `config.close_timeout` for them.
+    ///
+    /// Shutdown uses tokio-util's `CancellationToken` (one child per session, so
+    /// handshakes in progress stop at once) and `TaskTracker` (to wait for the
+    /// sessions' close handshakes without keeping their `JoinHandle`s); chatting
+    /// sessions learn of it from their room's channel, which the hub closes.
+    ///
+    /// # Errors
+    /// A connection's errors end that connection only; this returns
+    /// [`Error::Listener`] only if the listener itself fails.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<()> {
+        serve(self.shared, listener, shutdown).await
+    }
+}
+
+/// [`Server::start`], then [`Server::serve`].
 ///
 /// # Errors
-/// A connection's errors end that connection only; this returns
-/// [`Error::Listener`] only if the listener itself fails.
+/// As those two.
 pub async fn run(
     listener: TcpListener,
     config: ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    let close_timeout = config.close_timeout;
-    let shared = Arc::new(Shared::new(config));
+    Server::start(config).await?.serve(listener, shutdown).await
+}
+
+/// A URL with its password, if any, left out: `redis://:***@host:6379`.
+fn redact(url: &str) -> String {
+    match url
+        .split_once("://")
+        .and_then(|(scheme, rest)| Some((scheme, rest.split_once('@')?)))
+    {
+        Some((scheme, (_, host))) => format!("{scheme}://***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+async fn serve(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let close_timeout = shared.config.close_timeout;
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     tokio::pin!(shutdown);

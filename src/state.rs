@@ -23,10 +23,10 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// The state for a server with `config`.
-    pub(crate) fn new(config: ServerConfig) -> Self {
+    /// The state for a server with `config` and its rooms, `hub`.
+    pub(crate) fn new(config: ServerConfig, hub: Arc<Hub>) -> Self {
         Self {
-            hub: Arc::new(Hub::new(&config)),
+            hub,
             tls: config.tls.clone().map(tokio_rustls::TlsAcceptor::from),
             config,
             next_id: AtomicU64::new(SERVER + 1),

@@ -92,6 +92,10 @@ struct Cli {
     /// Do not send senders their own messages back.
     #[arg(long)]
     no_echo: bool,
+    /// Share rooms with every server using this Redis (redis://host:port): their
+    /// logs, offsets and presence live there.
+    #[arg(long, value_name = "URL", env = "CHAT_REDIS_URL")]
+    redis_url: Option<String>,
     /// Worker threads; 0 means one per CPU core.
     #[arg(long, value_name = "N", env = "CHAT_THREADS", default_value_t = 0)]
     threads: usize,
@@ -143,6 +147,7 @@ impl Cli {
             max_rooms: self.max_rooms,
             presence: self.presence,
             no_echo: self.no_echo,
+            redis_url: self.redis_url.clone().filter(|u| !u.is_empty()),
             ..ServerConfig::default()
         })
     }
@@ -189,6 +194,14 @@ async fn serve(cli: Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Redis is reached before the readiness line: a server that says it listens serves.
+    let server = match server::Server::start(config).await {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     match server::local_addr(&listener) {
         Ok(addr) => println!("Listening on port {}", addr.port()),
         Err(e) => {
@@ -196,7 +209,7 @@ async fn serve(cli: Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    match server::run(listener, config, server::shutdown_signal()).await {
+    match server.serve(listener, server::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

@@ -120,7 +120,9 @@ impl Session {
                 }
             }
             ServerFrame::Message(message) => {
-                self.seen(message.epoch, message.offset);
+                if let Some(offset) = message.offset {
+                    self.seen(message.epoch, offset);
+                }
                 Shown::Line(classic::tag_from(&message.from, &message.text))
             }
             ServerFrame::Notice(notice) => {
@@ -185,7 +187,7 @@ mod tests {
         ServerFrame::Message(ChatMessage {
             room: "".into(),
             epoch: Epoch(epoch),
-            offset,
+            offset: Some(offset),
             from: "a@x".into(),
             text: text.into(),
         })

@@ -12,8 +12,10 @@ use crate::protocol::Epoch;
 /// One message of the log, encoded once in each wire format.
 #[derive(Debug, Clone)]
 pub(crate) struct Entry {
-    /// Its place in the room's log.
+    /// Its place in the room's log; 0 for a message that is not in it.
     pub(crate) offset: u64,
+    /// The epoch of the log it is in.
+    pub(crate) epoch: Epoch,
     /// Who sent it, so that a session with no-echo leaves out its own.
     pub(crate) from: SenderId,
     /// The classic line: `127.0.0.1:53422: "hello"` or `* ... joined (2 here)`.
@@ -32,6 +34,7 @@ impl Entry {
     pub(crate) fn delivery(&self, format: Format) -> Delivery {
         Delivery {
             offset: self.offset,
+            epoch: self.epoch,
             from: self.from,
             message: match format {
                 Format::Classic => self.classic.clone(),
@@ -143,6 +146,7 @@ mod tests {
     fn entry(offset: u64, text: &str) -> Entry {
         Entry {
             offset,
+            epoch: Epoch(1),
             from: 1,
             classic: Message::text(text.to_owned()),
             structured: Message::text(format!("{{\"text\":{text:?}}}")),

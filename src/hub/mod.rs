@@ -6,6 +6,9 @@
 //! held across an `.await`.
 
 mod log;
+mod record;
+pub(crate) mod redis;
+mod remote;
 mod room;
 
 use std::collections::HashMap;
@@ -18,6 +21,9 @@ use tokio_websockets::Message;
 use crate::config::ServerConfig;
 use crate::protocol::{Epoch, Resume};
 use log::RoomLog;
+use record::Record;
+use redis::RedisLog;
+use remote::Remote;
 use room::{Room, lock};
 
 pub(crate) use room::Published;
@@ -40,8 +46,11 @@ pub(crate) enum Format {
 /// reference-counted `Message` encoded once, whatever the number of receivers.
 #[derive(Debug, Clone)]
 pub(crate) struct Delivery {
-    /// Its offset in the room's log.
+    /// Its offset in the room's log; 0 for a message that is not in it (said while
+    /// the log was out of reach), which every session writes as it comes.
     pub(crate) offset: u64,
+    /// The epoch of the log it is in: a new one means the log began again.
+    pub(crate) epoch: Epoch,
     /// Who sent it, so a session can leave out its own messages (`--no-echo`).
     pub(crate) from: SenderId,
     /// The frame as it goes on the wire.
@@ -61,7 +70,7 @@ pub(crate) enum JoinError {
 #[derive(Debug)]
 pub(crate) struct Hub {
     /// Rooms by name (`""` is the lobby); a room exists while it has members.
-    rooms: Mutex<HashMap<String, Arc<Room>>>,
+    pub(super) rooms: Mutex<HashMap<String, Arc<Room>>>,
     /// Channel capacity of every room, in messages.
     capacity: usize,
     /// Messages of history a newcomer gets.
@@ -76,6 +85,8 @@ pub(crate) struct Hub {
     presence: bool,
     /// Set once, under the rooms lock, when the server shuts down.
     closed: AtomicBool,
+    /// With Redis: the connection and this instance's part in it.
+    remote: Option<Remote>,
 }
 
 /// Who is joining, and how.
@@ -104,6 +115,8 @@ pub(crate) enum Recovery {
     Missed(u64),
     /// The client's epoch is not the room's: the room it left is gone.
     Restarted,
+    /// The log (Redis) is out of reach: nothing can be replayed now.
+    Unavailable,
     /// The client's offset is beyond the room's last one, which is this.
     Ahead(u64),
 }
@@ -163,18 +176,50 @@ pub(crate) struct CatchUp {
 }
 
 impl Hub {
-    /// The rooms of a server with `config`'s limits; none exists yet.
+    /// The rooms of a server with `config`'s limits, each with its log in memory;
+    /// none exists yet.
     pub(crate) fn new(config: &ServerConfig) -> Self {
+        Self::build(config, None)
+    }
+
+    /// The rooms of a server with `config`'s limits, their logs in Redis (through
+    /// `log`) and shared with every instance connected to the same Redis; what
+    /// Redis publishes arrives through `pushes`.
+    pub(crate) fn with_redis(
+        config: &ServerConfig,
+        log: RedisLog,
+        pushes: tokio::sync::mpsc::UnboundedReceiver<::redis::PushInfo>,
+    ) -> Arc<Self> {
+        let hub = Arc::new(Self::build(config, Some(Remote::new(log))));
+        remote::start(&hub, pushes);
+        hub
+    }
+
+    fn build(config: &ServerConfig, remote: Option<Remote>) -> Self {
+        // With Redis, the stream is the log: rooms keep none in memory.
+        let (log_entries, log_bytes) = match remote {
+            None => (
+                config.resume_window.max(config.history),
+                config.resume_bytes,
+            ),
+            Some(_) => (0, 0),
+        };
         Self {
             rooms: Mutex::new(HashMap::new()),
             capacity: config.buffer.max(1),
             history: config.history,
-            log_entries: config.resume_window.max(config.history),
-            log_bytes: config.resume_bytes,
+            log_entries,
+            log_bytes,
             max_rooms: config.max_rooms.max(1),
             presence: config.presence,
             closed: AtomicBool::new(false),
+            remote,
         }
+    }
+
+    /// With Redis, whether it answered lately; `None` without Redis.
+    pub(crate) fn redis_up(&self) -> Option<bool> {
+        self.remote.as_ref().map(Remote::is_up)
     }
 
     /// Closes every room's channels, so that each session, once it has written what
@@ -191,15 +236,83 @@ impl Hub {
 
     /// Joins `newcomer.room`, making it if it does not exist.
     ///
-    /// The session subscribes and reads the log's head under the room's lock, so
-    /// the replay (up to the head) and live traffic (after it) meet exactly.
-    pub(crate) fn join(self: &Arc<Self>, newcomer: Newcomer<'_>) -> Result<Joined, JoinError> {
+    /// The session subscribes to the room's channel first, then learns where the
+    /// room's log stands (under the room's lock in memory; from Redis once the
+    /// instance's subscription is confirmed), so the replay up to that head and live
+    /// traffic after it meet by offset, without a gap or an overlap.
+    pub(crate) async fn join(
+        self: &Arc<Self>,
+        newcomer: Newcomer<'_>,
+    ) -> Result<Joined, JoinError> {
+        let (room, rx, created, local) = self.enter(&newcomer)?;
+        let membership = Membership {
+            hub: Arc::clone(self),
+            room,
+            id: newcomer.id,
+            who: newcomer.who,
+            format: newcomer.format,
+            session: match newcomer.session {
+                Some(session) => session.into(),
+                None => format!("#{}", newcomer.id).into(),
+            },
+        };
+        let view = match (&self.remote, local) {
+            (None, view) => view,
+            (Some(remote), _) => membership.enter_remote(remote, created).await,
+        };
+        let Some((epoch, head, first)) = view else {
+            // Redis is out of reach: no replay, and a returning client is told.
+            let epoch = lock(&membership.room.state).log.epoch();
+            let recovery = newcomer.resume.map(|_| Recovery::Unavailable);
+            return Ok(Joined {
+                membership,
+                rx,
+                epoch,
+                head: 0,
+                replay_after: 0,
+                recovery,
+            });
+        };
+        let history_from = head.saturating_sub(self.history as u64);
+        let (replay_after, recovery) = match newcomer.resume {
+            None => (history_from.max(first - 1), None),
+            Some(resume) if resume.epoch != epoch => (first - 1, Some(Recovery::Restarted)),
+            Some(resume) if resume.after > head => (head, Some(Recovery::Ahead(head))),
+            Some(resume) if resume.after + 1 >= first => (resume.after, Some(Recovery::Complete)),
+            Some(resume) => (first - 1, Some(Recovery::Missed(first - 1 - resume.after))),
+        };
+        Ok(Joined {
+            membership,
+            rx,
+            epoch,
+            head,
+            replay_after,
+            recovery,
+        })
+    }
+
+    /// The local part of a join, under the locks: the room (made if new), the
+    /// membership, the subscription; in memory also where the log stands and the
+    /// join notice. Says whether the room was made.
+    #[allow(clippy::type_complexity)]
+    fn enter(
+        self: &Arc<Self>,
+        newcomer: &Newcomer<'_>,
+    ) -> Result<
+        (
+            Arc<Room>,
+            broadcast::Receiver<Delivery>,
+            bool,
+            Option<(Epoch, u64, u64)>,
+        ),
+        JoinError,
+    > {
         let mut rooms = lock(&self.rooms);
         if self.closed.load(Ordering::Relaxed) {
             return Err(JoinError::ShuttingDown);
         }
-        let room = match rooms.get(newcomer.room) {
-            Some(room) => Arc::clone(room),
+        let (room, created) = match rooms.get(newcomer.room) {
+            Some(room) => (Arc::clone(room), false),
             None if rooms.len() >= self.max_rooms => return Err(JoinError::TooManyRooms),
             None => {
                 let room = Arc::new(Room::new(
@@ -209,46 +322,33 @@ impl Hub {
                     self.log_bytes,
                 ));
                 rooms.insert(newcomer.room.to_owned(), Arc::clone(&room));
-                room
+                if let Some(remote) = &self.remote {
+                    // Asked under the rooms lock, so subscriptions and their ends are
+                    // carried out in the order rooms appear and vanish.
+                    let confirmed = remote.log.subscribe(newcomer.room);
+                    let subscribed = room.subscribed.clone();
+                    tokio::spawn(async move {
+                        let _ = confirmed.await;
+                        subscribed.send_replace(true);
+                    });
+                }
+                (room, true)
             }
         };
         let mut state = lock(&room.state);
         let rx = state.subscribe(newcomer.format);
-        let (epoch, head, first) = (state.epoch(), state.log.head(), state.log.first());
         state.members.insert(newcomer.id, newcomer.who.clone());
+        let view = self
+            .remote
+            .is_none()
+            .then(|| (state.epoch(), state.log.head(), state.log.first()));
         // Subscribed first, so the newcomer hears its own join, live.
-        if self.presence {
+        if self.presence && self.remote.is_none() {
             state.announce(&room.name, &newcomer.who, true);
         }
         drop(state);
         drop(rooms);
-
-        let history_from = head.saturating_sub(self.history as u64);
-        let (replay_after, recovery) = match newcomer.resume {
-            None => (history_from, None),
-            Some(resume) if resume.epoch != epoch => (first - 1, Some(Recovery::Restarted)),
-            Some(resume) if resume.after > head => (head, Some(Recovery::Ahead(head))),
-            Some(resume) if resume.after + 1 >= first => (resume.after, Some(Recovery::Complete)),
-            Some(resume) => (first - 1, Some(Recovery::Missed(first - 1 - resume.after))),
-        };
-        Ok(Joined {
-            membership: Membership {
-                hub: Arc::clone(self),
-                room,
-                id: newcomer.id,
-                who: newcomer.who,
-                format: newcomer.format,
-                session: match newcomer.session {
-                    Some(session) => session.into(),
-                    None => format!("#{}", newcomer.id).into(),
-                },
-            },
-            rx,
-            epoch,
-            head,
-            replay_after,
-            recovery,
-        })
+        Ok((room, rx, created, view))
     }
 
     /// Rooms that exist now.
@@ -259,23 +359,101 @@ impl Hub {
 }
 
 impl Membership {
+    /// The Redis part of a join: wait for the instance's subscription to the room,
+    /// read where the room's log stands, start delivering from there if this
+    /// instance had not yet, and announce the join. `None` if Redis is out of reach.
+    async fn enter_remote(&self, remote: &Remote, _created: bool) -> Option<(Epoch, u64, u64)> {
+        let mut subscribed = self.room.subscribed.subscribe();
+        let _ = tokio::time::timeout(redis::RESPONSE_TIMEOUT, subscribed.wait_for(|s| *s)).await;
+        let head = match remote.log.head(&self.room.name).await {
+            Ok(head) => head,
+            Err(e) => {
+                remote::went_down(&self.hub, &e.to_string());
+                return None;
+            }
+        };
+        self.room.baseline(head.epoch, head.head);
+        if self.hub.presence {
+            let record = Record::presence(&self.who, true, 0);
+            let member = remote.member(self.id, &self.who);
+            let presence = Some(redis::Presence::Join(&member));
+            if let Err(e) = remote
+                .log
+                .publish(&self.room.name, &record, None, presence)
+                .await
+            {
+                remote::went_down(&self.hub, &e.to_string());
+            }
+        }
+        Some((head.epoch, head.head, head.first))
+    }
+
     /// Sends `text` to everyone in the room, this member included (sessions with
     /// no-echo leave their own out). A line with the client's `id` is sent once,
-    /// however often it is published in the client's session.
+    /// however often it is published in the client's session. With Redis out of
+    /// reach, it goes to this instance's members only, unlogged.
     pub(crate) async fn publish(&self, text: &str, id: Option<u64>) -> Published {
         let line = id.map(|id| (&*self.session, id));
-        self.room.publish(self.id, &self.who, text, line)
+        let Some(remote) = &self.hub.remote else {
+            return self.room.publish(self.id, &self.who, text, line);
+        };
+        let record = Record::chat(self.id, &self.who, text);
+        match remote
+            .log
+            .publish(&self.room.name, &record, line, None)
+            .await
+        {
+            Ok((_, published)) => published,
+            Err(e) => {
+                remote::went_down(&self.hub, &e.to_string());
+                self.room.deliver_unlogged(&record);
+                Published {
+                    offset: None,
+                    duplicate: false,
+                }
+            }
+        }
     }
 
-    /// Up to `limit` logged messages after `after`, in this member's format.
-    pub(crate) async fn read_after(&self, after: u64, limit: usize) -> CatchUp {
-        let mut deliveries = Vec::new();
-        let missed = lock(&self.room.state).read(after, limit, self.format, &mut deliveries);
-        CatchUp { missed, deliveries }
+    /// Up to `limit` logged messages after `after`, in this member's format; `None`
+    /// when the log (Redis) is out of reach.
+    pub(crate) async fn read_after(&self, after: u64, limit: usize) -> Option<CatchUp> {
+        let Some(remote) = &self.hub.remote else {
+            let mut deliveries = Vec::new();
+            let missed = lock(&self.room.state).read(after, limit, self.format, &mut deliveries);
+            return Some(CatchUp { missed, deliveries });
+        };
+        match remote.log.read(&self.room.name, after, limit).await {
+            Ok(logged) => {
+                let first = logged.first().map_or(after + 1, |l| l.offset);
+                let deliveries = logged
+                    .iter()
+                    .map(|l| {
+                        l.record
+                            .encode(&self.room.name, l.epoch, l.offset)
+                            .delivery(self.format)
+                    })
+                    .collect();
+                Some(CatchUp {
+                    missed: first.saturating_sub(after + 1),
+                    deliveries,
+                })
+            }
+            Err(e) => {
+                remote::went_down(&self.hub, &e.to_string());
+                None
+            }
+        }
     }
 
-    /// The labels of everyone in the room, sorted.
+    /// The labels of everyone in the room (with Redis: on every instance), sorted.
     pub(crate) async fn members(&self) -> Vec<String> {
+        if let Some(remote) = &self.hub.remote {
+            match remote.log.who(&self.room.name).await {
+                Ok(members) => return members,
+                Err(e) => remote::went_down(&self.hub, &e.to_string()),
+            }
+        }
         let mut members: Vec<String> = lock(&self.room.state).members.values().cloned().collect();
         members.sort();
         members
@@ -302,7 +480,8 @@ impl Drop for Membership {
         let mut rooms = lock(&self.hub.rooms);
         let mut state = lock(&self.room.state);
         let who = state.members.remove(&self.id);
-        if state.members.is_empty() {
+        let emptied = state.members.is_empty();
+        if emptied {
             drop(state);
             // Only our room goes: a room of the same name created after ours was
             // removed is someone else's.
@@ -311,9 +490,34 @@ impl Drop for Membership {
                 .is_some_and(|r| Arc::ptr_eq(r, &self.room))
             {
                 rooms.remove(&self.room.name);
+                if let Some(remote) = &self.hub.remote {
+                    remote.log.unsubscribe(&self.room.name);
+                }
             }
-        } else if let Some(who) = who.filter(|_| self.hub.presence) {
-            state.announce(&self.room.name, &who, false);
+        } else if self.hub.presence
+            && self.hub.remote.is_none()
+            && let Some(who) = &who
+        {
+            state.announce(&self.room.name, who, false);
+        }
+        // With Redis, leaving is said through Redis, to every instance: it takes a
+        // round trip, so it happens after the session is gone.
+        if let (Some(who), Some(_), Ok(runtime)) = (
+            who.filter(|_| self.hub.presence),
+            &self.hub.remote,
+            tokio::runtime::Handle::try_current(),
+        ) {
+            let hub = Arc::clone(&self.hub);
+            let (room, id) = (self.room.name.clone(), self.id);
+            runtime.spawn(async move {
+                let Some(remote) = &hub.remote else { return };
+                let member = remote.member(id, &who);
+                let record = Record::presence(&who, false, 0);
+                let presence = Some(redis::Presence::Leave(&member));
+                if let Err(e) = remote.log.publish(&room, &record, None, presence).await {
+                    remote::went_down(&hub, &e.to_string());
+                }
+            });
         }
     }
 }
@@ -327,15 +531,23 @@ mod tests {
         Arc::new(Hub::new(&config))
     }
 
+    /// Joins at once: in memory, joining never waits.
+    fn now(hub: &Arc<Hub>, newcomer: Newcomer<'_>) -> Result<Joined, JoinError> {
+        futures_util::FutureExt::now_or_never(hub.join(newcomer)).expect("ready at once")
+    }
+
     fn join(hub: &Arc<Hub>, room: &str, id: SenderId, resume: Option<Resume>) -> Joined {
-        hub.join(Newcomer {
-            room,
-            id,
-            who: format!("m{id}"),
-            format: Format::Classic,
-            session: Some("s"),
-            resume,
-        })
+        now(
+            hub,
+            Newcomer {
+                room,
+                id,
+                who: format!("m{id}"),
+                format: Format::Classic,
+                session: Some("s"),
+                resume,
+            },
+        )
         .expect("join")
     }
 
@@ -355,7 +567,8 @@ mod tests {
 
     fn read(joined: &Joined, after: u64) -> (u64, Vec<u64>) {
         let read = futures_util::FutureExt::now_or_never(joined.membership.read_after(after, 100))
-            .expect("ready at once");
+            .expect("ready at once")
+            .expect("a log in memory");
         (
             read.missed,
             read.deliveries.iter().map(|d| d.offset).collect(),
@@ -402,14 +615,17 @@ mod tests {
             ..ServerConfig::default()
         });
         let _a = join(&hub, "one", 1, None);
-        let refused = hub.join(Newcomer {
-            room: "two",
-            id: 2,
-            who: "b".into(),
-            format: Format::Classic,
-            session: None,
-            resume: None,
-        });
+        let refused = now(
+            &hub,
+            Newcomer {
+                room: "two",
+                id: 2,
+                who: "b".into(),
+                format: Format::Classic,
+                session: None,
+                resume: None,
+            },
+        );
         assert_eq!(refused.err(), Some(JoinError::TooManyRooms));
         let _c = join(&hub, "one", 3, None);
     }
@@ -507,14 +723,17 @@ mod tests {
             a.rx.try_recv().err(),
             Some(broadcast::error::TryRecvError::Closed)
         );
-        let refused = hub.join(Newcomer {
-            room: "r",
-            id: 2,
-            who: "b".into(),
-            format: Format::Classic,
-            session: None,
-            resume: None,
-        });
+        let refused = now(
+            &hub,
+            Newcomer {
+                room: "r",
+                id: 2,
+                who: "b".into(),
+                format: Format::Classic,
+                session: None,
+                resume: None,
+            },
+        );
         assert_eq!(refused.err(), Some(JoinError::ShuttingDown));
     }
 
@@ -605,16 +824,18 @@ mod tests {
     fn each_format_has_its_own_encoding_of_the_same_offsets() {
         let hub = hub(ServerConfig::default());
         let classic = join(&hub, "r", 1, None);
-        let mut structured = hub
-            .join(Newcomer {
+        let mut structured = now(
+            &hub,
+            Newcomer {
                 room: "r",
                 id: 2,
                 who: "m2".into(),
                 format: Format::Structured,
                 session: None,
                 resume: None,
-            })
-            .expect("join");
+            },
+        )
+        .expect("join");
         publish(&classic, "hello");
         let (offset, json) = next(&mut structured);
         assert_eq!(offset, 1);

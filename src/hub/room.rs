@@ -1,16 +1,17 @@
 //! One room: its members, its log, the ids of lines already accepted, and one
-//! broadcast channel per wire format that its members' sessions subscribe to.
+//! broadcast channel per wire format that its members' sessions subscribe to. With
+//! Redis, the log is Redis's stream, and the room only keeps how far this instance
+//! has delivered it.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
-use tokio::sync::broadcast;
-use tokio_websockets::Message;
+use tokio::sync::{broadcast, watch};
 
 use super::log::{Entry, MemoryLog, RoomLog};
-use super::{Delivery, Format, SERVER, SenderId};
-use crate::protocol::structured::{ChatMessage, Notice, NoticeKind, ServerFrame};
-use crate::protocol::{Epoch, classic};
+use super::record::{Logged, Record};
+use super::{Delivery, Format, SenderId};
+use crate::protocol::Epoch;
 
 /// Locks `mutex`, going on with the data if a panic poisoned it: every change
 /// under these locks is a single insert, remove or push, never left half done.
@@ -29,6 +30,9 @@ pub(crate) struct Room {
     /// the channels agree on one order, and a join that subscribes under it meets
     /// the log without a gap or an overlap.
     pub(super) state: Mutex<RoomState>,
+    /// With Redis: whether this instance's subscription to the room's channel is
+    /// confirmed; joiners wait for it before they read where the room stands.
+    pub(super) subscribed: watch::Sender<bool>,
 }
 
 /// What a room's lock guards.
@@ -36,8 +40,13 @@ pub(crate) struct Room {
 pub(super) struct RoomState {
     /// Members by connection id, with the label tags and notices use for them.
     pub(super) members: HashMap<SenderId, String>,
-    /// The room's last messages, numbered.
+    /// The room's last messages, numbered. With Redis it keeps none: the stream is
+    /// the log.
     pub(super) log: MemoryLog,
+    /// With Redis: the epoch and the last offset this instance delivered, once a
+    /// joiner has read where the room stands (until then, what Redis publishes is
+    /// left to the joiner's replay).
+    pub(super) synced: Option<(Epoch, u64)>,
     /// The last line id accepted from each client session, with its offset, so
     /// that a line sent again after a reconnect is recognised.
     accepted: HashMap<Box<str>, Accepted>,
@@ -54,6 +63,16 @@ pub(super) struct RoomState {
 struct Accepted {
     id: u64,
     offset: u64,
+}
+
+/// What to do after [`Room::take_logged`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Intake {
+    /// Nothing more.
+    Done,
+    /// Messages after this offset are missing here: fetch them from the log, then
+    /// take the message again.
+    GapAfter(u64),
 }
 
 /// What publishing a line did.
@@ -73,12 +92,59 @@ impl Room {
             state: Mutex::new(RoomState {
                 members: HashMap::new(),
                 log: MemoryLog::new(max_entries, max_bytes),
+                synced: None,
                 accepted: HashMap::new(),
                 capacity,
                 classic_tx: None,
                 structured_tx: None,
             }),
+            subscribed: watch::channel(false).0,
         }
+    }
+
+    /// With Redis: delivers a message Redis published if it is the next one. Says
+    /// what to do otherwise: nothing (delivered already, or not synced yet), or fill
+    /// the gap after an offset first.
+    pub(super) fn take_logged(&self, logged: &Logged) -> Intake {
+        let mut state = lock(&self.state);
+        let Some((epoch, delivered)) = state.synced else {
+            return Intake::Done;
+        };
+        if logged.epoch != epoch {
+            // The log began again (Redis lost it): from the start of the new one.
+            state.synced = Some((logged.epoch, 0));
+            if logged.offset > 1 {
+                return Intake::GapAfter(0);
+            }
+        } else if logged.offset <= delivered {
+            return Intake::Done;
+        } else if logged.offset > delivered + 1 {
+            return Intake::GapAfter(delivered);
+        }
+        let entry = logged
+            .record
+            .encode(&self.name, logged.epoch, logged.offset);
+        state.deliver(&entry);
+        state.synced = Some((logged.epoch, logged.offset));
+        Intake::Done
+    }
+
+    /// With Redis: sets where this instance starts delivering (`head` of `epoch`),
+    /// unless it already has; returns the last offset delivered.
+    pub(super) fn baseline(&self, epoch: Epoch, head: u64) -> (Epoch, u64) {
+        *lock(&self.state).synced.get_or_insert((epoch, head))
+    }
+
+    /// Sends a message that is not in the log (offset 0) to this instance's members.
+    pub(super) fn deliver_unlogged(&self, record: &Record) {
+        let state = lock(&self.state);
+        let entry = record.encode(&self.name, state.epoch(), 0);
+        state.deliver(&entry);
+    }
+
+    /// Sends a notice that is not in the log to this instance's members.
+    pub(super) fn notify(&self, entry: &Entry) {
+        lock(&self.state).deliver(entry);
     }
 
     /// Logs a chat line from `from` (tagged `who`) and sends it to the room. With a
@@ -91,7 +157,7 @@ impl Room {
         text: &str,
         line: Option<(&str, u64)>,
     ) -> Published {
-        let classic = Message::text(classic::tag_from(who, text));
+        let record = Record::chat(from, who, text);
         let mut state = lock(&self.state);
         if let Some((session, id)) = line
             && let Some(last) = state.accepted.get(session)
@@ -102,21 +168,9 @@ impl Room {
                 duplicate: true,
             };
         }
-        let epoch = state.log.epoch();
         let offset = state.log.head() + 1;
-        let structured = ServerFrame::Message(ChatMessage {
-            room: self.name.as_str().into(),
-            epoch,
-            offset,
-            from: who.into(),
-            text: text.into(),
-        });
-        state.append(Entry {
-            offset,
-            from,
-            classic,
-            structured: Message::text(structured.to_json()),
-        });
+        let entry = record.encode(&self.name, state.log.epoch(), offset);
+        state.append(entry);
         if let Some((session, id)) = line {
             state.remember(session, id, offset);
         }
@@ -147,6 +201,12 @@ impl RoomState {
 
     /// Logs `entry` and sends it to every subscribed session, each in its format.
     pub(super) fn append(&mut self, entry: Entry) {
+        self.deliver(&entry);
+        self.log.push(entry);
+    }
+
+    /// Sends `entry` to every subscribed session, each in its format.
+    fn deliver(&self, entry: &Entry) {
         // An error means nobody is subscribed in that format: nobody to tell.
         if let Some(tx) = &self.classic_tx {
             let _ = tx.send(entry.delivery(Format::Classic));
@@ -154,35 +214,13 @@ impl RoomState {
         if let Some(tx) = &self.structured_tx {
             let _ = tx.send(entry.delivery(Format::Structured));
         }
-        self.log.push(entry);
     }
 
     /// Logs and sends a presence notice: `who` joined or left, `here` now in the room.
     pub(super) fn announce(&mut self, room: &str, who: &str, joined: bool) {
-        let here = self.members.len();
-        let text = classic::presence_notice(who, joined, here);
-        let epoch = self.log.epoch();
-        let offset = self.log.head() + 1;
-        let kind = if joined {
-            NoticeKind::Joined
-        } else {
-            NoticeKind::Left
-        };
-        let structured = ServerFrame::Notice(Notice {
-            room: Some(room.into()),
-            epoch: Some(epoch),
-            offset: Some(offset),
-            who: Some(who.into()),
-            here: Some(here),
-            ..Notice::new(kind, text.as_str())
-        })
-        .to_json();
-        self.append(Entry {
-            offset,
-            from: SERVER,
-            classic: Message::text(text),
-            structured: Message::text(structured),
-        });
+        let record = Record::presence(who, joined, self.members.len());
+        let entry = record.encode(room, self.log.epoch(), self.log.head() + 1);
+        self.append(entry);
     }
 
     /// Notes that `session`'s line `id` went out at `offset`. Sessions whose last line
@@ -218,8 +256,9 @@ impl RoomState {
         gone
     }
 
-    /// The room's epoch.
+    /// The room's epoch: its log's, or with Redis the one this instance follows.
     pub(super) fn epoch(&self) -> Epoch {
-        self.log.epoch()
+        self.synced
+            .map_or_else(|| self.log.epoch(), |(epoch, _)| epoch)
     }
 }

@@ -53,6 +53,23 @@ pub fn away_notice(missed: u64) -> String {
 pub const RESTARTED_NOTICE: &str =
     "* the room was restarted while you were away: messages sent meanwhile may be lost";
 
+/// The notice a client gets when the room's log began again under it (a Redis that
+/// restarted without its data): what was said meanwhile may be lost.
+pub const LOG_LOST_NOTICE: &str =
+    "* the room's log was lost and began again: messages sent meanwhile may be lost";
+
+/// The notice every member gets when the shared log (Redis) goes out of reach.
+pub const DEGRADED_NOTICE: &str = "* the chat's shared log is out of reach: messages now reach only the people on this server, and are not kept";
+
+/// The notice every member gets when the shared log (Redis) is back.
+pub const RESTORED_NOTICE: &str =
+    "* the chat's shared log is back: messages reach everyone and are kept again";
+
+/// The notice a returning client gets when the log (Redis) is out of reach, so
+/// nothing can be replayed.
+pub const UNAVAILABLE_NOTICE: &str =
+    "* the chat's shared log is out of reach: what was said while you were away cannot be replayed";
+
 /// The notice a client gets when `dropped` of its messages went over the rate limit.
 pub fn rate_notice(dropped: u64, rate: f64) -> String {
     let s = if dropped == 1 { "" } else { "s" };

@@ -60,8 +60,10 @@ pub struct ChatMessage<'a> {
     pub room: Cow<'a, str>,
     /// The room's epoch.
     pub epoch: Epoch,
-    /// Its place in the room's log: 1, 2, 3, ...
-    pub offset: u64,
+    /// Its place in the room's log: 1, 2, 3, ...; absent for a line said while the
+    /// log was out of reach (a Redis outage), which cannot be replayed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
     /// The sender's tag: `alice@127.0.0.1:53422`.
     #[serde(borrow)]
     pub from: Cow<'a, str>,
@@ -84,6 +86,13 @@ pub enum NoticeKind {
     Missed,
     /// This client's lines went over the rate limit and were dropped.
     SlowDown,
+    /// The room's log began again (a new epoch): messages may have been lost.
+    Restarted,
+    /// Messages now reach only this server's members and are not logged: the log
+    /// (Redis) is out of reach.
+    Degraded,
+    /// The log is back: messages reach everyone and are logged again.
+    Restored,
 }
 
 /// A notice. `text` is always the classic line (`* ...`); the other fields depend on
@@ -354,7 +363,7 @@ mod tests {
             &ServerFrame::Message(ChatMessage {
                 room: "rust".into(),
                 epoch,
-                offset: 42,
+                offset: Some(42),
                 from: "alice@127.0.0.1:53422".into(),
                 text: "say \"hi\"\n".into(),
             }),

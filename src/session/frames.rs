@@ -65,6 +65,19 @@ impl Frames {
         }
     }
 
+    /// The room's log began again (its store lost it): what was said meanwhile may be
+    /// lost.
+    pub(super) fn restarted(self) -> Message {
+        let text = classic::LOG_LOST_NOTICE;
+        match self.0 {
+            Format::Classic => Message::text(text),
+            Format::Structured => Self::structured(&ServerFrame::Notice(Notice::new(
+                NoticeKind::Restarted,
+                text,
+            ))),
+        }
+    }
+
     /// `dropped` of this client's lines went over the rate limit (`text` says so).
     pub(super) fn slowed_down(self, dropped: u64, text: String) -> Message {
         match self.0 {
@@ -83,6 +96,7 @@ impl Frames {
             Recovery::Complete => (None, false, None),
             Recovery::Missed(n) => (Some(n), false, Some(classic::away_notice(n))),
             Recovery::Restarted => (None, true, Some(classic::RESTARTED_NOTICE.to_owned())),
+            Recovery::Unavailable => (None, false, Some(classic::UNAVAILABLE_NOTICE.to_owned())),
             Recovery::Ahead(head) => {
                 let text = format!(
                     "the offset to resume from is beyond the room's last one ({head}); going on from there"

@@ -119,7 +119,7 @@ async fn serve<S>(
     // client missed), then how the resumption went, then live traffic.
     let frames = Frames(format);
     let skip = config.no_echo.then(|| membership.id());
-    let mut outbox = Outbox::new(replay_after, skip, config, frames);
+    let mut outbox = Outbox::new(epoch, replay_after, skip, config, frames);
     let welcome = frames.welcome(
         membership.room(),
         epoch,

@@ -15,7 +15,7 @@ use tracing::debug;
 use super::frames::Frames;
 use super::{End, bounded};
 use crate::hub::{Delivery, Membership, SenderId};
-use crate::protocol;
+use crate::protocol::{self, Epoch};
 
 /// What to do with one delivery.
 #[derive(Debug)]
@@ -28,9 +28,22 @@ enum Step {
     Gap,
 }
 
+/// Why a batch stopped short of the channel's end.
+#[derive(Debug)]
+enum Behind {
+    /// The channel moved on without us (we lagged).
+    Lagged,
+    /// A message came before the ones it follows.
+    Gap(Delivery),
+    /// A message of a new epoch: the room's log began again.
+    NewEpoch(Delivery),
+}
+
 /// One session's position in its room, and how it writes.
 #[derive(Debug)]
 pub(super) struct Outbox {
+    /// The epoch of the room's log that `last` counts in.
+    epoch: Epoch,
     /// The last offset delivered (or passed over).
     last: u64,
     /// Our own id, with no-echo: our messages are passed over.
@@ -44,14 +57,16 @@ pub(super) struct Outbox {
 }
 
 impl Outbox {
-    /// An outbox that has delivered everything up to `last`.
+    /// An outbox that has delivered everything up to `last` of `epoch`.
     pub(super) fn new(
+        epoch: Epoch,
         last: u64,
         skip: Option<SenderId>,
         config: &crate::ServerConfig,
         frames: Frames,
     ) -> Self {
         Self {
+            epoch,
             last,
             skip,
             max_batch: config.max_batch.max(1),
@@ -61,7 +76,14 @@ impl Outbox {
     }
 
     /// Decides about `delivery` and moves the position past it unless it is a gap.
+    /// A message that is not in the log (offset 0) is written as it comes.
     fn step(&mut self, delivery: Delivery) -> Step {
+        if delivery.offset == 0 {
+            return match Some(delivery.from) == self.skip {
+                true => Step::Skip,
+                false => Step::Write(delivery.message),
+            };
+        }
         if delivery.offset <= self.last {
             return Step::Skip;
         }
@@ -96,8 +118,12 @@ impl Outbox {
             let mut written = 0;
             loop {
                 match next {
+                    Ok(delivery) if delivery.offset > 0 && delivery.epoch != self.epoch => {
+                        behind = Some(Behind::NewEpoch(delivery));
+                        break;
+                    }
                     Ok(delivery) if delivery.offset > self.last + 1 => {
-                        behind = Some(Some(delivery));
+                        behind = Some(Behind::Gap(delivery));
                         break;
                     }
                     Ok(delivery) => {
@@ -107,7 +133,7 @@ impl Outbox {
                         }
                     }
                     Err(RecvError::Lagged(_)) => {
-                        behind = Some(None);
+                        behind = Some(Behind::Lagged);
                         break;
                     }
                     Err(RecvError::Closed) => break,
@@ -124,27 +150,41 @@ impl Outbox {
             ws.flush().await
         };
         bounded(limit, write).await?;
-        match behind {
-            None => Ok(()),
+        let delivery = match behind {
+            None => return Ok(()),
             // The channel moved on without us: everything after our position that the
             // log still holds, then live again (the channel's copies are passed over).
-            Some(None) => {
+            Some(Behind::Lagged) => {
                 debug!(
                     after = self.last,
                     "fell behind the channel; catching up from the log"
                 );
-                self.catch_up(ws, membership, None, true).await.map(drop)
+                return self.catch_up(ws, membership, None, true).await.map(drop);
             }
-            // A message came before the ones it follows: those first, then it.
-            Some(Some(delivery)) => {
-                self.catch_up(ws, membership, Some(delivery.offset - 1), true)
-                    .await?;
-                if let Step::Write(message) = self.step(delivery) {
-                    bounded(self.write_timeout, ws.send(message)).await?;
-                }
-                Ok(())
+            // The room's log began again (its store lost it): say so, and go on from
+            // the start of the new one.
+            Some(Behind::NewEpoch(delivery)) => {
+                bounded(self.write_timeout, ws.send(self.frames.restarted())).await?;
+                (self.epoch, self.last) = (delivery.epoch, 0);
+                delivery
             }
+            Some(Behind::Gap(delivery)) => delivery,
+        };
+        // What comes before the message that arrived, first, then it.
+        if delivery.offset > self.last + 1 {
+            self.catch_up(ws, membership, Some(delivery.offset - 1), true)
+                .await?;
         }
+        // What the log could not give (it was out of reach) is counted and said.
+        if delivery.offset > self.last + 1 {
+            let missed = delivery.offset - self.last - 1;
+            self.last += missed;
+            bounded(self.write_timeout, ws.send(self.frames.missed(missed))).await?;
+        }
+        if let Step::Write(message) = self.step(delivery) {
+            bounded(self.write_timeout, ws.send(message)).await?;
+        }
+        Ok(())
     }
 
     /// Writes what the room's log holds after our position, a batch per write, until
@@ -166,7 +206,10 @@ impl Outbox {
             let wanted = until.map_or(self.max_batch, |until| {
                 usize::try_from(until - self.last).map_or(self.max_batch, |n| n.min(self.max_batch))
             });
-            let read = membership.read_after(self.last, wanted).await;
+            // The log out of reach (Redis): go on live; a gap is counted when it shows.
+            let Some(read) = membership.read_after(self.last, wanted).await else {
+                break;
+            };
             let more = !read.deliveries.is_empty();
             let limit = self.write_timeout;
             self.last += read.missed;
@@ -211,6 +254,7 @@ mod tests {
     fn delivery(offset: u64, from: SenderId) -> Delivery {
         Delivery {
             offset,
+            epoch: Epoch(1),
             from,
             message: Message::text(format!("m{offset}")),
         }
@@ -218,6 +262,7 @@ mod tests {
 
     fn outbox(last: u64, skip: Option<SenderId>) -> Outbox {
         Outbox::new(
+            Epoch(1),
             last,
             skip,
             &crate::ServerConfig::default(),
@@ -245,6 +290,14 @@ mod tests {
         assert_eq!(step(&mut outbox, 5, 1), "write m5");
         assert_eq!(step(&mut outbox, 5, 1), "skip", "no repeats");
         assert_eq!(outbox.last(), 5);
+    }
+
+    #[test]
+    fn a_message_outside_the_log_is_written_as_it_comes() {
+        let mut outbox = outbox(3, Some(7));
+        assert_eq!(step(&mut outbox, 0, 8), "write m0");
+        assert_eq!(step(&mut outbox, 0, 7), "skip", "our own, with no-echo");
+        assert_eq!(outbox.last(), 3, "the position stays");
     }
 
     #[test]

@@ -60,7 +60,7 @@ where
             session: params.session,
             resume: params.resume,
         };
-        let joined = shared.hub.join(newcomer).map_err(|e| {
+        let joined = shared.hub.join(newcomer).await.map_err(|e| {
             let reason = match e {
                 JoinError::TooManyRooms => "too many rooms; join an existing one",
                 JoinError::ShuttingDown => protocol::REASON_SHUTDOWN,
@@ -127,10 +127,18 @@ fn admit(request: &UpgradeRequest, config: &ServerConfig) -> Result<(), Reply> {
     Ok(())
 }
 
-/// The health check's answer: the open connections, not counting itself.
+/// The health check's answer: the open connections, not counting itself, and with
+/// Redis whether it answers (`degraded` when it does not: chat goes on locally).
 fn health(guard: &ConnectionGuard) -> Reply {
-    Reply::json(
-        StatusCode::OK,
-        format!("{{\"status\":\"ok\",\"connections\":{}}}", guard.open() - 1),
-    )
+    let connections = guard.open() - 1;
+    let body = match guard.shared().hub.redis_up() {
+        None => format!("{{\"status\":\"ok\",\"connections\":{connections}}}"),
+        Some(true) => {
+            format!("{{\"status\":\"ok\",\"connections\":{connections},\"redis\":\"up\"}}")
+        }
+        Some(false) => {
+            format!("{{\"status\":\"degraded\",\"connections\":{connections},\"redis\":\"down\"}}")
+        }
+    };
+    Reply::json(StatusCode::OK, body)
 }

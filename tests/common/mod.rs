@@ -761,6 +761,8 @@ pub struct Proxy {
 }
 
 struct ProxyState {
+    /// Where new connections go.
+    target: Mutex<SocketAddr>,
     /// Bumped by every cut; each connection ends when it changes.
     cuts: tokio::sync::watch::Sender<u64>,
     /// Whether server-to-client traffic is held back.
@@ -776,6 +778,7 @@ impl Proxy {
             .expect("bind the proxy");
         let port = listener.local_addr().expect("proxy address").port();
         let state = Arc::new(ProxyState {
+            target: Mutex::new(target),
             cuts: tokio::sync::watch::channel(0).0,
             hold: tokio::sync::watch::channel(false).0,
             down: std::sync::atomic::AtomicBool::new(false),
@@ -786,6 +789,7 @@ impl Proxy {
                 if shared.down.load(std::sync::atomic::Ordering::SeqCst) {
                     continue;
                 }
+                let target = *shared.target.lock().expect("target lock");
                 tokio::spawn(Self::forward(client, target, Arc::clone(&shared)));
             }
         });
@@ -835,6 +839,12 @@ impl Proxy {
     /// Closes every connection through the proxy, as a network that drops.
     pub fn sever(&self) {
         self.state.cuts.send_modify(|n| *n += 1);
+    }
+
+    /// Sends new connections to `target` from now on, as a load balancer whose
+    /// first server went away.
+    pub fn retarget(&self, target: SocketAddr) {
+        *self.state.target.lock().expect("target lock") = target;
     }
 
     /// While down, new connections are closed as soon as they arrive.
@@ -897,4 +907,54 @@ pub async fn connect_structured(url: &str) -> (Ws, serde_json::Value) {
 pub async fn recv_json(ws: &mut Ws) -> serde_json::Value {
     let text = recv_text(ws).await;
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// A `redis-server` of the test's own, on a free port, without persistence; killed
+/// when dropped. `None` (after saying so) when `redis-server` is not installed.
+pub struct RedisServer {
+    child: Child,
+    pub port: u16,
+}
+
+impl RedisServer {
+    /// Starts one, or says plainly why the calling test is skipped.
+    pub async fn start(test: &str) -> Option<RedisServer> {
+        if std::process::Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            eprintln!(
+                "skipping {test}: redis-server not found on PATH (apt-get install redis-server)"
+            );
+            return None;
+        }
+        Some(Self::start_at(free_port()).await)
+    }
+
+    /// Starts one on `port` (e.g. the port of one that was killed).
+    pub async fn start_at(port: u16) -> RedisServer {
+        let mut child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn redis-server");
+        let stdout = Lines::follow(child.stdout.take().expect("piped stdout"));
+        stdout.wait_for("Ready to accept connections").await;
+        RedisServer { child, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills it at once, as a crash would, and waits until it is gone.
+    pub async fn kill(mut self) {
+        signal(&self.child, "KILL");
+        wait_exit(&mut self.child).await;
+    }
 }

@@ -1,0 +1,460 @@
+//! Redis as the rooms' log and sequencer, for several server instances serving the
+//! same rooms. Publishing is one Lua script: take the room's next offset, append the
+//! message to the room's stream (`XADD ... MAXLEN ~ window`, the offset as the entry
+//! id) and `PUBLISH` it, so every instance (the sender's included) delivers what
+//! arrives from Redis, in offset order. The room's epoch lives beside its offset;
+//! presence is a sorted set of members with expiry times, kept fresh by a heartbeat.
+//!
+//! The connection is the `redis` crate's `ConnectionManager` over RESP3: it
+//! reconnects by itself, resubscribes to the rooms' channels, and hands published
+//! messages to [`RedisLog::connect`]'s receiver.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::streams::StreamRangeReply;
+use redis::{AsyncCommands, Client, IntoConnectionInfo, ProtocolVersion, PushInfo, Script};
+use tokio::sync::{mpsc, oneshot};
+
+use super::record::{Logged, Record};
+use super::room::Published;
+use crate::protocol::Epoch;
+
+/// Time one Redis command may take; a connection that answers nothing for this
+/// long is taken for dead and replaced.
+pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a presence entry lives without a heartbeat: an instance that dies
+/// without saying goodbye leaves its members listed for at most this long.
+pub(crate) const PRESENCE_TTL: Duration = Duration::from_secs(15);
+/// How long a session's last accepted line id is remembered, for recognising
+/// lines sent again.
+const ACCEPTED_TTL: Duration = Duration::from_secs(3600);
+/// How long a room's log and offset outlive its last message or member.
+const ROOM_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Takes the room's next offset, appends to its stream, publishes; recognises a
+/// repeated line id; keeps presence when asked.
+/// KEYS: meta, log, channel, accepted, who.
+/// ARGV: new epoch, window, record JSON, line id or '', accepted TTL, presence op
+/// ('join', 'leave' or ''), presence member, presence TTL ms, room TTL s.
+const PUBLISH: &str = r#"
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
+end
+if ARGV[4] ~= '' then
+  local last = redis.call('GET', KEYS[4])
+  if last then
+    local sep = string.find(last, ':', 1, true)
+    local id = tonumber(string.sub(last, 1, sep - 1))
+    if tonumber(ARGV[4]) <= id then
+      if tonumber(ARGV[4]) == id then return {epoch, string.sub(last, sep + 1), 1} end
+      return {epoch, '', 1}
+    end
+  end
+end
+local body = ARGV[3]
+if ARGV[6] ~= '' then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if ARGV[6] == 'join' then
+    redis.call('ZADD', KEYS[5], now + tonumber(ARGV[8]), ARGV[7])
+  else
+    redis.call('ZREM', KEYS[5], ARGV[7])
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
+  local here = redis.call('ZCOUNT', KEYS[5], now, '+inf')
+  body = string.sub(body, 1, -2) .. ',"h":' .. here .. '}'
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
+local message = '{"e":"' .. epoch .. '","o":' .. offset .. ',' .. string.sub(body, 2)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '0-' .. offset, 'd', message)
+redis.call('PUBLISH', KEYS[3], message)
+if ARGV[4] ~= '' then
+  redis.call('SET', KEYS[4], ARGV[4] .. ':' .. offset, 'EX', ARGV[5])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[9])
+redis.call('EXPIRE', KEYS[2], ARGV[9])
+return {epoch, tostring(offset), 0}
+"#;
+
+/// Where a room stands: its epoch (made if the room is new), last offset, and the
+/// first offset its stream still holds. KEYS: meta, log. ARGV: new epoch.
+const HEAD: &str = r"
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
+end
+local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+local id = ''
+if #first > 0 then id = first[1][1] end
+return {epoch, redis.call('HGET', KEYS[1], 'offset'), id}
+";
+
+/// The room's members on every instance, the expired ones dropped. KEYS: who.
+const WHO: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
+";
+
+/// Keeps this instance's members of a room listed, and the room's log alive.
+/// KEYS: who, meta, log. ARGV: presence TTL ms, room TTL s, members...
+const HEARTBEAT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i = 3, #ARGV do
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[i])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('EXPIRE', KEYS[3], ARGV[2])
+return 0
+";
+
+/// The keys of one room; `{...}` keeps them in one hash slot.
+struct Keys {
+    meta: String,
+    log: String,
+    channel: String,
+    who: String,
+    prefix: String,
+}
+
+impl Keys {
+    fn of(room: &str) -> Self {
+        let prefix = format!("bc:{{r:{room}}}");
+        Self {
+            meta: format!("{prefix}:meta"),
+            log: format!("{prefix}:log"),
+            channel: format!("{prefix}:pub"),
+            who: format!("{prefix}:who"),
+            prefix,
+        }
+    }
+
+    fn accepted(&self, session: &str) -> String {
+        format!("{}:acc:{session}", self.prefix)
+    }
+}
+
+/// The room a channel name is for, if it is one of ours.
+pub(crate) fn room_of_channel(channel: &str) -> Option<&str> {
+    channel.strip_prefix("bc:{r:")?.strip_suffix("}:pub")
+}
+
+/// Where a room's log stands in Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Head {
+    /// The room's epoch.
+    pub(crate) epoch: Epoch,
+    /// Its last offset; 0 before the first message.
+    pub(crate) head: u64,
+    /// The oldest offset its stream holds; `head + 1` when it holds none.
+    pub(crate) first: u64,
+}
+
+/// Joining or leaving, kept in the room's presence set along with the notice.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Presence<'a> {
+    /// This member (`instance/id label`) joined.
+    Join(&'a str),
+    /// This member left.
+    Leave(&'a str),
+}
+
+/// A subscription change, carried out in the order asked.
+enum Subscription {
+    Subscribe(String, oneshot::Sender<redis::RedisResult<()>>),
+    Unsubscribe(String),
+}
+
+/// This instance's connection to Redis: the log, the sequencer, presence.
+pub(crate) struct RedisLog {
+    manager: ConnectionManager,
+    publish: Script,
+    head: Script,
+    who: Script,
+    heartbeat: Script,
+    /// Messages kept per room stream (approximately, `MAXLEN ~`).
+    window: usize,
+    /// Subscribe and unsubscribe go through one task, so they happen in the order
+    /// rooms appear and vanish.
+    subscriptions: mpsc::UnboundedSender<Subscription>,
+}
+
+impl std::fmt::Debug for RedisLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisLog")
+            .field("window", &self.window)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisLog {
+    /// Connects to the Redis at `url` (RESP3, so that published messages come on the
+    /// same connection), within `timeout`. Published messages and connection events
+    /// go to the returned receiver.
+    ///
+    /// # Errors
+    /// The `redis` crate's error when the URL is invalid or Redis cannot be reached.
+    pub(crate) async fn connect(
+        url: &str,
+        window: usize,
+        timeout: Duration,
+    ) -> redis::RedisResult<(Self, mpsc::UnboundedReceiver<PushInfo>)> {
+        let info = url.into_connection_info()?;
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let client = Client::open(info.set_redis_settings(settings))?;
+        let (push_tx, push_rx) = mpsc::unbounded_channel();
+        let config = ConnectionManagerConfig::new()
+            .set_push_sender(push_tx)
+            .set_automatic_resubscription()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_max_delay(Duration::from_secs(5));
+        let manager =
+            tokio::time::timeout(timeout, client.get_connection_manager_with_config(config))
+                .await
+                .map_err(|_| {
+                    redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
+                })??;
+        let (subscriptions, orders) = mpsc::unbounded_channel();
+        tokio::spawn(Self::subscribe_in_order(manager.clone(), orders));
+        let log = Self {
+            manager,
+            publish: Script::new(PUBLISH),
+            head: Script::new(HEAD),
+            who: Script::new(WHO),
+            heartbeat: Script::new(HEARTBEAT),
+            window: window.max(1),
+            subscriptions,
+        };
+        Ok((log, push_rx))
+    }
+
+    /// Carries out subscription changes one after the other.
+    async fn subscribe_in_order(
+        mut manager: ConnectionManager,
+        mut orders: mpsc::UnboundedReceiver<Subscription>,
+    ) {
+        while let Some(order) = orders.recv().await {
+            match order {
+                Subscription::Subscribe(channel, done) => {
+                    let _ = done.send(manager.subscribe(&channel).await);
+                }
+                Subscription::Unsubscribe(channel) => {
+                    // A failure leaves a subscription whose messages the dispatcher
+                    // drops (the room is gone); the reconnect forgets it anyway.
+                    let _ = manager.unsubscribe(&channel).await;
+                }
+            }
+        }
+    }
+
+    /// Asks for `room`'s messages; the receiver says when Redis confirmed.
+    pub(crate) fn subscribe(&self, room: &str) -> oneshot::Receiver<redis::RedisResult<()>> {
+        let (done, confirmed) = oneshot::channel();
+        let _ = self
+            .subscriptions
+            .send(Subscription::Subscribe(Keys::of(room).channel, done));
+        confirmed
+    }
+
+    /// Stops asking for `room`'s messages.
+    pub(crate) fn unsubscribe(&self, room: &str) {
+        let _ = self
+            .subscriptions
+            .send(Subscription::Unsubscribe(Keys::of(room).channel));
+    }
+
+    /// Logs and publishes `record` in `room`; with `line` (a session and a line id),
+    /// recognises a repeat; with `presence`, updates the room's members and puts
+    /// their count in the record.
+    ///
+    /// # Errors
+    /// Redis's error; nothing was published then, or it is not known.
+    pub(crate) async fn publish(
+        &self,
+        room: &str,
+        record: &Record,
+        line: Option<(&str, u64)>,
+        presence: Option<Presence<'_>>,
+    ) -> redis::RedisResult<(Epoch, Published)> {
+        let keys = Keys::of(room);
+        let body = serde_json::to_string(record).unwrap_or_default();
+        let (accepted, id) = match line {
+            Some((session, id)) => (keys.accepted(session), id.to_string()),
+            None => (keys.accepted("-"), String::new()),
+        };
+        let (op, member) = match presence {
+            Some(Presence::Join(member)) => ("join", member),
+            Some(Presence::Leave(member)) => ("leave", member),
+            None => ("", ""),
+        };
+        let (epoch, offset, duplicate): (String, String, u8) = self
+            .publish
+            .key(&keys.meta)
+            .key(&keys.log)
+            .key(&keys.channel)
+            .key(&accepted)
+            .key(&keys.who)
+            .arg(Epoch::random().to_string())
+            .arg(self.window)
+            .arg(body)
+            .arg(id)
+            .arg(ACCEPTED_TTL.as_secs())
+            .arg(op)
+            .arg(member)
+            .arg(PRESENCE_TTL.as_millis() as u64)
+            .arg(ROOM_TTL.as_secs())
+            .invoke_async(&mut self.manager.clone())
+            .await?;
+        let epoch = epoch.parse().map_err(invalid)?;
+        let published = Published {
+            offset: offset.parse().ok(),
+            duplicate: duplicate == 1,
+        };
+        Ok((epoch, published))
+    }
+
+    /// Where `room` stands, making its epoch if it has none.
+    ///
+    /// # Errors
+    /// Redis's error, or one for an answer that is not what the script returns.
+    pub(crate) async fn head(&self, room: &str) -> redis::RedisResult<Head> {
+        let keys = Keys::of(room);
+        let (epoch, head, first): (String, u64, String) = self
+            .head
+            .key(&keys.meta)
+            .key(&keys.log)
+            .arg(Epoch::random().to_string())
+            .invoke_async(&mut self.manager.clone())
+            .await?;
+        let first = match first.strip_prefix("0-") {
+            Some(offset) => offset.parse().map_err(|_| invalid(first.clone()))?,
+            None => head + 1,
+        };
+        Ok(Head {
+            epoch: epoch.parse().map_err(invalid)?,
+            head,
+            first,
+        })
+    }
+
+    /// Up to `limit` logged messages of `room` after `after`, oldest first.
+    ///
+    /// # Errors
+    /// Redis's error, or one for an entry that is not a record of ours.
+    pub(crate) async fn read(
+        &self,
+        room: &str,
+        after: u64,
+        limit: usize,
+    ) -> redis::RedisResult<Vec<Logged>> {
+        let reply: StreamRangeReply = self
+            .manager
+            .clone()
+            .xrange_count(Keys::of(room).log, format!("(0-{after}"), "+", limit)
+            .await?;
+        reply
+            .ids
+            .iter()
+            .map(|entry| {
+                let data: String = entry.get("d").ok_or_else(|| invalid(entry.id.clone()))?;
+                serde_json::from_str(&data).map_err(|e| invalid(e.to_string()))
+            })
+            .collect()
+    }
+
+    /// Everyone in `room` on every instance: their labels, sorted.
+    ///
+    /// # Errors
+    /// Redis's error.
+    pub(crate) async fn who(&self, room: &str) -> redis::RedisResult<Vec<String>> {
+        let members: Vec<String> = self
+            .who
+            .key(Keys::of(room).who)
+            .invoke_async(&mut self.manager.clone())
+            .await?;
+        let mut labels: Vec<String> = members
+            .iter()
+            .filter_map(|m| m.split_once(' ').map(|(_, label)| label.to_owned()))
+            .collect();
+        labels.sort();
+        Ok(labels)
+    }
+
+    /// Keeps `members` of `room` (this instance's) listed for another
+    /// [`PRESENCE_TTL`], and the room's keys alive.
+    ///
+    /// # Errors
+    /// Redis's error.
+    pub(crate) async fn heartbeat(&self, room: &str, members: &[String]) -> redis::RedisResult<()> {
+        let keys = Keys::of(room);
+        let mut invocation = self.heartbeat.key(&keys.who);
+        invocation
+            .key(&keys.meta)
+            .key(&keys.log)
+            .arg(PRESENCE_TTL.as_millis() as u64)
+            .arg(ROOM_TTL.as_secs());
+        for member in members {
+            invocation.arg(member);
+        }
+        let _: i64 = invocation.invoke_async(&mut self.manager.clone()).await?;
+        Ok(())
+    }
+
+    /// Asks Redis for an answer, within [`RESPONSE_TIMEOUT`]: a connection that
+    /// answers nothing is replaced by the connection manager.
+    ///
+    /// # Errors
+    /// Redis's error, a time-out included.
+    pub(crate) async fn ping(&self) -> redis::RedisResult<()> {
+        let _: String = redis::cmd("PING")
+            .query_async(&mut self.manager.clone())
+            .await?;
+        Ok(())
+    }
+}
+
+/// An error for an answer from Redis that is not what we wrote there.
+fn invalid(what: impl std::fmt::Display) -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::Parse,
+        "unexpected answer from Redis",
+        what.to_string(),
+    ))
+}
+
+/// A presence member: unique per connection, with the label `/who` shows.
+pub(crate) fn member(instance: u64, id: u64, label: &str) -> String {
+    format!("{instance:016x}/{id:016x} {label}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_names_lead_back_to_their_room() {
+        for room in ["", "rust", "a.b-c_d"] {
+            assert_eq!(room_of_channel(&Keys::of(room).channel), Some(room));
+        }
+        assert_eq!(room_of_channel("other"), None);
+        assert_eq!(Keys::of("rust").accepted("s1"), "bc:{r:rust}:acc:s1");
+    }
+
+    #[test]
+    fn members_are_unique_per_connection_and_show_their_label() {
+        let m = member(1, 2, "alice@127.0.0.1:5");
+        assert_eq!(m, "0000000000000001/0000000000000002 alice@127.0.0.1:5");
+        assert_eq!(m.split_once(' ').map(|(_, l)| l), Some("alice@127.0.0.1:5"));
+    }
+}
