@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::config::ServerConfig;
-use crate::hub::{Hub, SERVER, SenderId};
+use crate::hub::{Hub, SenderId};
 
 /// The server's shared state, built once by `server::run` and read by every session.
 pub(crate) struct Shared {
@@ -15,7 +15,9 @@ pub(crate) struct Shared {
     pub(crate) hub: Arc<Hub>,
     /// Accepts TLS connections when the server serves `wss://`.
     pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
-    /// The next connection id, which tells a session its own messages apart.
+    /// Where connection ids start: random, so that ids are unique across server
+    /// instances sharing rooms through Redis (they tell a sender's own messages
+    /// apart, and a connection's line ids apart).
     next_id: AtomicU64,
     /// Open connections, counted from accept to the end of their task. Changed only
     /// by [`ConnectionGuard`].
@@ -29,12 +31,14 @@ impl Shared {
             hub,
             tls: config.tls.clone().map(tokio_rustls::TlsAcceptor::from),
             config,
-            next_id: AtomicU64::new(SERVER + 1),
+            // Counting up from a random start in the lower half: never SERVER, never
+            // wrapping, and two instances' ranges meet with odds of one in billions.
+            next_id: AtomicU64::new(fastrand::u64(1..u64::MAX / 2)),
             connections: AtomicUsize::new(0),
         }
     }
 
-    /// A new connection id, never [`SERVER`] and never given out twice.
+    /// A new connection id, never `hub::SERVER` and never given out twice here.
     pub(crate) fn next_id(&self) -> SenderId {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
