@@ -67,6 +67,8 @@ pub struct ServerConfig {
     pub presence: bool,
     /// Whether a sender is spared its own messages.
     pub no_echo: bool,
+    /// When set, `/metrics` is served on this address alone, not on the chat port.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// With a URL, the rooms' logs are in this Redis, shared with every instance
     /// that uses it; without, they are in this process.
     pub redis_url: Option<String>,
@@ -97,6 +99,7 @@ impl Default for ServerConfig {
             presence: false,
             no_echo: false,
             redis_url: None,
+            metrics_listen: None,
         }
     }
 }

@@ -14,6 +14,13 @@ pub enum Error {
     #[error("listener failed: {0}")]
     Listener(#[source] io::Error),
 
+    /// The metrics address (`--metrics-listen`) cannot be bound.
+    #[error("{reason}")]
+    MetricsListen {
+        /// One line saying why, from `describe_bind_error`.
+        reason: String,
+    },
+
     /// Redis (`--redis-url`) is unusable: an invalid URL, or unreachable at start.
     #[error("cannot use Redis at {url}: {reason} (is it running, and is the URL right?)")]
     Redis {

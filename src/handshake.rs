@@ -57,10 +57,14 @@ pub(crate) enum Incoming {
     Upgrade(UpgradeRequest),
     /// `GET /healthz`, the health check.
     Health,
+    /// `GET /metrics`, the Prometheus exposition.
+    Metrics,
 }
 
 /// The path of the health check.
 pub(crate) const HEALTH_PATH: &str = "/healthz";
+/// The path of the metrics.
+pub(crate) const METRICS_PATH: &str = "/metrics";
 
 impl Reply {
     /// A plain-text reply with `status` and a one-line `reason`.
@@ -69,6 +73,19 @@ impl Reply {
             status,
             content_type: "text/plain; charset=utf-8",
             body: reason.into(),
+        }
+    }
+
+    /// A reply of media type `content_type` with `status` and `body`.
+    pub(crate) fn typed(
+        status: StatusCode,
+        content_type: &'static str,
+        body: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        Self {
+            status,
+            content_type,
+            body: body.into(),
         }
     }
 
@@ -228,8 +245,10 @@ fn parse(buf: &[u8]) -> Result<Option<Incoming>, Failure> {
     if !has_token(http::header::UPGRADE, "websocket")
         || !has_token(http::header::CONNECTION, "upgrade")
     {
-        if req.path.and_then(|p| p.split('?').next()) == Some(HEALTH_PATH) {
-            return Ok(Some(Incoming::Health));
+        match req.path.and_then(|p| p.split('?').next()) {
+            Some(HEALTH_PATH) => return Ok(Some(Incoming::Health)),
+            Some(METRICS_PATH) => return Ok(Some(Incoming::Metrics)),
+            _ => {}
         }
         return Err(refuse(
             StatusCode::UPGRADE_REQUIRED,

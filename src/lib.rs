@@ -27,6 +27,7 @@ mod error;
 mod handshake;
 mod hub;
 mod limits;
+mod metrics;
 pub mod protocol;
 pub mod server;
 mod session;

@@ -15,6 +15,7 @@ use crate::config::ServerConfig;
 use crate::handshake::{self, Reply};
 use crate::hub::Hub;
 use crate::hub::redis::RedisLog;
+use crate::metrics::Metrics;
 use crate::state::{ConnectionGuard, Shared};
 use crate::{Error, Result, session};
 
@@ -25,17 +26,35 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Time to reach Redis at start, with `--redis-url`.
 const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A server ready to serve: its rooms made, and Redis reached if it uses Redis.
+/// A server ready to serve: its rooms made, Redis reached if it uses Redis, and the
+/// metrics address bound if it has one.
 pub struct Server {
     shared: Arc<Shared>,
+    /// With `--metrics-listen`: where `/metrics` is served instead of the chat port.
+    metrics_listener: Option<TcpListener>,
 }
 
 impl Server {
-    /// Makes the server's state; with `config.redis_url`, connects to Redis first.
+    /// Makes the server's state; with `config.redis_url`, connects to Redis first;
+    /// with `config.metrics_listen`, binds the metrics address.
     ///
     /// # Errors
-    /// [`Error::Redis`] when the Redis URL is invalid or Redis cannot be reached.
+    /// [`Error::Redis`] when the Redis URL is invalid or Redis cannot be reached;
+    /// [`Error::MetricsListen`] when the metrics address cannot be bound.
     pub async fn start(config: ServerConfig) -> Result<Self> {
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => {
+                Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|e| Error::MetricsListen {
+                            reason: describe_bind_error(&addr.ip().to_string(), addr.port(), &e),
+                        })?,
+                )
+            }
+            None => None,
+        };
+        let metrics = Arc::new(Metrics::new());
         let hub = match &config.redis_url {
             None => Arc::new(Hub::new(&config)),
             Some(url) => {
@@ -50,11 +69,12 @@ impl Server {
                     reason: e.to_string(),
                 })?;
                 info!(url = %redact(url), "connected to Redis");
-                Hub::with_redis(&config, log, pushes)
+                Hub::with_redis(&config, log, pushes, Arc::clone(&metrics))
             }
         };
         Ok(Self {
-            shared: Arc::new(Shared::new(config, hub)),
+            shared: Arc::new(Shared::new(config, hub, metrics)),
+            metrics_listener,
         })
     }
 
@@ -74,7 +94,54 @@ impl Server {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<()> {
-        serve(self.shared, listener, shutdown).await
+        let shared = Arc::clone(&self.shared);
+        let upkeep = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(crate::metrics::UPKEEP_EVERY);
+            loop {
+                tick.tick().await;
+                shared.metrics.upkeep();
+            }
+        });
+        let metrics = self
+            .metrics_listener
+            .map(|metrics| tokio::spawn(serve_metrics(metrics, Arc::clone(&self.shared))));
+        let result = serve(self.shared, listener, shutdown).await;
+        upkeep.abort();
+        if let Some(metrics) = metrics {
+            metrics.abort();
+        }
+        result
+    }
+
+    /// The address `/metrics` is served on, with `--metrics-listen`.
+    ///
+    /// # Errors
+    /// The operating system's error if the socket cannot tell.
+    pub fn metrics_addr(&self) -> Option<io::Result<SocketAddr>> {
+        self.metrics_listener.as_ref().map(TcpListener::local_addr)
+    }
+}
+
+/// Serves `/metrics` (and nothing else) on the `--metrics-listen` address.
+async fn serve_metrics(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            tokio::time::sleep(ACCEPT_BACKOFF).await;
+            continue;
+        };
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let limit = shared.config.handshake_timeout;
+            let reply = match tokio::time::timeout(limit, handshake::read_request(&mut stream))
+                .await
+            {
+                Ok(Ok(handshake::Incoming::Metrics)) => session::metrics_reply(&shared),
+                Ok(Err(handshake::Failure::Refused(reply))) => reply,
+                Ok(_) => Reply::new(http::StatusCode::NOT_FOUND, "only /metrics is served here"),
+                Err(_) => return,
+            };
+            let _ = tokio::time::timeout(limit, handshake::respond(&mut stream, &reply)).await;
+        });
     }
 }
 
@@ -121,6 +188,7 @@ async fn serve(
                 // Batches are flushed whole, so Nagle's delay would only add latency.
                 let _ = stream.set_nodelay(true);
                 if shared.is_full() {
+                    shared.metrics.refused(503);
                     tracker.spawn(refuse_full(stream, addr, shared.config.close_timeout));
                     continue;
                 }

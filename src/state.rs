@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::config::ServerConfig;
 use crate::hub::{Hub, SenderId};
+use crate::metrics::{Metrics, Now};
 
 /// The server's shared state, built once by `server::run` and read by every session.
 pub(crate) struct Shared {
@@ -13,6 +14,8 @@ pub(crate) struct Shared {
     pub(crate) config: ServerConfig,
     /// The rooms and their fan-out channels.
     pub(crate) hub: Arc<Hub>,
+    /// What is counted for `/metrics`.
+    pub(crate) metrics: Arc<Metrics>,
     /// Accepts TLS connections when the server serves `wss://`.
     pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
     /// Where connection ids start: random, so that ids are unique across server
@@ -25,10 +28,11 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// The state for a server with `config` and its rooms, `hub`.
-    pub(crate) fn new(config: ServerConfig, hub: Arc<Hub>) -> Self {
+    /// The state for a server with `config`, its rooms `hub` and its `metrics`.
+    pub(crate) fn new(config: ServerConfig, hub: Arc<Hub>, metrics: Arc<Metrics>) -> Self {
         Self {
             hub,
+            metrics,
             tls: config.tls.clone().map(tokio_rustls::TlsAcceptor::from),
             config,
             // Counting up from a random start in the lower half: never SERVER, never
@@ -46,6 +50,17 @@ impl Shared {
     /// Connections open now, handshakes included.
     pub(crate) fn open_connections(&self) -> usize {
         self.connections.load(Ordering::Relaxed)
+    }
+
+    /// The metrics exposition, with the figures of this moment.
+    pub(crate) fn render_metrics(&self) -> String {
+        let (rooms, log_bytes) = self.hub.stats();
+        self.metrics.render(Now {
+            open: self.open_connections(),
+            rooms,
+            log_bytes,
+            redis_up: self.hub.redis_up(),
+        })
     }
 
     /// Whether one more connection would go over `--max-connections`.

@@ -92,6 +92,12 @@ struct Cli {
     /// Do not send senders their own messages back.
     #[arg(long)]
     no_echo: bool,
+    /// Serve /metrics on this address (e.g. 127.0.0.1:9102) instead of the chat port.
+    #[arg(long, value_name = "ADDRESS", env = "CHAT_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// Log format: human lines, or one JSON object per line.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
     /// Share rooms with every server using this Redis (redis://host:port): their
     /// logs, offsets and presence live there.
     #[arg(long, value_name = "URL", env = "CHAT_REDIS_URL")]
@@ -105,6 +111,15 @@ struct Cli {
     /// PEM private key for --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+}
+
+/// How the server writes its log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// For people: `2026-11-24T08:00:00Z  INFO broadcast_chat::session: connected addr=...`.
+    Human,
+    /// For log collectors: one JSON object per line.
+    Json,
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -148,6 +163,7 @@ impl Cli {
             presence: self.presence,
             no_echo: self.no_echo,
             redis_url: self.redis_url.clone().filter(|u| !u.is_empty()),
+            metrics_listen: self.metrics_listen,
             ..ServerConfig::default()
         })
     }
@@ -169,13 +185,19 @@ fn main() -> ExitCode {
 }
 
 async fn serve(cli: Cli) -> ExitCode {
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+        );
+    match cli.log_format {
+        LogFormat::Human => logs
+            .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+            .init(),
+        // One object a line: timestamp, level, target, and the event's fields
+        // (`message` among them), as tracing-subscriber's JSON formatter writes it.
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
 
     let config = match cli.config() {
         Ok(config) => config,
@@ -202,6 +224,9 @@ async fn serve(cli: Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(Ok(addr)) = server.metrics_addr() {
+        tracing::info!(%addr, "serving /metrics");
+    }
     match server::local_addr(&listener) {
         Ok(addr) => println!("Listening on port {}", addr.port()),
         Err(e) => {

@@ -26,6 +26,7 @@ use redis::RedisLog;
 use remote::Remote;
 use room::{Room, lock};
 
+pub(crate) use log::stamp;
 pub(crate) use room::Published;
 
 /// Who sent a delivery: a member's connection id, or [`SERVER`].
@@ -51,6 +52,8 @@ pub(crate) struct Delivery {
     pub(crate) offset: u64,
     /// The epoch of the log it is in: a new one means the log began again.
     pub(crate) epoch: Epoch,
+    /// When this server accepted it, for the latency metric.
+    pub(crate) accepted: u64,
     /// Who sent it, so a session can leave out its own messages (`--no-echo`).
     pub(crate) from: SenderId,
     /// The frame as it goes on the wire.
@@ -189,8 +192,9 @@ impl Hub {
         config: &ServerConfig,
         log: RedisLog,
         pushes: tokio::sync::mpsc::UnboundedReceiver<::redis::PushInfo>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Arc<Self> {
-        let hub = Arc::new(Self::build(config, Some(Remote::new(log))));
+        let hub = Arc::new(Self::build(config, Some(Remote::new(log, metrics))));
         remote::start(&hub, pushes);
         hub
     }
@@ -215,6 +219,13 @@ impl Hub {
             closed: AtomicBool::new(false),
             remote,
         }
+    }
+
+    /// The rooms that exist, and the bytes their logs in memory hold.
+    pub(crate) fn stats(&self) -> (usize, usize) {
+        let rooms: Vec<Arc<Room>> = lock(&self.rooms).values().cloned().collect();
+        let bytes = rooms.iter().map(|r| lock(&r.state).log.bytes()).sum();
+        (rooms.len(), bytes)
     }
 
     /// With Redis, whether it answered lately; `None` without Redis.

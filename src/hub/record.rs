@@ -128,6 +128,7 @@ impl Record {
             offset,
             epoch,
             from: self.from,
+            accepted: super::log::stamp(),
             classic: Message::text(classic),
             structured: Message::text(structured),
         }

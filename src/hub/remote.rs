@@ -16,6 +16,7 @@ use super::record::Logged;
 use super::redis::{RedisLog, member, room_of_channel};
 use super::room::{Intake, Room, lock};
 use super::{Hub, SERVER};
+use crate::metrics::Metrics;
 use crate::protocol::structured::{Notice, NoticeKind, ServerFrame};
 use crate::protocol::{Epoch, classic};
 
@@ -36,15 +37,18 @@ pub(crate) struct Remote {
     /// Whether Redis answered lately; read by `/healthz`, changed by the health
     /// check and by failed commands.
     up: AtomicBool,
+    /// Where failures and recovered messages are counted.
+    metrics: Arc<Metrics>,
 }
 
 impl Remote {
     /// The backplane over `log`.
-    pub(crate) fn new(log: RedisLog) -> Self {
+    pub(crate) fn new(log: RedisLog, metrics: Arc<Metrics>) -> Self {
         Self {
             log,
             instance: fastrand::u64(..),
             up: AtomicBool::new(true),
+            metrics,
         }
     }
 
@@ -114,6 +118,10 @@ async fn ingest(hub: &Hub, room: &Room, logged: &Logged) {
             .await
         {
             Ok(missing) if !missing.is_empty() => {
+                remote
+                    .metrics
+                    .redis_recovered
+                    .increment(missing.len() as u64);
                 for earlier in missing.iter().filter(|m| m.epoch == logged.epoch) {
                     room.take_logged(earlier);
                 }
@@ -182,6 +190,7 @@ async fn health(hub: Weak<Hub>) {
 /// that their messages reach only this instance for now.
 pub(super) fn went_down(hub: &Hub, why: &str) {
     let Some(remote) = &hub.remote else { return };
+    remote.metrics.redis_errors.increment(1);
     if !remote.up.swap(false, Ordering::Relaxed) {
         return;
     }
@@ -235,6 +244,7 @@ fn notify_all(hub: &Hub, kind: NoticeKind, text: &str) {
             offset: 0,
             epoch,
             from: SERVER,
+            accepted: super::log::stamp(),
             classic: tokio_websockets::Message::text(text.to_owned()),
             structured: tokio_websockets::Message::text(structured),
         });

@@ -12,7 +12,7 @@ use tokio_websockets::{CloseCode, Message, WebSocketStream};
 
 use super::frames::Frames;
 use super::outbox::{self, Outbox};
-use super::{End, bounded};
+use super::{Dropped, End, bounded};
 use crate::hub::{Delivery, Format, Membership};
 use crate::limits::{RateLimit, Verdict};
 use crate::protocol::structured::ClientFrame;
@@ -35,12 +35,13 @@ impl Chat<'_> {
         &self,
         ws: &mut WebSocketStream<S>,
         rx: &mut broadcast::Receiver<Delivery>,
-        outbox: &mut Outbox,
+        outbox: &mut Outbox<'_>,
     ) -> End
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let config = &self.guard.shared().config;
+        let metrics = &self.guard.shared().metrics;
         // One timer, made once and moved on at each tick.
         let mut keepalive = pin!(tokio::time::sleep(config.ping_interval));
         // Whether the client sent anything since the last tick, and whether a ping
@@ -72,10 +73,14 @@ impl Chat<'_> {
                             Some(text) => match rate.check(Instant::now()) {
                                 Verdict::Pass => self.take(ws, text).await,
                                 Verdict::Drop(Some((dropped, notice))) => {
+                                    metrics.rate_limited.increment(1);
                                     let notice = self.frames.slowed_down(dropped, notice);
                                     bounded(config.write_timeout, ws.send(notice)).await
                                 }
-                                Verdict::Drop(None) => Ok(()),
+                                Verdict::Drop(None) => {
+                                    metrics.rate_limited.increment(1);
+                                    Ok(())
+                                }
                                 Verdict::Close => return End::Close(CloseCode::POLICY_VIOLATION, protocol::REASON_FLOOD),
                             },
                             None if message.is_binary() => return End::Close(CloseCode::UNSUPPORTED_DATA, protocol::REASON_BINARY),
@@ -83,7 +88,7 @@ impl Chat<'_> {
                             // Pings and pongs only prove the client alive; the library answers pings.
                             None => Ok(()),
                         },
-                        Some(Err(tokio_websockets::Error::Io(_))) | None => return End::Dropped("connection lost"),
+                        Some(Err(tokio_websockets::Error::Io(_))) | None => return End::Dropped(Dropped::Lost),
                         Some(Err(e)) => return End::ProtocolError(e),
                     }
                 }
@@ -108,7 +113,7 @@ impl Chat<'_> {
                         (heard, ping_sent) = (false, false);
                         Ok(())
                     } else if ping_sent {
-                        return End::Dropped("keepalive timed out");
+                        return End::Dropped(Dropped::Keepalive);
                     } else {
                         ping_sent = true;
                         bounded(config.write_timeout, ws.send(Message::ping(bytes::Bytes::new()))).await
@@ -133,11 +138,15 @@ impl Chat<'_> {
             }
             Format::Classic => {
                 self.membership.publish(text, None).await;
+                self.guard.shared().metrics.received.increment(1);
                 None
             }
             Format::Structured => match ClientFrame::parse(text) {
                 Ok(ClientFrame::Send { id, text }) => {
                     let published = self.membership.publish(&text, Some(id)).await;
+                    if !published.duplicate {
+                        self.guard.shared().metrics.received.increment(1);
+                    }
                     self.frames.ack(id, published)
                 }
                 Ok(ClientFrame::Who) => Some(self.frames.who(&self.membership.members().await)),

@@ -23,9 +23,11 @@ use tokio_websockets::{CloseCode, Limits, Message, ServerBuilder, WebSocketStrea
 use tracing::{debug, info};
 
 use crate::hub::Joined;
+use crate::metrics::{Outcome, Reason};
 use crate::state::ConnectionGuard;
 use frames::Frames;
 use outbox::Outbox;
+pub(crate) use upgrade::metrics_reply;
 
 /// Why a session ended; decides how the connection is closed and what is logged.
 #[derive(Debug)]
@@ -38,7 +40,44 @@ enum End {
     /// queued a close frame with the matching code.
     ProtocolError(tokio_websockets::Error),
     /// The connection is gone or stuck: nothing more can be sent.
-    Dropped(&'static str),
+    Dropped(Dropped),
+}
+
+/// Why a connection was given up without a close handshake.
+#[derive(Debug, Clone, Copy)]
+enum Dropped {
+    /// It broke (reset, end of stream, a failed write).
+    Lost,
+    /// A write waited longer than the write timeout: the client stopped reading.
+    WriteTimeout,
+    /// The client answered nothing, not even a ping, for two intervals.
+    Keepalive,
+}
+
+impl Dropped {
+    /// The reason as the log says it.
+    fn text(self) -> &'static str {
+        match self {
+            Dropped::Lost => "connection lost",
+            Dropped::WriteTimeout => "write timed out",
+            Dropped::Keepalive => "keepalive timed out",
+        }
+    }
+}
+
+impl End {
+    /// The reason the metrics count it under.
+    fn reason(&self) -> Reason {
+        match self {
+            End::Close(code, _) if *code == CloseCode::GOING_AWAY => Reason::Shutdown,
+            End::Close(code, _) if *code == CloseCode::POLICY_VIOLATION => Reason::Flood,
+            End::Close(..) | End::ProtocolError(_) => Reason::Protocol,
+            End::ClosedByClient => Reason::ClientClosed,
+            End::Dropped(Dropped::Lost) => Reason::Lost,
+            End::Dropped(Dropped::WriteTimeout) => Reason::WriteTimeout,
+            End::Dropped(Dropped::Keepalive) => Reason::Keepalive,
+        }
+    }
 }
 
 /// Serves one connection from the first byte to the close: TLS if configured,
@@ -63,8 +102,14 @@ pub(crate) async fn run(
         };
         match accepted {
             Ok(Ok(stream)) => serve(stream, addr, &guard, &shutdown, deadline).await,
-            Ok(Err(e)) => debug!(%addr, error = %e, "TLS handshake failed"),
-            Err(_) => info!(%addr, "handshake timed out"),
+            Ok(Err(e)) => {
+                guard.shared().metrics.connection(Outcome::Failed);
+                debug!(%addr, error = %e, "TLS handshake failed");
+            }
+            Err(_) => {
+                guard.shared().metrics.connection(Outcome::TimedOut);
+                info!(%addr, "handshake timed out");
+            }
         }
     })
     .await;
@@ -119,7 +164,8 @@ async fn serve<S>(
     // client missed), then how the resumption went, then live traffic.
     let frames = Frames(format);
     let skip = config.no_echo.then(|| membership.id());
-    let mut outbox = Outbox::new(epoch, replay_after, skip, config, frames);
+    let metrics = &guard.shared().metrics;
+    let mut outbox = Outbox::new(epoch, replay_after, skip, config, frames, metrics);
     let welcome = frames.welcome(
         membership.room(),
         epoch,
@@ -156,8 +202,10 @@ async fn serve<S>(
     drop(rx);
     drop(membership);
 
+    guard.shared().metrics.disconnected(end.reason());
     let reason = match &end {
-        End::Close(_, reason) | End::Dropped(reason) => (*reason).to_owned(),
+        End::Close(_, reason) => (*reason).to_owned(),
+        End::Dropped(dropped) => dropped.text().to_owned(),
         End::ClosedByClient => "closed by client".to_owned(),
         End::ProtocolError(e) => format!("protocol error: {e}"),
     };
@@ -181,10 +229,10 @@ async fn bounded(
         Poll::Ready(result) => result,
         Poll::Pending => match timeout(limit, write).await {
             Ok(result) => result,
-            Err(_) => return Err(End::Dropped("write timed out")),
+            Err(_) => return Err(End::Dropped(Dropped::WriteTimeout)),
         },
     };
-    result.map_err(|_| End::Dropped("connection lost"))
+    result.map_err(|_| End::Dropped(Dropped::Lost))
 }
 
 /// Ends the connection as `end` says, waiting at most `limit` for the close handshake.

@@ -14,7 +14,8 @@ use tracing::debug;
 
 use super::frames::Frames;
 use super::{End, bounded};
-use crate::hub::{Delivery, Membership, SenderId};
+use crate::hub::{Delivery, Membership, SenderId, stamp};
+use crate::metrics::Metrics;
 use crate::protocol::{self, Epoch};
 
 /// What to do with one delivery.
@@ -41,7 +42,7 @@ enum Behind {
 
 /// One session's position in its room, and how it writes.
 #[derive(Debug)]
-pub(super) struct Outbox {
+pub(super) struct Outbox<'a> {
     /// The epoch of the room's log that `last` counts in.
     epoch: Epoch,
     /// The last offset delivered (or passed over).
@@ -54,9 +55,11 @@ pub(super) struct Outbox {
     write_timeout: Duration,
     /// Frames in the client's format, for the missed-count notice.
     frames: Frames,
+    /// What is counted: deliveries, their latency, lags, replays, misses.
+    metrics: &'a Metrics,
 }
 
-impl Outbox {
+impl<'a> Outbox<'a> {
     /// An outbox that has delivered everything up to `last` of `epoch`.
     pub(super) fn new(
         epoch: Epoch,
@@ -64,8 +67,10 @@ impl Outbox {
         skip: Option<SenderId>,
         config: &crate::ServerConfig,
         frames: Frames,
+        metrics: &'a Metrics,
     ) -> Self {
         Self {
+            metrics,
             epoch,
             last,
             skip,
@@ -113,9 +118,9 @@ impl Outbox {
     {
         let mut next = first;
         let mut behind = None;
+        let (mut written, mut oldest) = (0u64, 0);
         let limit = self.write_timeout;
         let write = async {
-            let mut written = 0;
             loop {
                 match next {
                     Ok(delivery) if delivery.offset > 0 && delivery.epoch != self.epoch => {
@@ -127,8 +132,12 @@ impl Outbox {
                         break;
                     }
                     Ok(delivery) => {
+                        let accepted = delivery.accepted;
                         if let Step::Write(message) = self.step(delivery) {
                             ws.feed(message).await?;
+                            if written == 0 {
+                                oldest = accepted;
+                            }
                             written += 1;
                         }
                     }
@@ -138,7 +147,7 @@ impl Outbox {
                     }
                     Err(RecvError::Closed) => break,
                 }
-                if written >= self.max_batch {
+                if written >= self.max_batch as u64 {
                     break;
                 }
                 next = match rx.try_recv() {
@@ -150,11 +159,17 @@ impl Outbox {
             ws.flush().await
         };
         bounded(limit, write).await?;
+        if written > 0 {
+            self.metrics.deliveries.add(written);
+            let waited = Duration::from_nanos(stamp().saturating_sub(oldest));
+            self.metrics.latency.record(waited);
+        }
         let delivery = match behind {
             None => return Ok(()),
             // The channel moved on without us: everything after our position that the
             // log still holds, then live again (the channel's copies are passed over).
             Some(Behind::Lagged) => {
+                self.metrics.lags.increment(1);
                 debug!(
                     after = self.last,
                     "fell behind the channel; catching up from the log"
@@ -179,10 +194,12 @@ impl Outbox {
         if delivery.offset > self.last + 1 {
             let missed = delivery.offset - self.last - 1;
             self.last += missed;
+            self.metrics.missed.increment(missed);
             bounded(self.write_timeout, ws.send(self.frames.missed(missed))).await?;
         }
         if let Step::Write(message) = self.step(delivery) {
             bounded(self.write_timeout, ws.send(message)).await?;
+            self.metrics.deliveries.add(1);
         }
         Ok(())
     }
@@ -214,7 +231,9 @@ impl Outbox {
             let limit = self.write_timeout;
             self.last += read.missed;
             missed += read.missed;
+            self.metrics.missed.increment(read.missed);
             let notice = (report && read.missed > 0).then(|| self.frames.missed(read.missed));
+            let mut written = 0;
             let write = async {
                 if let Some(notice) = notice {
                     ws.feed(notice).await?;
@@ -222,11 +241,14 @@ impl Outbox {
                 for delivery in read.deliveries {
                     if let Step::Write(message) = self.step(delivery) {
                         ws.feed(message).await?;
+                        written += 1;
                     }
                 }
                 ws.flush().await
             };
             bounded(limit, write).await?;
+            self.metrics.replayed.increment(written);
+            self.metrics.deliveries.add(written);
             if !more {
                 break;
             }
@@ -256,22 +278,25 @@ mod tests {
             offset,
             epoch: Epoch(1),
             from,
+            accepted: 0,
             message: Message::text(format!("m{offset}")),
         }
     }
 
-    fn outbox(last: u64, skip: Option<SenderId>) -> Outbox {
+    fn outbox(last: u64, skip: Option<SenderId>) -> Outbox<'static> {
+        static METRICS: std::sync::LazyLock<Metrics> = std::sync::LazyLock::new(Metrics::new);
         Outbox::new(
             Epoch(1),
             last,
             skip,
             &crate::ServerConfig::default(),
             Frames(Format::Classic),
+            &METRICS,
         )
     }
 
     /// What a step did, as text: `write m4`, `skip`, `gap`.
-    fn step(outbox: &mut Outbox, offset: u64, from: SenderId) -> String {
+    fn step(outbox: &mut Outbox<'_>, offset: u64, from: SenderId) -> String {
         match outbox.step(delivery(offset, from)) {
             Step::Write(message) => format!("write {}", message.as_text().unwrap_or("?")),
             Step::Skip => "skip".to_owned(),

@@ -12,6 +12,7 @@ use tracing::{debug, info};
 use crate::config::ServerConfig;
 use crate::handshake::{self, Failure, Incoming, Reply, UpgradeRequest};
 use crate::hub::{Format, JoinError, Joined, Newcomer};
+use crate::metrics::Outcome as Counted;
 use crate::protocol::{self, Params, classic, structured::SUBPROTOCOL};
 use crate::state::ConnectionGuard;
 
@@ -42,6 +43,13 @@ where
         let request = match handshake::read_request(&mut *stream).await? {
             Incoming::Upgrade(request) => request,
             Incoming::Health => return Ok(Outcome::Answer(health(guard))),
+            Incoming::Metrics if config.metrics_listen.is_some() => {
+                return Err(Failure::Refused(Reply::new(
+                    StatusCode::NOT_FOUND,
+                    "the metrics are served on the --metrics-listen address",
+                )));
+            }
+            Incoming::Metrics => return Ok(Outcome::Answer(metrics_reply(shared))),
         };
         admit(&request, config).map_err(Failure::Refused)?;
         let bad_request = |reason| Failure::Refused(Reply::new(StatusCode::BAD_REQUEST, reason));
@@ -75,21 +83,29 @@ where
         () = shutdown.cancelled() => return None,
         outcome = timeout_at(deadline, upgrade) => outcome,
     };
+    let counted = &shared.metrics;
     let reply = match outcome {
-        Ok(Ok(Outcome::Chat(joined, format))) => return Some((joined, format)),
+        Ok(Ok(Outcome::Chat(joined, format))) => {
+            counted.connection(Counted::Upgraded);
+            return Some((joined, format));
+        }
         Ok(Ok(Outcome::Answer(reply))) => {
+            counted.connection(Counted::Answered);
             debug!(%addr, status = reply.status.as_u16(), "answered");
             reply
         }
         Ok(Err(Failure::Refused(reply))) => {
+            counted.refused(reply.status.as_u16());
             info!(%addr, status = reply.status.as_u16(), reason = %reply.body, "refused");
             reply
         }
         Ok(Err(Failure::Io(e))) => {
+            counted.connection(Counted::Failed);
             debug!(%addr, error = %e, "handshake failed");
             return None;
         }
         Err(_) => {
+            counted.connection(Counted::TimedOut);
             info!(%addr, "handshake timed out");
             return None;
         }
@@ -125,6 +141,15 @@ fn admit(request: &UpgradeRequest, config: &ServerConfig) -> Result<(), Reply> {
         }
     }
     Ok(())
+}
+
+/// The metrics, in the Prometheus text format.
+pub(crate) fn metrics_reply(shared: &crate::state::Shared) -> Reply {
+    Reply::typed(
+        StatusCode::OK,
+        crate::metrics::CONTENT_TYPE,
+        shared.render_metrics(),
+    )
 }
 
 /// The health check's answer: the open connections, not counting itself, and with

@@ -1,0 +1,419 @@
+//! What the server counts for its operators, and `GET /metrics` in the Prometheus
+//! text format, with the `metrics` crate and its Prometheus exporter (its own
+//! recorder, not a global one, so several servers in one process keep apart). No
+//! label ever holds a room, an address or a name: only small fixed sets (outcomes,
+//! statuses, reasons). Deliveries, counted per write on every core, go into
+//! per-thread shards, so that counting never shares a cache line between cores.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, Recorder, Unit};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+
+/// The media type of the exposition.
+pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// How often histogram samples are folded into their buckets, which bounds the
+/// memory they take between scrapes.
+pub(crate) const UPKEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// The upper bounds of the latency histogram's buckets, in seconds.
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// How a connection ended up, once its first request was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Upgraded to a WebSocket and joined a room.
+    Upgraded,
+    /// Refused with an HTTP status (see `chat_refusals_total`).
+    Refused,
+    /// A plain request answered: the health check, the metrics, the page.
+    Answered,
+    /// The connection failed during the handshake (TLS, I/O).
+    Failed,
+    /// The handshake took longer than `--handshake-timeout`.
+    TimedOut,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 5] = [
+        Outcome::Upgraded,
+        Outcome::Refused,
+        Outcome::Answered,
+        Outcome::Failed,
+        Outcome::TimedOut,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Upgraded => "upgraded",
+            Outcome::Refused => "refused",
+            Outcome::Answered => "answered",
+            Outcome::Failed => "failed",
+            Outcome::TimedOut => "timed_out",
+        }
+    }
+}
+
+/// Why a chat connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reason {
+    /// The client closed it.
+    ClientClosed,
+    /// It broke without a close (reset, end of stream).
+    Lost,
+    /// A write to the client waited longer than `--write-timeout`.
+    WriteTimeout,
+    /// The client answered nothing, not even pings.
+    Keepalive,
+    /// The client kept over `--max-rate` for `--flood-timeout`.
+    Flood,
+    /// The server shut down.
+    Shutdown,
+    /// The client broke the protocol or its limits (binary, too big, bad UTF-8).
+    Protocol,
+}
+
+impl Reason {
+    const ALL: [Reason; 7] = [
+        Reason::ClientClosed,
+        Reason::Lost,
+        Reason::WriteTimeout,
+        Reason::Keepalive,
+        Reason::Flood,
+        Reason::Shutdown,
+        Reason::Protocol,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Reason::ClientClosed => "client_closed",
+            Reason::Lost => "lost",
+            Reason::WriteTimeout => "write_timeout",
+            Reason::Keepalive => "keepalive",
+            Reason::Flood => "flood",
+            Reason::Shutdown => "shutdown",
+            Reason::Protocol => "protocol",
+        }
+    }
+}
+
+/// The HTTP statuses the server refuses with.
+const STATUSES: [u16; 9] = [400, 401, 403, 404, 405, 426, 431, 503, 505];
+
+/// Everything counted.
+pub(crate) struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    connections: [Counter; Outcome::ALL.len()],
+    refusals: [Counter; STATUSES.len()],
+    disconnections: [Counter; Reason::ALL.len()],
+    /// Lines accepted from clients.
+    pub(crate) received: Counter,
+    /// Lines dropped for going over `--max-rate`.
+    pub(crate) rate_limited: Counter,
+    /// Messages written to clients; shown through `deliveries_total`.
+    pub(crate) deliveries: ShardedCounter,
+    deliveries_total: Counter,
+    /// Times a session fell behind its room's channel.
+    pub(crate) lags: Counter,
+    /// Messages sent from the log: history, resumes, lag recovery.
+    pub(crate) replayed: Counter,
+    /// Messages a client was told it missed (the log no longer held them).
+    pub(crate) missed: Counter,
+    /// From accepting a message to writing it, per write (the oldest in the write).
+    pub(crate) latency: Histogram,
+    /// With Redis: publishes and reads that failed.
+    pub(crate) redis_errors: Counter,
+    /// With Redis: messages fetched from a stream to fill a gap.
+    pub(crate) redis_recovered: Counter,
+    open: Gauge,
+    rooms: Gauge,
+    log_bytes: Gauge,
+    redis_up: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// Figures read off the server's state when the metrics are shown.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Now {
+    /// Connections open, handshakes included.
+    pub(crate) open: usize,
+    /// Rooms that exist.
+    pub(crate) rooms: usize,
+    /// Bytes the rooms' logs in memory hold.
+    pub(crate) log_bytes: usize,
+    /// With Redis, whether it answers.
+    pub(crate) redis_up: Option<bool>,
+}
+
+/// Where metrics are registered from, for the recorder's metadata.
+static METADATA: Metadata<'static> =
+    Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+
+impl Metrics {
+    /// Every metric, described, registered and at zero.
+    pub(crate) fn new() -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full("chat_delivery_latency_seconds".into()),
+                &LATENCY_BUCKETS,
+            )
+            .map(PrometheusBuilder::build_recorder)
+            // The buckets are not empty, the only way this can fail.
+            .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+        let handle = recorder.handle();
+        let counter = |name: &'static str, help: &'static str, labels: Vec<Label>| {
+            recorder.describe_counter(KeyName::from(name), None, help.into());
+            recorder.register_counter(&Key::from_parts(name, labels), &METADATA)
+        };
+        let gauge = |name: &'static str, unit: Option<Unit>, help: &'static str| {
+            recorder.describe_gauge(KeyName::from(name), unit, help.into());
+            recorder.register_gauge(&Key::from_name(name), &METADATA)
+        };
+        let connections = Outcome::ALL.map(|o| {
+            counter(
+                "chat_connections_total",
+                "Connections opened, by what became of them",
+                vec![Label::new("outcome", o.label())],
+            )
+        });
+        let refusals = STATUSES.map(|status| {
+            counter(
+                "chat_refusals_total",
+                "Requests refused before any upgrade, by HTTP status",
+                vec![Label::new("status", status.to_string())],
+            )
+        });
+        let disconnections = Reason::ALL.map(|r| {
+            counter(
+                "chat_disconnections_total",
+                "Chat connections ended, by reason",
+                vec![Label::new("reason", r.label())],
+            )
+        });
+        let plain = |name, help| counter(name, help, Vec::new());
+        recorder.describe_histogram(
+            KeyName::from("chat_delivery_latency_seconds"),
+            Some(Unit::Seconds),
+            "From accepting a message to writing it to a client, per write (the oldest message in the write)".into(),
+        );
+        let latency = recorder
+            .register_histogram(&Key::from_name("chat_delivery_latency_seconds"), &METADATA);
+        Self {
+            connections,
+            refusals,
+            disconnections,
+            received: plain(
+                "chat_messages_received_total",
+                "Lines accepted from clients",
+            ),
+            rate_limited: plain(
+                "chat_messages_rate_limited_total",
+                "Lines dropped for going over --max-rate",
+            ),
+            deliveries: ShardedCounter::default(),
+            deliveries_total: plain("chat_deliveries_total", "Messages written to clients"),
+            lags: plain(
+                "chat_lag_events_total",
+                "Times a session fell behind its room's channel",
+            ),
+            replayed: plain(
+                "chat_messages_replayed_total",
+                "Messages sent from a room's log: history, resumes, lag recovery",
+            ),
+            missed: plain(
+                "chat_messages_missed_total",
+                "Messages clients were told they missed: the log no longer held them",
+            ),
+            latency,
+            redis_errors: plain(
+                "chat_redis_errors_total",
+                "With --redis-url: publishes, reads and pings that failed",
+            ),
+            redis_recovered: plain(
+                "chat_redis_recovered_messages_total",
+                "With --redis-url: messages fetched from a room's stream to fill a gap",
+            ),
+            open: gauge(
+                "chat_connections_open",
+                None,
+                "Connections open now, handshakes included",
+            ),
+            rooms: gauge("chat_rooms_open", None, "Rooms that exist now"),
+            log_bytes: gauge(
+                "chat_log_bytes",
+                Some(Unit::Bytes),
+                "Bytes the rooms' logs in memory hold",
+            ),
+            redis_up: gauge(
+                "chat_redis_up",
+                None,
+                "With --redis-url: 1 when Redis answers, 0 when it is out of reach",
+            ),
+            handle,
+            recorder,
+        }
+    }
+
+    /// Counts a connection's outcome.
+    pub(crate) fn connection(&self, outcome: Outcome) {
+        if let Some(i) = Outcome::ALL.iter().position(|o| *o == outcome) {
+            self.connections[i].increment(1);
+        }
+    }
+
+    /// Counts a refusal with `status` (and the connection's outcome).
+    pub(crate) fn refused(&self, status: u16) {
+        self.connection(Outcome::Refused);
+        match STATUSES.iter().position(|s| *s == status) {
+            Some(i) => self.refusals[i].increment(1),
+            // A status not listed is registered when first seen: refusals are rare.
+            None => self
+                .recorder
+                .register_counter(
+                    &Key::from_parts(
+                        "chat_refusals_total",
+                        vec![Label::new("status", status.to_string())],
+                    ),
+                    &METADATA,
+                )
+                .increment(1),
+        }
+    }
+
+    /// Counts a chat connection's end.
+    pub(crate) fn disconnected(&self, reason: Reason) {
+        if let Some(i) = Reason::ALL.iter().position(|r| *r == reason) {
+            self.disconnections[i].increment(1);
+        }
+    }
+
+    /// Folds histogram samples into their buckets; run every [`UPKEEP_EVERY`].
+    pub(crate) fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
+    /// The exposition, with the figures of `now`.
+    pub(crate) fn render(&self, now: Now) -> String {
+        #[allow(clippy::cast_precision_loss)] // Gauges are f64; these stay far below 2^53.
+        {
+            self.open.set(now.open as f64);
+            self.rooms.set(now.rooms as f64);
+            self.log_bytes.set(now.log_bytes as f64);
+        }
+        self.redis_up
+            .set(f64::from(u8::from(now.redis_up.unwrap_or(false))));
+        self.deliveries_total.absolute(self.deliveries.get());
+        self.handle.render()
+    }
+}
+
+/// Shards per counter: more than the cores that count.
+const SHARDS: usize = 32;
+
+/// Which shard this thread counts in.
+fn shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    SHARD.with(|shard| {
+        if shard.get() == usize::MAX {
+            shard.set(NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS);
+        }
+        shard.get()
+    })
+}
+
+/// One atomic on a cache line of its own.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded(AtomicU64);
+
+/// A counter with one shard per thread, summed when shown.
+#[derive(Debug)]
+pub(crate) struct ShardedCounter([Padded; SHARDS]);
+
+impl Default for ShardedCounter {
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| Padded::default()))
+    }
+}
+
+impl ShardedCounter {
+    /// Adds `n`.
+    pub(crate) fn add(&self, n: u64) {
+        self.0[shard()].0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The total.
+    pub(crate) fn get(&self) -> u64 {
+        self.0.iter().map(|p| p.0.load(Ordering::Relaxed)).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sharded_counters_sum_every_thread() {
+        let counter = ShardedCounter::default();
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| (0..1000).for_each(|_| counter.add(2)));
+            }
+        });
+        assert_eq!(counter.get(), 8000);
+    }
+
+    #[test]
+    fn the_exposition_names_every_metric_with_its_help_and_type() {
+        let metrics = Metrics::new();
+        metrics.refused(401);
+        metrics.refused(418);
+        metrics.connection(Outcome::Upgraded);
+        metrics.disconnected(Reason::Lost);
+        metrics.deliveries.add(3);
+        metrics.latency.record(0.002);
+        metrics.upkeep();
+        let text = metrics.render(Now {
+            open: 2,
+            rooms: 1,
+            log_bytes: 100,
+            redis_up: None,
+        });
+        for line in [
+            "# HELP chat_connections_total Connections opened, by what became of them",
+            "# TYPE chat_connections_total counter",
+            "chat_connections_total{outcome=\"refused\"} 2",
+            "chat_connections_total{outcome=\"upgraded\"} 1",
+            "chat_connections_total{outcome=\"timed_out\"} 0",
+            "chat_refusals_total{status=\"401\"} 1",
+            "chat_refusals_total{status=\"418\"} 1",
+            "chat_disconnections_total{reason=\"lost\"} 1",
+            "chat_deliveries_total 3",
+            "# TYPE chat_delivery_latency_seconds histogram",
+            "chat_delivery_latency_seconds_bucket{le=\"0.0025\"} 1",
+            "chat_delivery_latency_seconds_bucket{le=\"+Inf\"} 1",
+            "chat_delivery_latency_seconds_count 1",
+            "chat_connections_open 2",
+            "chat_log_bytes 100",
+            "chat_redis_up 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+    }
+}
