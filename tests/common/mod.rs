@@ -29,7 +29,7 @@ pub struct Lines {
 }
 
 impl Lines {
-    fn follow(reader: impl AsyncRead + Unpin + Send + 'static) -> Self {
+    pub fn follow(reader: impl AsyncRead + Unpin + Send + 'static) -> Self {
         let lines = Lines::default();
         let sink = lines.clone();
         tokio::spawn(async move {
@@ -134,9 +134,14 @@ impl Lines {
 }
 
 /// The event of a server log line: its message, e.g. `connected` in
-/// `... INFO broadcast_chat::session: connected addr=127.0.0.1:5 ...`.
+/// `2026-... INFO broadcast_chat::session: connected addr=127.0.0.1:5 ...`.
 pub fn log_event(line: &str) -> Option<&str> {
-    let (_, rest) = line.split_once(" broadcast_chat::")?;
+    // The timestamp, the level, then the target and ": ".
+    let (_, rest) = line.split_once(' ')?;
+    let (level, rest) = rest.trim_start().split_once(' ')?;
+    if !matches!(level, "TRACE" | "DEBUG" | "INFO" | "WARN" | "ERROR") {
+        return None;
+    }
     let (_, message) = rest.split_once(": ")?;
     // The message runs up to the first `key=value` field.
     let end = message

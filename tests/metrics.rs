@@ -1,0 +1,298 @@
+//! What operators watch: `/metrics` in the Prometheus text format, checked by
+//! `promtool` and scraped by a real Prometheus (both from Debian's `prometheus`
+//! package; skipped, saying so, where they are missing), counters that move
+//! exactly as promised, and JSON logs.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tokio::io::AsyncWriteExt;
+
+/// The server's metrics, through the chat port.
+async fn scrape(server: &Server) -> String {
+    raw_exchange(server.addr(), b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await
+}
+
+/// The value of the sample `name` (labels included, as written) in `exposition`.
+fn sample(exposition: &str, name: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Whether a program is installed; if not, says the calling test is skipped.
+fn installed(program: &str, test: &str) -> bool {
+    let found = std::process::Command::new(program)
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !found {
+        eprintln!("skipping {test}: {program} not found on PATH (apt-get install prometheus)");
+    }
+    found
+}
+
+#[tokio::test]
+async fn the_exposition_passes_promtool() {
+    if !installed("promtool", "the_exposition_passes_promtool") {
+        return;
+    }
+    let server = Server::start(&["--max-rate", "0"]).await;
+    let mut ws = connect(&server.url()).await;
+    send(&mut ws, "hello").await;
+    recv_text(&mut ws).await;
+    let answer = scrape(&server).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(
+        answer.contains("\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"),
+        "{answer}"
+    );
+    let body = answer.split_once("\r\n\r\n").expect("a body").1;
+    let mut promtool = tokio::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    let mut stdin = promtool.stdin.take().expect("stdin");
+    stdin
+        .write_all(body.as_bytes())
+        .await
+        .expect("feed promtool");
+    drop(stdin);
+    let output = tokio::time::timeout(WAIT, promtool.wait_with_output())
+        .await
+        .expect("promtool in time")
+        .expect("promtool output");
+    assert!(
+        output.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test]
+async fn counters_move_exactly_as_promised() {
+    let server = Server::start(&["--token", "s3cret", "--max-rate", "0"]).await;
+    let addr = server.addr();
+    let auth = "Authorization: Bearer s3cret\r\n";
+    // Two chatters, a refused token, a plain request, a health check.
+    let mut alice = connect_with(&server.url(), auth).await;
+    let mut bob = connect_with(&server.url(), auth).await;
+    assert!(
+        upgrade_status(addr, "/", "")
+            .await
+            .starts_with("HTTP/1.1 401")
+    );
+    let plain = raw_exchange(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(plain.starts_with("HTTP/1.1 426"), "{plain}");
+    open_connections(addr).await;
+    // Three lines, each to both.
+    for text in ["one", "two", "secret-words"] {
+        send(&mut alice, text).await;
+        assert!(recv_text(&mut alice).await.ends_with(&format!("{text:?}")));
+        assert!(recv_text(&mut bob).await.ends_with(&format!("{text:?}")));
+    }
+    // Alice closes properly; Bob's connection just drops.
+    read_to_end_after_close(alice).await;
+    drop(bob);
+    server.stderr.wait_for_events("disconnected", 2).await;
+
+    let metrics = scrape(&server).await;
+    for (name, value) in [
+        ("chat_connections_total{outcome=\"upgraded\"}", 2.0),
+        ("chat_connections_total{outcome=\"refused\"}", 2.0),
+        // The health check; this scrape is counted once it is answered.
+        ("chat_connections_total{outcome=\"answered\"}", 1.0),
+        ("chat_refusals_total{status=\"401\"}", 1.0),
+        ("chat_refusals_total{status=\"426\"}", 1.0),
+        ("chat_messages_received_total", 3.0),
+        ("chat_deliveries_total", 6.0),
+        ("chat_disconnections_total{reason=\"client_closed\"}", 1.0),
+        ("chat_disconnections_total{reason=\"lost\"}", 1.0),
+        ("chat_disconnections_total{reason=\"flood\"}", 0.0),
+        ("chat_connections_open", 1.0),
+        ("chat_rooms_open", 0.0),
+        ("chat_delivery_latency_seconds_count", 6.0),
+    ] {
+        assert_eq!(sample(&metrics, name), Some(value), "{name} in\n{metrics}");
+    }
+    let log = server.stderr.all().join("\n");
+    for secret in ["s3cret", "secret-words"] {
+        assert!(!metrics.contains(secret), "{secret} in the metrics");
+        assert!(!log.contains(secret), "{secret} in the log");
+    }
+}
+
+/// Opens a WebSocket with extra request headers and reads the welcome.
+async fn connect_with(url: &str, headers: &str) -> Ws {
+    let uri: http::Uri = url.parse().expect("url");
+    let mut builder = tokio_websockets::ClientBuilder::from_uri(uri.clone());
+    for header in headers.split("\r\n").filter(|h| !h.is_empty()) {
+        let (name, value) = header.split_once(": ").expect("a header");
+        builder = builder
+            .add_header(
+                http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                http::HeaderValue::from_str(value).expect("value"),
+            )
+            .expect("header");
+    }
+    let tcp = tokio::net::TcpStream::connect(format!(
+        "{}:{}",
+        uri.host().expect("host"),
+        uri.port_u16().expect("port")
+    ))
+    .await
+    .expect("connect");
+    let (mut ws, _) = tokio::time::timeout(WAIT, builder.connect_on(tcp))
+        .await
+        .expect("upgrade in time")
+        .expect("upgrade");
+    assert_eq!(recv_text(&mut ws).await, "Welcome to chat! Type a message");
+    ws
+}
+
+/// Closes `ws` properly and waits for the server's answer.
+async fn read_to_end_after_close(mut ws: Ws) {
+    use futures_util::SinkExt;
+    let _ = ws.send(tokio_websockets::Message::close(None, "")).await;
+    read_to_end(&mut ws).await;
+}
+
+#[tokio::test]
+async fn a_separate_metrics_address_serves_the_metrics_and_the_chat_port_does_not() {
+    let server = Server::start(&["--metrics-listen", "127.0.0.1:0"]).await;
+    let line = server.stderr.wait_for_event("serving /metrics").await;
+    let metrics_addr: std::net::SocketAddr = line
+        .split("addr=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line}"));
+    let here = raw_exchange(metrics_addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(here.starts_with("HTTP/1.1 200 OK\r\n"), "{here}");
+    assert!(
+        here.contains("# TYPE chat_connections_total counter"),
+        "{here}"
+    );
+    let other = raw_exchange(metrics_addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(other.starts_with("HTTP/1.1 404 "), "{other}");
+    let chat_port = scrape(&server).await;
+    assert!(chat_port.starts_with("HTTP/1.1 404 "), "{chat_port}");
+    assert!(
+        chat_port.ends_with("the metrics are served on the --metrics-listen address\n"),
+        "{chat_port}"
+    );
+}
+
+#[tokio::test]
+async fn a_real_prometheus_scrapes_the_server() {
+    if !installed("prometheus", "a_real_prometheus_scrapes_the_server") {
+        return;
+    }
+    let server = Server::start(&[]).await;
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("prometheus-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a directory for Prometheus");
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: chat\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
+            server.port
+        ),
+    )
+    .expect("write the config");
+    let web = free_port();
+    let mut prometheus = tokio::process::Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{web}"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start prometheus");
+    let log = Lines::follow(prometheus.stderr.take().expect("stderr"));
+    log.wait_for("Server is ready to receive web requests.")
+        .await;
+
+    // Three chatters: Prometheus must read the count back.
+    let _chatters = [
+        connect(&server.url()).await,
+        connect(&server.url()).await,
+        connect(&server.url()).await,
+    ];
+    let prometheus_addr = std::net::SocketAddr::from(([127, 0, 0, 1], web));
+    let query = "GET /api/v1/query?query=chat_connections_total%7Boutcome%3D%22upgraded%22%7D HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let value = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let answer = raw_exchange(prometheus_addr, query.as_bytes()).await;
+            let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+            let json: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+            if let Some(value) = json["data"]["result"][0]["value"][1].as_str()
+                && value == "3"
+            {
+                return value.to_owned();
+            }
+            // Prometheus scrapes each second; ask again a little later.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("Prometheus read the counter within 30 s");
+    assert_eq!(value, "3");
+    let _ = prometheus.start_kill();
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_with_the_documented_fields() {
+    let mut server = Server::start(&["--log-format", "json", "--token", "t0ken"]).await;
+    let mut ws = connect_with(&server.url(), "Authorization: Bearer t0ken\r\n").await;
+    send(&mut ws, "never-logged").await;
+    recv_text(&mut ws).await;
+    read_to_end_after_close(ws).await;
+    server.stderr.wait_for("\"message\":\"disconnected\"").await;
+    server.terminate();
+    assert_eq!(server.wait().await.code(), Some(0));
+    let lines = server.stderr.complete().await;
+    let events: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let connected = events
+        .iter()
+        .find(|e| e["message"] == "connected")
+        .expect("a connected event");
+    for field in [
+        "timestamp",
+        "level",
+        "target",
+        "addr",
+        "who",
+        "room",
+        "clients",
+    ] {
+        assert!(!connected[field].is_null(), "no {field} in {connected}");
+    }
+    assert_eq!(connected["level"], "INFO");
+    assert_eq!(connected["room"], "/");
+    let disconnected = events
+        .iter()
+        .find(|e| e["message"] == "disconnected")
+        .expect("a disconnected event");
+    assert_eq!(disconnected["reason"], "closed by client");
+    let all = lines.join("\n");
+    assert!(
+        !all.contains("t0ken") && !all.contains("never-logged"),
+        "{all}"
+    );
+}
