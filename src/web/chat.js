@@ -157,7 +157,9 @@
     const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** Math.min(attempt, 20));
     attempt += 1;
     const wait = Math.min(BACKOFF_MAX_MS, Math.max(BACKOFF_MIN_MS, base * (0.75 + Math.random() / 2)));
-    setState('waiting', `${why} · retrying in ${(wait / 1000).toFixed(1)} s`, serverUrl());
+    const seconds = (wait / 1000).toFixed(1);
+    setState('waiting', `${everLive ? 'Reconnecting' : 'Retrying'} in ${seconds} s`,
+      `${why} (${serverUrl()}); trying again in ${seconds} s`);
     retryTimer = setTimeout(() => { retryTimer = null; connect(); }, wait);
   }
 
@@ -333,14 +335,20 @@
     append(ui.messages, li);
   }
 
+  // Our line until the room has it, shown as it will be, so that it takes the
+  // same room when it arrives.
   function showPending(id, text) {
-    const li = item('message own', text, currentTag() || 'you');
+    const from = currentTag() || 'you';
+    const li = item('message own', text, from);
     li.dataset.id = String(id);
     li.dataset.state = 'sending';
+    li.querySelector('.meta').append(youMark());
+    const last = ui.messages.lastElementChild;
+    if (ui.pending.childElementCount > 0 || (last && last.dataset.from === from)) li.classList.add('cont');
     const mark = document.createElement('span');
     mark.className = 'sending';
-    mark.textContent = live ? 'sending…' : 'waiting for the connection…';
-    li.querySelector('.meta').append(youMark(), mark);
+    mark.textContent = live ? 'sending…' : 'not sent yet';
+    li.querySelector('.text').append(mark);
     append(ui.pending, li);
   }
 
