@@ -54,6 +54,8 @@ pub struct Driver {
     child: Child,
     port: u16,
     chromium: PathBuf,
+    /// The browsers' profile folders, removed once nothing runs in them.
+    profiles: std::sync::Mutex<Vec<PathBuf>>,
 }
 
 impl Drop for Driver {
@@ -63,6 +65,16 @@ impl Drop for Driver {
                 .args(["-KILL", "--", &format!("-{group}")])
                 .stderr(Stdio::null())
                 .status();
+        }
+        let profiles = std::mem::take(&mut *self.profiles.lock().expect("profiles lock"));
+        for profile in profiles {
+            // A browser that was just killed may still be writing for a moment.
+            for _ in 0..20 {
+                if std::fs::remove_dir_all(&profile).is_ok() || !profile.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
     }
 }
@@ -112,6 +124,7 @@ impl Driver {
             child,
             port,
             chromium,
+            profiles: std::sync::Mutex::default(),
         })
     }
 
@@ -125,6 +138,10 @@ impl Driver {
             PROFILES.fetch_add(1, Ordering::Relaxed)
         ));
         let _ = std::fs::remove_dir_all(&profile);
+        self.profiles
+            .lock()
+            .expect("profiles lock")
+            .push(profile.clone());
         let mut args: Vec<String> = CHROMIUM_FLAGS.iter().map(|f| (*f).to_owned()).collect();
         args.push(format!("--user-data-dir={}", profile.display()));
         args.push(format!("--window-size={width},{height}"));
@@ -142,19 +159,17 @@ impl Driver {
         let browser = Browser {
             port: self.port,
             id,
-            profile,
         };
         browser.resize(width, height).await;
         browser
     }
 }
 
-/// One headless Chromium, driven through its WebDriver session; closed (and its
-/// profile removed) when dropped, even when a test fails.
+/// One headless Chromium, driven through its WebDriver session; closed when
+/// dropped, even when a test fails.
 pub struct Browser {
     port: u16,
     id: String,
-    profile: PathBuf,
 }
 
 impl Browser {
@@ -257,7 +272,6 @@ impl Drop for Browser {
         // left running would outlive the test.
         let path = format!("/session/{}", self.id);
         let _ = blocking_request(self.port, "DELETE", &path);
-        let _ = std::fs::remove_dir_all(&self.profile);
     }
 }
 
