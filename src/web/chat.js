@@ -136,7 +136,10 @@
   async function findOutWhy() {
     let status = 0;
     try {
-      const headers = token ? { Authorization: `Bearer ${token}` } : {};
+      // A header holds printable ASCII only; without it, a 401 still says the
+      // token we sent in the socket's protocols was not taken.
+      const sendable = token !== null && /^[\x20-\x7e]+$/.test(token);
+      const headers = sendable ? { Authorization: `Bearer ${token}` } : {};
       const answer = await fetch('/_/auth', { headers, cache: 'no-store' });
       status = answer.status;
     } catch { /* unreachable: status 0 */ }
@@ -200,6 +203,9 @@
     attempt = 0;
     echo = frame.echo !== false;
     if (!session.tags.includes(frame.you)) session.tags.push(frame.you);
+    // Our lines come back with the tag of the connection that sent them; a few
+    // connections back is as far as a replay reaches in practice.
+    if (session.tags.length > 32) session.tags.shift();
     // The same room as before: go on from our own position (the server replays what
     // we missed); otherwise from where the room is.
     if (session.epoch !== frame.epoch || session.after > frame.offset) {
