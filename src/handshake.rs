@@ -1,9 +1,13 @@
 //! The HTTP/1.1 upgrade to WebSocket, done by hand so that a reply is a proper
-//! HTTP answer with a status and a one-line reason instead of a dropped connection.
+//! HTTP answer with a status and a one-line reason instead of a dropped connection;
+//! and the routing of the plain requests beside it: the health check, the web page.
 
 use std::borrow::Cow;
 
-use base64::{Engine, engine::general_purpose::STANDARD};
+use base64::{
+    Engine,
+    engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD},
+};
 use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -38,16 +42,43 @@ impl UpgradeRequest {
     }
 }
 
+/// The tokens a request presents, in the order given: `Authorization: Bearer
+/// <token>`, and every `Sec-WebSocket-Protocol` entry `bearer.<token in base64url>`
+/// ([`crate::protocol::TOKEN_PROTOCOL_PREFIX`]), the way a browser sends it, since
+/// it cannot set `Authorization` on a WebSocket. An entry that is not base64url
+/// presents nothing.
+pub(crate) fn presented_tokens(headers: &http::HeaderMap) -> impl Iterator<Item = Vec<u8>> + '_ {
+    let bearer = headers
+        .get_all(http::header::AUTHORIZATION)
+        .iter()
+        .filter_map(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .map(<[u8]>::to_vec);
+    let offered = headers
+        .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|entry| {
+            entry
+                .trim()
+                .strip_prefix(crate::protocol::TOKEN_PROTOCOL_PREFIX)
+        })
+        .filter_map(|encoded| URL_SAFE_NO_PAD.decode(encoded).ok());
+    bearer.chain(offered)
+}
+
 /// An HTTP answer instead of an upgrade: a refusal with a one-line reason, or the
-/// answer to a plain request such as the health check.
+/// answer to a plain request such as the health check or the web page.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Reply {
     /// The status code.
     pub(crate) status: StatusCode,
-    /// The body's media type.
-    content_type: &'static str,
-    /// The body: one line saying why, or the health figures. A newline is added.
+    /// The header lines other than `Content-Length` and `Connection`, in order.
+    headers: Vec<(&'static str, Cow<'static, str>)>,
+    /// The body: one line saying why, the health figures, or a file of the page.
     pub(crate) body: Cow<'static, str>,
+    /// Whether a newline follows the body (one-line bodies); files are sent as they are.
+    newline: bool,
 }
 
 /// What a connection asked for.
@@ -59,6 +90,19 @@ pub(crate) enum Incoming {
     Health,
     /// `GET /metrics`, the Prometheus exposition.
     Metrics,
+    /// A plain GET for the web page (`Accept: text/html`) or one of its files
+    /// (under [`FILES_PREFIX`]); `crate::web` answers it.
+    Page(PageRequest),
+}
+
+/// A plain request for the web page or one of its files.
+#[derive(Debug, Clone)]
+pub(crate) struct PageRequest {
+    /// The request target's path, e.g. `/rust` or `/_/chat.js`; the query is dropped.
+    pub(crate) path: String,
+    /// The request headers (`If-None-Match`, and the token and origin for the
+    /// admission check).
+    pub(crate) headers: http::HeaderMap,
 }
 
 /// The path of the health check.
@@ -66,14 +110,17 @@ pub(crate) const HEALTH_PATH: &str = "/healthz";
 /// The path of the metrics.
 pub(crate) const METRICS_PATH: &str = "/metrics";
 
+/// Where the web page's own files are: a room's path has exactly one segment, so
+/// `/_/chat.js` can never be a room.
+pub(crate) const FILES_PREFIX: &str = "/_/";
+
+/// The plain-text media type of one-line answers.
+const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
+
 impl Reply {
     /// A plain-text reply with `status` and a one-line `reason`.
     pub(crate) fn new(status: StatusCode, reason: impl Into<Cow<'static, str>>) -> Self {
-        Self {
-            status,
-            content_type: "text/plain; charset=utf-8",
-            body: reason.into(),
-        }
+        Self::with_body(status, TEXT_PLAIN, reason.into(), true)
     }
 
     /// A reply of media type `content_type` with `status` and `body`.
@@ -82,38 +129,108 @@ impl Reply {
         content_type: &'static str,
         body: impl Into<Cow<'static, str>>,
     ) -> Self {
-        Self {
-            status,
-            content_type,
-            body: body.into(),
-        }
+        Self::with_body(status, content_type, body.into(), false)
     }
 
     /// A JSON reply with `status` and `body`.
     pub(crate) fn json(status: StatusCode, body: impl Into<Cow<'static, str>>) -> Self {
+        Self::with_body(status, "application/json", body.into(), true)
+    }
+
+    /// `200 OK` with a file of `content_type`, sent as it is.
+    pub(crate) fn file(content_type: &'static str, body: &'static str) -> Self {
+        Self::with_body(StatusCode::OK, content_type, Cow::Borrowed(body), false)
+    }
+
+    /// A reply without a body, such as `204 No Content` or `304 Not Modified`.
+    pub(crate) fn empty(status: StatusCode) -> Self {
+        let mut reply = Self::with_body(status, TEXT_PLAIN, Cow::Borrowed(""), false);
+        reply.headers.retain(|(name, _)| *name != "Content-Type");
+        reply
+    }
+
+    fn with_body(
+        status: StatusCode,
+        content_type: &'static str,
+        body: Cow<'static, str>,
+        newline: bool,
+    ) -> Self {
+        let mut headers = vec![
+            ("Content-Type", Cow::Borrowed(content_type)),
+            ("Cache-Control", Cow::Borrowed("no-store")),
+            ("X-Content-Type-Options", Cow::Borrowed("nosniff")),
+        ];
+        match status {
+            StatusCode::UPGRADE_REQUIRED => headers.extend([
+                ("Upgrade", Cow::Borrowed("websocket")),
+                ("Sec-WebSocket-Version", Cow::Borrowed("13")),
+            ]),
+            StatusCode::UNAUTHORIZED => headers.push(("WWW-Authenticate", Cow::Borrowed("Bearer"))),
+            _ => {}
+        }
         Self {
             status,
-            content_type: "application/json",
-            body: body.into(),
+            headers,
+            body,
+            newline,
         }
+    }
+
+    /// Sets the header `name` to `value`, in place of one of the same name.
+    pub(crate) fn with_header(
+        mut self,
+        name: &'static str,
+        value: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        let value = value.into();
+        match self
+            .headers
+            .iter_mut()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        {
+            Some((_, old)) => *old = value,
+            None => self.headers.push((name, value)),
+        }
+        self
+    }
+
+    /// The value of the header `name`, if the reply has it.
+    #[cfg(test)]
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_ref())
     }
 
     /// The whole HTTP response, head and body.
     fn to_response(&self) -> Vec<u8> {
-        let extra = match self.status {
-            StatusCode::UPGRADE_REQUIRED => "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n",
-            StatusCode::UNAUTHORIZED => "WWW-Authenticate: Bearer\r\n",
-            _ => "",
-        };
-        format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n{extra}\r\n{}\n",
+        use std::fmt::Write;
+        let mut head = format!(
+            "HTTP/1.1 {} {}\r\n",
             self.status.as_u16(),
-            self.status.canonical_reason().unwrap_or(""),
-            self.content_type,
-            self.body.len() + 1,
-            self.body,
-        )
-        .into_bytes()
+            self.status.canonical_reason().unwrap_or("")
+        );
+        for (name, value) in &self.headers {
+            let _ = write!(head, "{name}: {value}\r\n");
+        }
+        let newline = if self.newline { "\n" } else { "" };
+        // Answers that never have a body have no length either (RFC 9110, 8.6).
+        if !matches!(
+            self.status,
+            StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED
+        ) {
+            let _ = write!(
+                head,
+                "Content-Length: {}\r\n",
+                self.body.len() + newline.len()
+            );
+        }
+        head.push_str("Connection: close\r\n\r\n");
+        let mut response = head.into_bytes();
+        response.extend_from_slice(self.body.as_bytes());
+        response.extend_from_slice(newline.as_bytes());
+        response
     }
 }
 
@@ -245,10 +362,19 @@ fn parse(buf: &[u8]) -> Result<Option<Incoming>, Failure> {
     if !has_token(http::header::UPGRADE, "websocket")
         || !has_token(http::header::CONNECTION, "upgrade")
     {
-        match req.path.and_then(|p| p.split('?').next()) {
-            Some(HEALTH_PATH) => return Ok(Some(Incoming::Health)),
-            Some(METRICS_PATH) => return Ok(Some(Incoming::Metrics)),
+        let path = req.path.and_then(|p| p.split('?').next()).unwrap_or("/");
+        match path {
+            HEALTH_PATH => return Ok(Some(Incoming::Health)),
+            METRICS_PATH => return Ok(Some(Incoming::Metrics)),
             _ => {}
+        }
+        // A browser asks for HTML; curl, scripts and load balancers do not, and keep
+        // today's answer.
+        if path.starts_with(FILES_PREFIX) || (path.starts_with('/') && accepts_html(&map)) {
+            return Ok(Some(Incoming::Page(PageRequest {
+                path: path.to_owned(),
+                headers: map,
+            })));
         }
         return Err(refuse(
             StatusCode::UPGRADE_REQUIRED,
@@ -298,6 +424,17 @@ fn parse(buf: &[u8]) -> Result<Option<Incoming>, Failure> {
         accept_key: crate::protocol::accept_key(key),
         headers: map,
     })))
+}
+
+/// Whether `Accept` names `text/html` (what browsers send for a page).
+fn accepts_html(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|range| range.split(';').next())
+        .any(|media| media.trim().eq_ignore_ascii_case("text/html"))
 }
 
 #[cfg(test)]
@@ -359,6 +496,100 @@ mod tests {
             request("GET /healthz HTTP/1.1\nHost: x\n\n"),
             Ok(Some(Incoming::Health))
         ));
+    }
+
+    #[test]
+    fn a_browser_asking_for_html_gets_the_page_and_others_keep_426() {
+        let page = |head: &str| match request(head) {
+            Ok(Some(Incoming::Page(page))) => page.path,
+            other => panic!("expected the page, got {other:?}"),
+        };
+        let chrome = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+        assert_eq!(
+            page(&format!(
+                "GET /rust?x=1 HTTP/1.1\nHost: x\nAccept: {chrome}\n\n"
+            )),
+            "/rust"
+        );
+        assert_eq!(
+            page("GET / HTTP/1.1\nHost: x\nAccept: TEXT/HTML; q=1\n\n"),
+            "/"
+        );
+        // The page's files, whatever the Accept; a bad room is the page's to answer.
+        assert_eq!(page("GET /_/chat.js HTTP/1.1\nHost: x\n\n"), "/_/chat.js");
+        assert_eq!(
+            page("GET /a/b HTTP/1.1\nHost: x\nAccept: text/html\n\n"),
+            "/a/b"
+        );
+        for curl in [
+            "GET / HTTP/1.1\nHost: x\nAccept: */*\n\n",
+            "GET /rust HTTP/1.1\nHost: x\nAccept: application/json\n\n",
+            "GET /rust HTTP/1.1\nHost: x\nAccept: text/htmlx\n\n",
+        ] {
+            assert_eq!(status(request(curl)), 426, "{curl}");
+        }
+        assert!(matches!(
+            request("GET /healthz HTTP/1.1\nHost: x\nAccept: text/html\n\n"),
+            Ok(Some(Incoming::Health))
+        ));
+        // An upgrade stays an upgrade, whatever it accepts.
+        assert!(matches!(
+            request(&UPGRADE.replace("Host: x", "Host: x\nAccept: text/html")),
+            Ok(Some(Incoming::Upgrade(_)))
+        ));
+    }
+
+    #[test]
+    fn tokens_come_as_a_bearer_header_or_a_subprotocol_entry() {
+        let tokens = |head: &str| {
+            let Ok(Some(Incoming::Upgrade(req))) = request(head) else {
+                panic!("not an upgrade");
+            };
+            presented_tokens(&req.headers)
+                .map(|t| String::from_utf8(t).expect("utf-8"))
+                .collect::<Vec<_>>()
+        };
+        assert!(tokens(UPGRADE).is_empty());
+        let with = |headers: &str| UPGRADE.replace("Host: x", &format!("Host: x\n{headers}"));
+        assert_eq!(tokens(&with("Authorization: Bearer s3cret")), ["s3cret"]);
+        // base64url of "open sesame/+", without padding.
+        assert_eq!(
+            tokens(&with(
+                "Sec-WebSocket-Protocol: broadcast-chat.v1, bearer.b3BlbiBzZXNhbWUvKw"
+            )),
+            ["open sesame/+"]
+        );
+        // Padded, standard base64 or another scheme present nothing.
+        assert!(
+            tokens(&with(
+                "Sec-WebSocket-Protocol: bearer.b3BlbiBzZXNhbWUvKw==, bearer.a+b/\nAuthorization: Basic czNjcmV0"
+            ))
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn files_go_as_they_are_and_bodiless_answers_have_no_length() {
+        let text = String::from_utf8(
+            Reply::file("text/css; charset=utf-8", "a{}")
+                .with_header("Cache-Control", "no-cache")
+                .with_header("ETag", "\"1\"")
+                .to_response(),
+        )
+        .expect("utf-8");
+        assert_eq!(
+            text,
+            "HTTP/1.1 200 OK\r\nContent-Type: text/css; charset=utf-8\r\nCache-Control: no-cache\r\n\
+             X-Content-Type-Options: nosniff\r\nETag: \"1\"\r\nContent-Length: 3\r\n\
+             Connection: close\r\n\r\na{}"
+        );
+        let text =
+            String::from_utf8(Reply::empty(StatusCode::NOT_MODIFIED).to_response()).expect("utf-8");
+        assert_eq!(
+            text,
+            "HTTP/1.1 304 Not Modified\r\nCache-Control: no-store\r\n\
+             X-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n"
+        );
     }
 
     #[test]

@@ -16,6 +16,8 @@
 //! - [`server`]: the accept loop and graceful shutdown ([`server::run`]).
 //! - `session`: one connection's task: read, broadcast, write, keepalive, close.
 //! - [`tls`]: certificates for `wss://` on both sides, and how the client checks a server's.
+//! - `web`: the chat in a browser: the page the server serves, its files, their
+//!   headers.
 //! - [`client`]: connect, the stdin/socket loop ([`client::chat`], with reconnects),
 //!   commands and the terminal mode.
 //!
@@ -33,6 +35,7 @@ pub mod server;
 mod session;
 mod state;
 pub mod tls;
+mod web;
 
 pub use config::{ClientConfig, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_URL, Secret, ServerConfig};
 pub use error::{Error, Result};

@@ -102,12 +102,28 @@ async fn counters_move_exactly_as_promised() {
     drop(bob);
     server.stderr.wait_for_events("disconnected", 2).await;
 
-    let metrics = scrape(&server).await;
+    let scrapes = std::sync::atomic::AtomicU32::new(0);
+    // A connection is counted open until its task has quite ended, a moment after
+    // its last log line: wait until only the scrape itself is open.
+    let metrics = tokio::time::timeout(WAIT, async {
+        loop {
+            let metrics = scrape(&server).await;
+            scrapes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if sample(&metrics, "chat_connections_open") == Some(1.0) {
+                return metrics;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the connections closed in time");
+    // The health check, and every scrape but the last (which is counted once it
+    // is answered, after it was rendered).
+    let answered = f64::from(scrapes.load(std::sync::atomic::Ordering::Relaxed));
     for (name, value) in [
         ("chat_connections_total{outcome=\"upgraded\"}", 2.0),
         ("chat_connections_total{outcome=\"refused\"}", 2.0),
-        // The health check; this scrape is counted once it is answered.
-        ("chat_connections_total{outcome=\"answered\"}", 1.0),
+        ("chat_connections_total{outcome=\"answered\"}", answered),
         ("chat_refusals_total{status=\"401\"}", 1.0),
         ("chat_refusals_total{status=\"426\"}", 1.0),
         ("chat_messages_received_total", 3.0),

@@ -37,6 +37,13 @@ pub const EPOCH_PARAM: &str = "epoch";
 /// The query parameter with the last offset a resuming client received.
 pub const AFTER_PARAM: &str = "after";
 
+/// How a browser presents the token, which cannot set `Authorization` on a
+/// WebSocket: as an entry of `Sec-WebSocket-Protocol`, this prefix followed by the
+/// token's bytes in base64url without padding (`bearer.czNjcmV0` for `s3cret`),
+/// beside the protocol it asks for. The server accepts it as it accepts
+/// `Authorization: Bearer`, and never names it in its answer.
+pub const TOKEN_PROTOCOL_PREFIX: &str = "bearer.";
+
 /// The text a classic client sends to ask who is in its room; the answer goes to it
 /// alone.
 pub const WHO_COMMAND: &str = "/who";

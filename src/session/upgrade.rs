@@ -1,5 +1,6 @@
-//! The upgrade: read the request, answer plain requests (the health check), admit
-//! (token, origin), read the room and the query, negotiate the wire format, join.
+//! The upgrade: read the request, answer plain requests (the health check, the web
+//! page), admit (token, origin), read the room and the query, negotiate the wire
+//! format, join.
 
 use std::net::SocketAddr;
 
@@ -10,11 +11,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::config::ServerConfig;
-use crate::handshake::{self, Failure, Incoming, Reply, UpgradeRequest};
+use crate::handshake::{self, Failure, Incoming, Reply};
 use crate::hub::{Format, JoinError, Joined, Newcomer};
 use crate::metrics::Outcome as Counted;
 use crate::protocol::{self, Params, classic, structured::SUBPROTOCOL};
 use crate::state::ConnectionGuard;
+use crate::web;
 
 /// What a request turned out to be.
 enum Outcome {
@@ -50,8 +52,12 @@ where
                 )));
             }
             Incoming::Metrics => return Ok(Outcome::Answer(metrics_reply(shared))),
+            Incoming::Page(page) => {
+                let reply = web::answer(&page, || admit(&page.headers, config));
+                return Ok(Outcome::Answer(reply));
+            }
         };
-        admit(&request, config).map_err(Failure::Refused)?;
+        admit(&request.headers, config).map_err(Failure::Refused)?;
         let bad_request = |reason| Failure::Refused(Reply::new(StatusCode::BAD_REQUEST, reason));
         let room = protocol::room_from_path(&request.path).map_err(bad_request)?;
         let params = Params::parse(request.query.as_deref()).map_err(bad_request)?;
@@ -114,28 +120,37 @@ where
     None
 }
 
-/// Decides whether an upgrade request may join: the token, then the origin.
-fn admit(request: &UpgradeRequest, config: &ServerConfig) -> Result<(), Reply> {
-    if let Some(token) = &config.token {
-        let presented = request
-            .headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
-        if !presented.is_some_and(|p| token.matches(p)) {
-            return Err(Reply::new(
-                StatusCode::UNAUTHORIZED,
-                "missing or wrong token",
-            ));
-        }
+/// Decides whether an upgrade request with these headers may join: the token (as
+/// `Authorization: Bearer` or a `bearer.` subprotocol entry), then the origin (one
+/// listed with `--allow-origin`, or the server's own, whose page it is).
+fn admit(headers: &http::HeaderMap, config: &ServerConfig) -> Result<(), Reply> {
+    if let Some(token) = &config.token
+        && !handshake::presented_tokens(headers).any(|presented| token.matches(&presented))
+    {
+        return Err(Reply::new(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong token",
+        ));
     }
     if !config.allowed_origins.is_empty()
-        && let Some(origin) = request.headers.get(http::header::ORIGIN)
+        && let Some(origin) = headers.get(http::header::ORIGIN)
     {
         let origin = origin.to_str().unwrap_or_default().trim_end_matches('/');
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let own = headers
+            .get(http::header::HOST)
+            .and_then(|host| host.to_str().ok())
+            .map(|host| format!("{scheme}://{host}"));
         if !config
             .allowed_origins
             .iter()
-            .any(|allowed| allowed.trim_end_matches('/').eq_ignore_ascii_case(origin))
+            .map(|allowed| allowed.trim_end_matches('/'))
+            .chain(own.as_deref())
+            .any(|allowed| allowed.eq_ignore_ascii_case(origin))
         {
             return Err(Reply::new(StatusCode::FORBIDDEN, "origin not allowed"));
         }
