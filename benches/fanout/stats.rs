@@ -108,3 +108,9 @@ pub fn reconnect_after(
     let span = last.saturating_sub(first);
     Some(first + (id / every) * span / (count - 1).max(1))
 }
+
+/// A figure of several instances together, per instance: `total` over `instances` (0 counts as
+/// one, as a run with no instance count is one server).
+pub fn per_instance(total: Option<f64>, instances: usize) -> Option<f64> {
+    Some(total? / instances.max(1) as f64)
+}
