@@ -485,6 +485,48 @@ fn ratios_pair_rows_of_the_same_connection_count() {
     assert_eq!(ratios, [(5_000, Some(3.0)), (10_000, Some(5.0))]);
 }
 
+/// Connections and senders per instance when `receivers` and `senders` are split over
+/// `instances`.
+fn split(receivers: usize, senders: usize, instances: usize) -> (Vec<usize>, Vec<usize>) {
+    let (mut all, mut sending) = (vec![0; instances], vec![0; instances]);
+    for id in 0..receivers + senders {
+        let instance = stats::instance_of(id, receivers, senders, instances);
+        all[instance] += 1;
+        if id >= receivers {
+            sending[instance] += 1;
+        }
+    }
+    (all, sending)
+}
+
+#[test]
+fn connections_and_senders_split_evenly_across_instances() {
+    // crowd: 999 receivers and the one sender, 500 connections on each instance.
+    assert_eq!(split(999, 1, 2), (vec![500, 500], vec![1, 0]));
+    // senders: 90 receivers and 10 senders, 5 senders on each.
+    assert_eq!(split(90, 10, 2), (vec![50, 50], vec![5, 5]));
+    // busy: 80 receivers and 20 senders.
+    assert_eq!(split(80, 20, 2), (vec![50, 50], vec![10, 10]));
+    // One instance takes everyone; so does a count of 0.
+    assert_eq!(split(99, 1, 1), (vec![100], vec![1]));
+    assert_eq!(stats::instance_of(7, 99, 1, 0), 0);
+    // Any mix: no two instances differ by more than one, in connections or in senders.
+    for instances in 1..=4 {
+        for receivers in 0..40 {
+            for senders in 0..12 {
+                let (all, sending) = split(receivers, senders, instances);
+                for counts in [&all, &sending] {
+                    let (min, max) = (counts.iter().min(), counts.iter().max());
+                    assert!(
+                        max.zip(min).is_some_and(|(max, min)| max - min <= 1),
+                        "{receivers}+{senders} over {instances}: {all:?}, senders {sending:?}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn shared_instances_report_per_instance_throughput_and_redis_cpu_apart() {
     // Ours alone: 100 deliveries in 1 ms. Two instances: 100 in 0.625 ms, 80,000 a second each.
