@@ -500,7 +500,8 @@ pub fn table(report: &Report) -> String {
                 out,
                 "per inst = deliv/s per instance, theirs over ours (a single server is one \
                  instance): 0.50x is each of several instances delivering half as fast as ours \
-                 alone."
+                 alone. Open-loop scenarios offer a fixed rate, so there it is 1/inst by \
+                 construction; the closed-loop ones show what the instances can do."
             );
         }
     }
