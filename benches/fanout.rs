@@ -2,10 +2,14 @@
 
 #[path = "fanout/connection.rs"]
 mod connection;
+#[path = "fanout/deploy.rs"]
+mod deploy;
 #[path = "fanout/load.rs"]
 mod load;
 #[path = "fanout/parse.rs"]
 mod parse;
+#[path = "fanout/redis.rs"]
+mod redis;
 #[path = "fanout/report.rs"]
 mod report;
 #[path = "fanout/run.rs"]
@@ -22,14 +26,18 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 use http::Uri;
 
+use deploy::ServerSource;
 use load::{Pace, Plan, Reconnect, Target};
 use report::{Headline, OURS, Report, Row, ServerInfo};
-use run::{ServerSource, Setup};
+use run::Setup;
 use server::ServerSpec;
 
 /// Connections in the idle scenario, and the larger count tried if file descriptors allow.
 const IDLE_CONNECTIONS: usize = 5_000;
 const IDLE_CONNECTIONS_LARGE: usize = 10_000;
+/// Instances of our server in a `--redis` run, and their label.
+const SHARED_INSTANCES: usize = 2;
+const SHARED_LABEL: &str = "redis-x2";
 /// File descriptors this process needs beyond one per connection.
 const FD_MARGIN: u64 = 512;
 
@@ -55,6 +63,11 @@ struct Args {
     /// (repeatable; interleaved like --against)
     #[arg(long, value_name = "LABEL=FLAGS", value_parser = parse_variant)]
     variant: Vec<(String, Vec<String>)>,
+    /// Also run our server as two instances sharing a Redis (`redis-server` started for each
+    /// run, on a free port, without persistence), the connections and senders split evenly
+    /// across them (labelled `redis-x2`; interleaved like --against)
+    #[arg(long)]
+    redis: bool,
     /// Pass `--buffer N` (broadcast channel capacity) to our spawned server
     #[arg(long)]
     buffer: Option<usize>,
@@ -231,10 +244,7 @@ async fn bench(args: Args) -> Result<(), String> {
             .iter()
             .map(|source| ServerInfo {
                 label: source.label().to_owned(),
-                command: match source {
-                    ServerSource::Spawn(spec) => spec.command(),
-                    ServerSource::Url(target) => target.uri.to_string(),
-                },
+                command: source.command(),
             })
             .collect(),
         runs: args.runs as usize,
@@ -251,12 +261,14 @@ async fn bench(args: Args) -> Result<(), String> {
     Ok(())
 }
 
-/// The servers to run, ours first: ours, its variants, then the others, building the examples
-/// among them. With `--url`, only the server there.
+/// The servers to run, ours first: ours, its variants, ours as instances sharing a Redis, then
+/// the others, building the examples among them. With `--url`, only the server there.
 async fn servers(args: &Args) -> Result<Vec<ServerSource>, String> {
     if let Some(url) = &args.url {
-        if !args.against.is_empty() || !args.variant.is_empty() {
-            return Err("--url measures one running server: drop --against and --variant".into());
+        if !args.against.is_empty() || !args.variant.is_empty() || args.redis {
+            return Err(
+                "--url measures one running server: drop --against, --variant and --redis".into(),
+            );
         }
         return Ok(vec![ServerSource::Url(resolve(url).await?)]);
     }
@@ -279,19 +291,32 @@ async fn servers(args: &Args) -> Result<Vec<ServerSource>, String> {
             ours_args.extend([flag.to_owned(), value.to_string()]);
         }
     }
-    let mut specs = vec![ServerSpec {
+    let ours = ServerSpec {
         label: OURS.to_owned(),
         path: ours_path.clone(),
         args: ours_args.clone(),
         env: env.clone(),
-    }];
+    };
+    let mut sources = vec![ServerSource::Spawn(ours.clone())];
     for (label, extra) in &args.variant {
-        specs.push(ServerSpec {
+        sources.push(ServerSource::Spawn(ServerSpec {
             label: label.clone(),
             path: ours_path.clone(),
             args: ours_args.iter().chain(extra).cloned().collect(),
             env: env.clone(),
-        });
+        }));
+    }
+    if args.redis {
+        match redis::available() {
+            Ok(()) => sources.push(ServerSource::Shared {
+                spec: ServerSpec {
+                    label: SHARED_LABEL.to_owned(),
+                    ..ours
+                },
+                instances: SHARED_INSTANCES,
+            }),
+            Err(why) => eprintln!("fanout: skipping the two-instance runs (--redis): {why}"),
+        }
     }
     let is_path = |name: &str| name.contains(std::path::MAIN_SEPARATOR) || name.contains('/');
     let examples: Vec<&str> = args
@@ -314,19 +339,19 @@ async fn servers(args: &Args) -> Result<Vec<ServerSource>, String> {
         let label = path
             .file_name()
             .map_or_else(|| name.clone(), |n| n.to_string_lossy().into_owned());
-        specs.push(ServerSpec {
+        sources.push(ServerSource::Spawn(ServerSpec {
             label,
             path,
             args: vec!["--port".to_owned(), "0".to_owned()],
             env: env.clone(),
-        });
+        }));
     }
-    let mut labels: Vec<&str> = specs.iter().map(|s| s.label.as_str()).collect();
+    let mut labels: Vec<&str> = sources.iter().map(ServerSource::label).collect();
     labels.sort_unstable();
     if let Some(pair) = labels.windows(2).find(|pair| pair[0] == pair[1]) {
         return Err(format!("two servers are labelled {:?}", pair[0]));
     }
-    Ok(specs.into_iter().map(ServerSource::Spawn).collect())
+    Ok(sources)
 }
 
 /// Parses `LABEL=FLAGS` for --variant: the flags split at whitespace.

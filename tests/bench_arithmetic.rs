@@ -484,3 +484,97 @@ fn ratios_pair_rows_of_the_same_connection_count() {
         .collect();
     assert_eq!(ratios, [(5_000, Some(3.0)), (10_000, Some(5.0))]);
 }
+
+/// Connections and senders per instance when `receivers` and `senders` are split over
+/// `instances`.
+fn split(receivers: usize, senders: usize, instances: usize) -> (Vec<usize>, Vec<usize>) {
+    let (mut all, mut sending) = (vec![0; instances], vec![0; instances]);
+    for id in 0..receivers + senders {
+        let instance = stats::instance_of(id, receivers, senders, instances);
+        all[instance] += 1;
+        if id >= receivers {
+            sending[instance] += 1;
+        }
+    }
+    (all, sending)
+}
+
+#[test]
+fn connections_and_senders_split_evenly_across_instances() {
+    // crowd: 999 receivers and the one sender, 500 connections on each instance.
+    assert_eq!(split(999, 1, 2), (vec![500, 500], vec![1, 0]));
+    // senders: 90 receivers and 10 senders, 5 senders on each.
+    assert_eq!(split(90, 10, 2), (vec![50, 50], vec![5, 5]));
+    // busy: 80 receivers and 20 senders.
+    assert_eq!(split(80, 20, 2), (vec![50, 50], vec![10, 10]));
+    // One instance takes everyone; so does a count of 0.
+    assert_eq!(split(99, 1, 1), (vec![100], vec![1]));
+    assert_eq!(stats::instance_of(7, 99, 1, 0), 0);
+    // Any mix: no two instances differ by more than one, in connections or in senders.
+    for instances in 1..=4 {
+        for receivers in 0..40 {
+            for senders in 0..12 {
+                let (all, sending) = split(receivers, senders, instances);
+                for counts in [&all, &sending] {
+                    let (min, max) = (counts.iter().min(), counts.iter().max());
+                    assert!(
+                        max.zip(min).is_some_and(|(max, min)| max - min <= 1),
+                        "{receivers}+{senders} over {instances}: {all:?}, senders {sending:?}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn shared_instances_report_per_instance_throughput_and_redis_cpu_apart() {
+    // Ours alone: 100 deliveries in 1 ms. Two instances: 100 in 0.625 ms, 80,000 a second each.
+    let ours = Outcome {
+        delivery_ns: Some(1_000_000),
+        cpu_ns: Some(1_000),
+        ..run("crowd", OURS)
+    };
+    let two = Outcome {
+        instances: 2,
+        delivery_ns: Some(625_000),
+        cpu_ns: Some(3_000_000),
+        redis_cpu_ns: Some(500_000),
+        ..run("crowd", "redis-x2")
+    };
+    assert_eq!(ours.instances(), 1);
+    assert_eq!(ours.deliveries_per_second_per_instance(), Some(100_000.0));
+    assert_eq!(ours.redis_cpu_s_per_million(), None);
+    assert_eq!(two.deliveries_per_second(), Some(160_000.0));
+    assert_eq!(two.deliveries_per_second_per_instance(), Some(80_000.0));
+    // The instances' CPU is one sum, 3 ms for 100 deliveries; Redis's is apart, 0.5 ms.
+    assert_eq!(two.cpu_s_per_million(), Some(30.0));
+    assert_eq!(two.redis_cpu_s_per_million(), Some(5.0));
+    assert_eq!(stats::per_instance(Some(3.0), 0), Some(3.0));
+    assert_eq!(stats::per_instance(None, 2), None);
+
+    let r = report(vec![vec![ours.clone()], vec![two]]);
+    let ratios = r.ratios();
+    assert_eq!(ratios.len(), 1);
+    assert_eq!(ratios[0].deliveries_per_second, Some(1.6));
+    // Each instance at 0.8x ours alone: over the line of 0.5x.
+    assert_eq!(ratios[0].per_instance, Some(0.8));
+    let table = report::table(&r);
+    for expected in ["per inst", "redis s/M", "80000", "0.80x", "5.00"] {
+        assert!(table.contains(expected), "{expected} missing from {table}");
+    }
+    let json = report::json(&r);
+    assert!(json.contains("\"instances\": 2"), "{json}");
+    assert!(json.contains("\"redis_cpu_s_per_million\": 5"), "{json}");
+    assert!(
+        json.contains("\"deliveries_per_second_per_instance\": 0.8"),
+        "{json}"
+    );
+
+    // Without shared instances the table keeps its columns.
+    let alone = report::table(&report(vec![vec![ours]]));
+    assert!(
+        !alone.contains("per inst") && !alone.contains("redis s/M"),
+        "{alone}"
+    );
+}

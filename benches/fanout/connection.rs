@@ -57,7 +57,7 @@ pub async fn connection(id: usize, shared: Arc<Shared>) {
     });
     let opened = {
         let _permit = shared.connect_limit.acquire().await;
-        open(&shared, session.as_ref()).await
+        open(&shared, id, session.as_ref()).await
     };
     let (ws, wire) = match opened {
         Ok(opened) => opened,
@@ -89,7 +89,7 @@ pub async fn connection(id: usize, shared: Arc<Shared>) {
             let away = shared.plan.reconnect.map_or(Duration::ZERO, |r| r.away);
             let back = async {
                 tokio::time::sleep(away).await;
-                open(&shared, session.as_ref()).await
+                open(&shared, id, session.as_ref()).await
             };
             let reopened = tokio::select! {
                 reopened = back => reopened,
@@ -115,30 +115,37 @@ pub async fn connection(id: usize, shared: Arc<Shared>) {
     }
 }
 
-/// Connects, upgrades and reads the welcome within [`CONNECT_TIMEOUT`]: as a classic client, or
-/// with `session` asking for `broadcast-chat.v1` (and resuming where the session says), classic
-/// again if the server does not answer with the subprotocol.
-async fn open(shared: &Shared, session: Option<&Session>) -> Result<(Ws, Wire), String> {
-    tokio::time::timeout(CONNECT_TIMEOUT, connect(shared, session))
+/// Connects connection `id` to its instance (the same every time), upgrades and reads the
+/// welcome within [`CONNECT_TIMEOUT`]: as a classic client, or with `session` asking for
+/// `broadcast-chat.v1` (and resuming where the session says), classic again if the server does
+/// not answer with the subprotocol.
+async fn open(shared: &Shared, id: usize, session: Option<&Session>) -> Result<(Ws, Wire), String> {
+    tokio::time::timeout(CONNECT_TIMEOUT, connect(shared, id, session))
         .await
         .unwrap_or_else(|_| Err(format!("no welcome within {CONNECT_TIMEOUT:?}")))
 }
 
-async fn connect(shared: &Shared, session: Option<&Session>) -> Result<(Ws, Wire), String> {
-    let tcp = TcpStream::connect(shared.target.addr)
+async fn connect(
+    shared: &Shared,
+    id: usize,
+    session: Option<&Session>,
+) -> Result<(Ws, Wire), String> {
+    let instance = shared.instance_of(id);
+    let target = &shared.targets[instance];
+    let tcp = TcpStream::connect(target.addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     tcp.set_nodelay(true)
         .map_err(|e| format!("set_nodelay: {e}"))?;
     let upgraded = match session {
-        None => shared.builder.connect_on(tcp).await,
+        None => shared.builders[instance].connect_on(tcp).await,
         Some(session) => {
             // Zero linger never blocks (the deprecation is about a positive one): dropping
             // this connection resets it, as a client that vanishes does.
             #[allow(deprecated)]
             tcp.set_linger(Some(Duration::ZERO))
                 .map_err(|e| format!("set_linger: {e}"))?;
-            structured_builder(&shared.target.uri, session)?
+            structured_builder(&target.uri, session)?
                 .connect_on(tcp)
                 .await
         }

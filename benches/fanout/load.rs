@@ -140,8 +140,10 @@ pub struct Progress(pub AtomicU64);
 /// State shared by every task of one scenario run.
 pub struct Shared {
     pub plan: Plan,
-    pub target: Target,
-    pub builder: ClientBuilder<'static>,
+    /// The server's instances, and a client builder for each: connection `id` uses
+    /// [`Shared::instance_of`]'s.
+    pub targets: Vec<Target>,
+    pub builders: Vec<ClientBuilder<'static>>,
     /// Payload prefix unique to this run, so other traffic is not counted.
     pub tag: String,
     /// Latencies and timestamps are nanoseconds since this instant.
@@ -167,10 +169,11 @@ pub struct Channels {
 }
 
 impl Shared {
-    /// State for one run of `plan`; at most `concurrency` connections are opened at once.
+    /// State for one run of `plan` against `targets` (one per instance, at least one); at most
+    /// `concurrency` connections are opened at once.
     pub fn new(
         plan: Plan,
-        target: Target,
+        targets: Vec<Target>,
         tag: String,
         epoch: Instant,
         concurrency: usize,
@@ -182,8 +185,11 @@ impl Shared {
             Pace::Open { .. } => 0,
         };
         let shared = Self {
-            builder: ClientBuilder::from_uri(target.uri.clone()),
-            target,
+            builders: targets
+                .iter()
+                .map(|t| ClientBuilder::from_uri(t.uri.clone()))
+                .collect(),
+            targets,
             tag,
             epoch,
             connect_limit: Semaphore::new(concurrency),
@@ -195,6 +201,12 @@ impl Shared {
             plan,
         };
         (Arc::new(shared), Channels { ready_rx, tally_rx })
+    }
+
+    /// The instance connection `id` talks to: [`stats::instance_of`].
+    pub fn instance_of(&self, id: usize) -> usize {
+        let plan = &self.plan;
+        stats::instance_of(id, plan.receivers(), plan.senders, self.targets.len())
     }
 
     /// Nanoseconds since the epoch.

@@ -49,6 +49,9 @@ pub struct Outcome {
     pub scenario: &'static str,
     /// The server's label: `ours`, a variant's label, or another server's name.
     pub server: String,
+    /// Instances of the server sharing the load through one Redis; 0 or 1: a single server.
+    /// Its CPU, writes and memory are sums over them.
+    pub instances: usize,
     pub headline: Headline,
     pub receivers: usize,
     pub senders: usize,
@@ -75,6 +78,8 @@ pub struct Outcome {
     pub max_ms: Option<f64>,
     /// Server CPU time over the send phase, all threads, from their schedstat (ns resolution).
     pub cpu_ns: Option<u64>,
+    /// The shared Redis's CPU time over the send phase, apart from the server's (schedstat).
+    pub redis_cpu_ns: Option<u64>,
     /// The same from /proc/PID/stat's clock ticks, in seconds: a coarse cross-check.
     pub cpu_ticks_s: Option<f64>,
     /// Write syscalls the server made over the send phase (`syscw` in /proc/PID/io).
@@ -106,9 +111,24 @@ impl Outcome {
         stats::rate(self.unique, self.delivery_ns?)
     }
 
+    /// Server instances: 1 for a single server.
+    pub fn instances(&self) -> usize {
+        self.instances.max(1)
+    }
+
+    /// Distinct copies per second per server instance: what each of them delivered, on average.
+    pub fn deliveries_per_second_per_instance(&self) -> Option<f64> {
+        stats::per_instance(self.deliveries_per_second(), self.instances)
+    }
+
     /// Server CPU seconds per million distinct deliveries over the send phase.
     pub fn cpu_s_per_million(&self) -> Option<f64> {
         stats::cpu_s_per_million(self.cpu_ns?, self.unique)
+    }
+
+    /// The shared Redis's CPU seconds per million distinct deliveries over the send phase.
+    pub fn redis_cpu_s_per_million(&self) -> Option<f64> {
+        stats::cpu_s_per_million(self.redis_cpu_ns?, self.unique)
     }
 
     /// Server write syscalls per distinct delivery over the send phase.
@@ -184,6 +204,12 @@ pub struct Report {
 }
 
 impl Report {
+    /// Whether any row is of several instances sharing a Redis: the tables then show the figures
+    /// per instance and Redis's CPU.
+    pub fn shared(&self) -> bool {
+        self.rows.iter().any(|row| row.first().instances() > 1)
+    }
+
     /// Whether every run of every scenario against every server received every copy.
     pub fn nothing_lost(&self) -> bool {
         self.rows
@@ -215,6 +241,10 @@ impl Report {
                     o.deliveries_per_second(),
                     b.deliveries_per_second(),
                 ),
+                per_instance: stats::ratio(
+                    o.deliveries_per_second_per_instance(),
+                    b.deliveries_per_second_per_instance(),
+                ),
                 p50: stats::ratio(o.p50_ms, b.p50_ms),
                 p99: stats::ratio(o.p99_ms, b.p99_ms),
                 cpu_s_per_million: stats::ratio(o.cpu_s_per_million(), b.cpu_s_per_million()),
@@ -238,6 +268,9 @@ pub struct Ratios {
     pub connections: usize,
     pub server: String,
     pub deliveries_per_second: Option<f64>,
+    /// Deliveries per second per instance, theirs over ours: for several instances sharing a
+    /// Redis, what each does compared with one alone.
+    pub per_instance: Option<f64>,
     pub p50: Option<f64>,
     pub p99: Option<f64>,
     pub cpu_s_per_million: Option<f64>,
@@ -271,19 +304,38 @@ pub fn table(report: &Report) -> String {
         .chain([6])
         .max()
         .unwrap_or(6);
+    // With instances sharing a Redis: their count and deliveries per instance after deliv/s,
+    // Redis's CPU after the servers'.
+    let shared = report.shared();
+    let per_instance = |instances: &str, rate: &str| {
+        if shared {
+            format!(" {instances:>4} {rate:>10}")
+        } else {
+            String::new()
+        }
+    };
+    let redis = |cpu: &str| {
+        if shared {
+            format!(" {cpu:>9}")
+        } else {
+            String::new()
+        }
+    };
     let _ = writeln!(
         out,
-        "{:<8} {:<width$} {:>10} {:>6} {:>10} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} \
-         {:>7} {:>5} {:>5}",
+        "{:<8} {:<width$} {:>10} {:>6} {:>10}{} {:>7} {:>7} {:>8} {:>8}{} {:>8} {:>8} {:>8} \
+         {:>9} {:>7} {:>5} {:>5}",
         "scenario",
         "server",
         "conns(N+S)",
         "msgs",
         "deliv/s",
+        per_instance("inst", "per inst"),
         "p50 ms",
         "p99 ms",
         "max ms",
         "cpu s/M",
+        redis("redis s/M"),
         "wr/deliv",
         "peak MB",
         "kB/conn",
@@ -296,17 +348,25 @@ pub fn table(report: &Report) -> String {
         let o = row.median();
         let _ = writeln!(
             out,
-            "{:<8} {:<width$} {:>10} {:>6} {:>10} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} \
+            "{:<8} {:<width$} {:>10} {:>6} {:>10}{} {:>7} {:>7} {:>8} {:>8}{} {:>8} {:>8} {:>8} \
              {:>9.2} {:>7} {:>5} {:>5}",
             o.scenario,
             o.server,
             format!("{}+{}", o.receivers, o.senders),
             o.messages,
             cell(o.deliveries_per_second(), 0),
+            per_instance(
+                &o.instances().to_string(),
+                &cell(o.deliveries_per_second_per_instance(), 0)
+            ),
             cell(o.p50_ms, 2),
             cell(o.p99_ms, 2),
             cell(o.max_ms, 2),
             cell(o.cpu_s_per_million(), 2),
+            redis(
+                &o.redis_cpu_s_per_million()
+                    .map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"))
+            ),
             cell(o.writes_per_delivery(), 3),
             cell(o.peak_rss_mb(), 1),
             cell(o.rss_per_connection_kb(), 1),
@@ -329,6 +389,16 @@ pub fn table(report: &Report) -> String {
          connect phase / conns. lost, dup, ooo = the worst run's copies never received, \
          received twice, received after a later one from the same sender."
     );
+    if shared {
+        let _ = writeln!(
+            out,
+            "inst = instances of the server sharing rooms through one Redis, the connections and \
+             the senders split evenly across them; per inst = deliv/s / inst. Their cpu s/M, \
+             wr/deliv, peak MB and kB/conn are sums over the instances (peak MB: of each one's \
+             own peak); redis s/M = the redis-server's CPU (schedstat, every thread) per million \
+             deliveries over the send phase, not included in cpu s/M."
+        );
+    }
     if report.runs > 1 {
         let mut headlines: Vec<String> = Vec::new();
         for row in &report.rows {
@@ -379,14 +449,22 @@ pub fn table(report: &Report) -> String {
 
     let ratios = report.ratios();
     if !ratios.is_empty() {
+        let ratio_per_instance = |text: &str| {
+            if shared {
+                format!(" {text:>8}")
+            } else {
+                String::new()
+            }
+        };
         let _ = writeln!(out);
         let _ = writeln!(
             out,
-            "{:<8} {:<width$} {:>6} {:>10} {:>7} {:>7} {:>8} {:>8} {:>8} {:>18}",
+            "{:<8} {:<width$} {:>6} {:>10}{} {:>7} {:>7} {:>8} {:>8} {:>8} {:>18}",
             "scenario",
             "vs ours",
             "conns",
             "deliv/s",
+            ratio_per_instance("per inst"),
             "p50",
             "p99",
             "cpu s/M",
@@ -397,11 +475,12 @@ pub fn table(report: &Report) -> String {
         for r in &ratios {
             let _ = writeln!(
                 out,
-                "{:<8} {:<width$} {:>6} {:>10} {:>7} {:>7} {:>8} {:>8} {:>8} {:>18}",
+                "{:<8} {:<width$} {:>6} {:>10}{} {:>7} {:>7} {:>8} {:>8} {:>8} {:>18}",
                 r.scenario,
                 r.server,
                 r.connections,
                 times(r.deliveries_per_second),
+                ratio_per_instance(&times(r.per_instance)),
                 times(r.p50),
                 times(r.p99),
                 times(r.cpu_s_per_million),
@@ -416,6 +495,15 @@ pub fn table(report: &Report) -> String {
              median runs): deliv/s above 1x is faster than ours, the others above 1x cost more \
              than ours. worst lost is the other server's own worst run, not a ratio."
         );
+        if shared {
+            let _ = writeln!(
+                out,
+                "per inst = deliv/s per instance, theirs over ours (a single server is one \
+                 instance): 0.50x is each of several instances delivering half as fast as ours \
+                 alone. Open-loop scenarios offer a fixed rate, so there it is 1/inst by \
+                 construction; the closed-loop ones show what the instances can do."
+            );
+        }
     }
 
     for row in &report.rows {
@@ -515,7 +603,8 @@ pub fn json(report: &Report) -> String {
         let _ = write!(
             out,
             "{}\n    {{\"scenario\": {}, \"connections\": {}, \"server\": {}, \
-             \"deliveries_per_second\": {}, \"latency_p50_ms\": {}, \"latency_p99_ms\": {}, \
+             \"deliveries_per_second\": {}, \"deliveries_per_second_per_instance\": {}, \
+             \"latency_p50_ms\": {}, \"latency_p99_ms\": {}, \
              \"server_cpu_s_per_million\": {}, \"writes_per_delivery\": {}, \
              \"server_rss_per_connection_kb\": {}, \"worst_lost\": {}, \"expected_copies\": {}}}",
             if i == 0 { "" } else { "," },
@@ -523,6 +612,7 @@ pub fn json(report: &Report) -> String {
             r.connections,
             json_string(&r.server),
             num(r.deliveries_per_second),
+            num(r.per_instance),
             num(r.p50),
             num(r.p99),
             num(r.cpu_s_per_million),
@@ -540,14 +630,17 @@ pub fn json(report: &Report) -> String {
 fn run_json(o: &Outcome) -> String {
     let notes: Vec<String> = o.notes.iter().map(|n| json_string(n)).collect();
     format!(
-        "{{\"receivers\": {}, \"senders\": {}, \"messages\": {}, \"sent\": {}, \
+        "{{\"instances\": {}, \"receivers\": {}, \"senders\": {}, \"messages\": {}, \"sent\": {}, \
          \"expected_copies\": {}, \"delivered_copies\": {}, \"unique_copies\": {}, \"lost\": {}, \
          \"duplicates\": {}, \"out_of_order\": {}, \"lag_notices\": {}, \"missed_reported\": {}, \
-         \"deliveries_per_second\": {}, \"latency_p50_ms\": {}, \"latency_p99_ms\": {}, \
+         \"deliveries_per_second\": {}, \"deliveries_per_second_per_instance\": {}, \
+         \"latency_p50_ms\": {}, \"latency_p99_ms\": {}, \
          \"latency_max_ms\": {}, \"server_cpu_s\": {}, \"server_cpu_s_from_ticks\": {}, \
-         \"server_cpu_s_per_million\": {}, \"server_writes\": {}, \"writes_per_delivery\": {}, \
+         \"server_cpu_s_per_million\": {}, \"redis_cpu_s\": {}, \"redis_cpu_s_per_million\": {}, \
+         \"server_writes\": {}, \"writes_per_delivery\": {}, \
          \"server_peak_rss_mb\": {}, \"server_rss_per_connection_kb\": {}, \"connect_s\": {}, \
          \"connect_failures\": {}, \"timed_out\": {}, \"notes\": [{}]}}",
+        o.instances(),
         o.receivers,
         o.senders,
         o.messages,
@@ -561,12 +654,15 @@ fn run_json(o: &Outcome) -> String {
         o.lag_notices,
         o.missed_reported,
         num(o.deliveries_per_second()),
+        num(o.deliveries_per_second_per_instance()),
         num(o.p50_ms),
         num(o.p99_ms),
         num(o.max_ms),
         num(o.cpu_ns.map(|ns| ns as f64 / 1e9)),
         num(o.cpu_ticks_s),
         num(o.cpu_s_per_million()),
+        num(o.redis_cpu_ns.map(|ns| ns as f64 / 1e9)),
+        num(o.redis_cpu_s_per_million()),
         o.writes
             .map_or_else(|| "null".to_string(), |w| w.to_string()),
         num(o.writes_per_delivery()),

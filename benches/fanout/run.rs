@@ -1,6 +1,5 @@
 //! One scenario run: server up, connect phase, send phase under a deadline, merge, server down.
 
-use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -9,9 +8,10 @@ use tokio::task::JoinSet;
 use tokio::time::{MissedTickBehavior, timeout_at};
 
 use crate::connection;
-use crate::load::{self, Plan, Shared, Tally, Target};
+use crate::deploy::{Deployment, ServerSource};
+use crate::load::{self, Plan, Shared, Tally};
 use crate::report::Outcome;
-use crate::server::{self, ServerProcess, ServerSpec};
+use crate::server;
 use crate::stats;
 
 /// Bound on the whole connect phase.
@@ -20,21 +20,6 @@ const CONNECT_PHASE_TIMEOUT: Duration = Duration::from_secs(60);
 const QUIET: Duration = Duration::from_secs(2);
 /// How long cancelled receive loops get to hand in their tallies.
 const WIND_DOWN: Duration = Duration::from_secs(5);
-
-/// A server to measure: spawned per run, or already running at a URL.
-pub enum ServerSource {
-    Spawn(ServerSpec),
-    Url(Target),
-}
-
-impl ServerSource {
-    pub fn label(&self) -> &str {
-        match self {
-            ServerSource::Spawn(spec) => &spec.label,
-            ServerSource::Url(_) => crate::report::OURS,
-        }
-    }
-}
 
 /// Settings shared by every scenario.
 pub struct Setup {
@@ -55,23 +40,13 @@ pub async fn run(
     source: &ServerSource,
     tag: String,
 ) -> Result<Outcome, String> {
-    let (mut server, target) = match source {
-        ServerSource::Spawn(spec) => {
-            let server = ServerProcess::spawn(spec)?;
-            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, server.port));
-            let uri = format!("ws://{addr}/")
-                .parse()
-                .map_err(|e| format!("bad server address {addr}: {e}"))?;
-            (Some(server), Target { addr, uri })
-        }
-        ServerSource::Url(target) => (None, target.clone()),
-    };
-    let rss_before = server.as_ref().and_then(ServerProcess::rss_kb);
+    let mut deployment = Deployment::start(source)?;
+    let rss_before = deployment.rss_kb();
     let mut notes = Vec::new();
 
     let (shared, mut channels) = Shared::new(
         plan.clone(),
-        target.clone(),
+        deployment.targets.clone(),
         tag,
         setup.epoch,
         setup.concurrency,
@@ -113,9 +88,14 @@ pub async fn run(
         let why = failures
             .first()
             .map_or("connect phase timed out", String::as_str);
+        let uris: Vec<String> = deployment
+            .targets
+            .iter()
+            .map(|t| t.uri.to_string())
+            .collect();
         return Err(format!(
             "could not reach the server at {}: {why}",
-            target.uri
+            uris.join(" and ")
         ));
     }
     if connect_failures > 0 {
@@ -127,10 +107,11 @@ pub async fn run(
                 .map_or("connect phase timed out", String::as_str)
         ));
     }
-    let rss_connected = server.as_ref().and_then(ServerProcess::rss_kb);
-    let cpu_before = server.as_ref().and_then(ServerProcess::cpu_ns);
-    let ticks_before = server.as_ref().and_then(ServerProcess::cpu_ticks);
-    let writes_before = server.as_ref().and_then(ServerProcess::writes);
+    let rss_connected = deployment.rss_kb();
+    let cpu_before = deployment.cpu_ns();
+    let redis_cpu_before = deployment.redis_cpu_ns();
+    let ticks_before = deployment.cpu_ticks();
+    let writes_before = deployment.writes();
 
     let send_start = Instant::now();
     let senders: Vec<_> = sinks
@@ -162,8 +143,8 @@ pub async fn run(
                     ));
                     break;
                 }
-                if let Some(status) = server.as_mut().and_then(ServerProcess::exited) {
-                    notes.push(format!("server exited during the send phase: {status}"));
+                if let Some(exited) = deployment.exited() {
+                    notes.push(format!("{exited} during the send phase"));
                     break;
                 }
                 let total: u64 = shared.progress.iter().map(|p| p.0.load(Ordering::Relaxed)).sum();
@@ -178,10 +159,11 @@ pub async fn run(
             }
         }
     }
-    let cpu_after = server.as_ref().and_then(ServerProcess::cpu_ns);
-    let ticks_after = server.as_ref().and_then(ServerProcess::cpu_ticks);
-    let writes_after = server.as_ref().and_then(ServerProcess::writes);
-    let peak_rss_kb = server.as_ref().and_then(ServerProcess::peak_rss_kb);
+    let cpu_after = deployment.cpu_ns();
+    let redis_cpu_after = deployment.redis_cpu_ns();
+    let ticks_after = deployment.cpu_ticks();
+    let writes_after = deployment.writes();
+    let peak_rss_kb = deployment.peak_rss_kb();
 
     shared.cancel.cancel();
     let wind_down = tokio::time::Instant::now() + WIND_DOWN;
@@ -221,22 +203,16 @@ pub async fn run(
     if let Some(first) = errors.first() {
         notes.push(format!("{} senders failed, first: {first}", errors.len()));
     }
-    if let Some(server) = server.take() {
-        let (lines, first) = server.log();
-        if lines > 0 {
-            notes.push(format!(
-                "server wrote {lines} stderr lines at RUST_LOG=warn, first: {}",
-                first.join(" | ")
-            ));
-        }
-        drop(server);
-    }
+    notes.extend(deployment.log_notes());
+    let instances = deployment.targets.len();
+    drop(deployment);
     tasks.shutdown().await;
 
     // Merge the tallies.
     let mut outcome = Outcome {
         scenario: plan.scenario,
         server: source.label().to_owned(),
+        instances,
         headline: plan.headline,
         receivers: plan.receivers(),
         senders: plan.senders,
@@ -312,6 +288,9 @@ pub async fn run(
     (outcome.p50_ms, outcome.p99_ms, outcome.max_ms) = (ms(500), ms(990), ms(1000));
     if let (Some(before), Some(after)) = (cpu_before, cpu_after) {
         outcome.cpu_ns = Some(after.saturating_sub(before));
+    }
+    if let (Some(before), Some(after)) = (redis_cpu_before, redis_cpu_after) {
+        outcome.redis_cpu_ns = Some(after.saturating_sub(before));
     }
     if let (Some(before), Some(after)) = (ticks_before, ticks_after) {
         outcome.cpu_ticks_s = Some(after.saturating_sub(before) as f64 / setup.clock_ticks as f64);

@@ -109,19 +109,9 @@ impl ServerProcess {
         Ok(Self { child, port, log })
     }
 
-    /// Nanoseconds on CPU so far, summed over the process's threads (the first field of each
-    /// `/proc/PID/task/TID/schedstat`). A thread that exits takes its time with it; the server's
-    /// threads live as long as it does.
+    /// Nanoseconds on CPU so far, summed over the process's threads: [`cpu_ns`].
     pub fn cpu_ns(&self) -> Option<u64> {
-        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.child.id())).ok()?;
-        let mut total = 0;
-        for task in tasks.flatten() {
-            // A thread that exited since the listing has no file left to read.
-            if let Ok(schedstat) = std::fs::read_to_string(task.path().join("schedstat")) {
-                total += stats::schedstat_ns(&schedstat)?;
-            }
-        }
-        Some(total)
+        cpu_ns(self.child.id())
     }
 
     /// Write syscalls so far (`syscw` in `/proc/PID/io`).
@@ -176,6 +166,21 @@ impl Drop for ServerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Nanoseconds process `pid` has been on CPU so far, summed over its threads (the first field of
+/// each `/proc/PID/task/TID/schedstat`). A thread that exits takes its time with it; the servers'
+/// threads live as long as they do.
+pub fn cpu_ns(pid: u32) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut total = 0;
+    for task in tasks.flatten() {
+        // A thread that exited since the listing has no file left to read.
+        if let Ok(schedstat) = std::fs::read_to_string(task.path().join("schedstat")) {
+            total += stats::schedstat_ns(&schedstat)?;
+        }
+    }
+    Some(total)
 }
 
 /// Clock ticks per second for /proc CPU times (`getconf CLK_TCK`, 100 if that fails).

@@ -108,3 +108,22 @@ pub fn reconnect_after(
     let span = last.saturating_sub(first);
     Some(first + (id / every) * span / (count - 1).max(1))
 }
+
+/// Which of `instances` servers connection `id` talks to (ids below `receivers` are receivers,
+/// the `senders` after them senders). Senders go round-robin from the first instance and the
+/// receivers continue the round after them, so every instance gets an even share of the senders
+/// and of all connections: no two differ by more than one in either.
+pub fn instance_of(id: usize, receivers: usize, senders: usize, instances: usize) -> usize {
+    let position = if id >= receivers {
+        id - receivers
+    } else {
+        senders + id
+    };
+    position % instances.max(1)
+}
+
+/// A figure of several instances together, per instance: `total` over `instances` (0 counts as
+/// one, as a run with no instance count is one server).
+pub fn per_instance(total: Option<f64>, instances: usize) -> Option<f64> {
+    Some(total? / instances.max(1) as f64)
+}
