@@ -1,6 +1,7 @@
 //! A session's place in a room: publishing to it, reading its log, who is in it,
 //! and leaving it (on drop). Each goes to the room in memory, or through Redis.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use super::record::Record;
@@ -9,32 +10,51 @@ use super::remote;
 use super::room::{Published, lock};
 use super::{CatchUp, Membership, SenderId};
 
+/// A line on its way to the room.
+pub(crate) enum Submitted {
+    /// Published already (the log is in memory).
+    Done(Published),
+    /// Published once Redis answers.
+    Later(std::pin::Pin<Box<dyn Future<Output = Published> + Send>>),
+}
+
 impl Membership {
     /// Sends `text` to everyone in the room, this member included (sessions with
     /// no-echo leave their own out). A line with the client's `id` is sent once,
     /// however often it is published in the client's session. With Redis out of
     /// reach, it goes to this instance's members only, unlogged.
+    #[cfg(test)]
     pub(crate) async fn publish(&self, text: &str, id: Option<u64>) -> Published {
+        match self.submit(text, id) {
+            Submitted::Done(published) => published,
+            Submitted::Later(published) => published.await,
+        }
+    }
+
+    /// Like [`Membership::publish`], but without waiting for Redis: the line's
+    /// place in the room is fixed now, and what becomes of it is known later. A
+    /// session can so have many lines on their way, in order.
+    pub(crate) fn submit(&self, text: &str, id: Option<u64>) -> Submitted {
         let line = id.map(|id| (&*self.session, id));
         let Some(remote) = &self.hub.remote else {
-            return self.room.publish(self.id, &self.who, text, line);
+            return Submitted::Done(self.room.publish(self.id, &self.who, text, line));
         };
         let record = Record::chat(self.id, &self.who, text);
-        match remote
-            .log
-            .publish(&self.room.name, &record, line, None)
-            .await
-        {
-            Ok((_, published)) => published,
-            Err(e) => {
-                remote::went_down(&self.hub, &e.to_string());
-                self.room.deliver_unlogged(&record);
-                Published {
-                    offset: None,
-                    duplicate: false,
+        let asked = remote.log.submit(&self.room.name, &record, line, None);
+        let (hub, room) = (Arc::clone(&self.hub), Arc::clone(&self.room));
+        Submitted::Later(Box::pin(async move {
+            match asked.await {
+                Ok((_, published)) => published,
+                Err(e) => {
+                    remote::went_down(&hub, &e.to_string());
+                    room.deliver_unlogged(&record);
+                    Published {
+                        offset: None,
+                        duplicate: false,
+                    }
                 }
             }
-        }
+        }))
     }
 
     /// Up to `limit` logged messages after `after`, in this member's format; `None`

@@ -27,6 +27,7 @@ use remote::Remote;
 use room::{Room, lock};
 
 pub(crate) use log::stamp;
+pub(crate) use membership::Submitted;
 pub(crate) use room::Published;
 
 /// Who sent a delivery: a member's connection id, or [`SERVER`].

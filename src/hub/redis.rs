@@ -9,6 +9,7 @@
 //! reconnects by itself, resubscribes to the rooms' channels, and hands published
 //! messages to [`RedisLog::connect`]'s receiver.
 
+use std::future::Future;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -166,6 +167,87 @@ pub(crate) enum Presence<'a> {
     Leave(&'a str),
 }
 
+/// A publish waiting for its turn: the script's call, and where its result goes.
+struct Publish {
+    call: redis::Cmd,
+    reply: oneshot::Sender<redis::RedisResult<(Epoch, Published)>>,
+}
+
+/// Most publishes sent in one round trip.
+const PUBLISH_BATCH: usize = 256;
+
+/// Sends publishes to Redis in the order they were asked for, as many as are
+/// waiting in one pipeline: a sender waits one round trip for a whole batch, not
+/// one per line, and Redis runs them in that order. The script is loaded first, and
+/// again if Redis lost it (a restart); a batch refused for that ran none of its
+/// calls, so sending it again keeps the order.
+async fn publish_in_batches(
+    mut manager: ConnectionManager,
+    script: Script,
+    mut orders: mpsc::UnboundedReceiver<Publish>,
+) {
+    let mut batch = Vec::with_capacity(PUBLISH_BATCH);
+    while let Some(first) = orders.recv().await {
+        batch.push(first);
+        while batch.len() < PUBLISH_BATCH {
+            match orders.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let mut pipeline = redis::pipe();
+        for publish in &batch {
+            pipeline.add_command(publish.call.clone());
+        }
+        let mut answers = pipeline
+            .query_async::<Vec<(String, String, u8)>>(&mut manager)
+            .await;
+        if answers
+            .as_ref()
+            .is_err_and(|e| e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
+        {
+            answers = match script.prepare_invoke().load_async(&mut manager).await {
+                Ok(_) => pipeline.query_async(&mut manager).await,
+                Err(e) => Err(e),
+            };
+        }
+        match answers {
+            Ok(answers) if answers.len() == batch.len() => {
+                for (publish, (epoch, offset, duplicate)) in batch.drain(..).zip(answers) {
+                    let answer = epoch.parse().map_err(invalid).map(|epoch| {
+                        let published = Published {
+                            offset: offset.parse().ok(),
+                            duplicate: duplicate == 1,
+                        };
+                        (epoch, published)
+                    });
+                    let _ = publish.reply.send(answer);
+                }
+            }
+            Ok(answers) => {
+                let e = invalid(format!(
+                    "{} answers to {} publishes",
+                    answers.len(),
+                    batch.len()
+                ));
+                for publish in batch.drain(..) {
+                    let _ = publish.reply.send(Err(e.clone()));
+                }
+            }
+            Err(e) => {
+                for publish in batch.drain(..) {
+                    let _ = publish.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// The error for a publish whose publisher is gone (the server is stopping).
+fn gone() -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::Client, "the publisher has stopped"))
+}
+
 /// A subscription change, carried out in the order asked.
 enum Subscription {
     Subscribe(String, oneshot::Sender<redis::RedisResult<()>>),
@@ -184,6 +266,8 @@ pub(crate) struct RedisLog {
     /// Subscribe and unsubscribe go through one task, so they happen in the order
     /// rooms appear and vanish.
     subscriptions: mpsc::UnboundedSender<Subscription>,
+    /// Publishes go through one task, which sends them in order, in batches.
+    publishes: mpsc::UnboundedSender<Publish>,
 }
 
 impl std::fmt::Debug for RedisLog {
@@ -227,9 +311,13 @@ impl RedisLog {
                 })??;
         let (subscriptions, orders) = mpsc::unbounded_channel();
         tokio::spawn(Self::subscribe_in_order(manager.clone(), orders));
+        let publish = Script::new(PUBLISH);
+        let (publishes, queue) = mpsc::unbounded_channel();
+        tokio::spawn(publish_in_batches(manager.clone(), publish.clone(), queue));
         let log = Self {
             manager,
-            publish: Script::new(PUBLISH),
+            publishes,
+            publish,
             head: Script::new(HEAD),
             who: Script::new(WHO),
             heartbeat: Script::new(HEARTBEAT),
@@ -276,7 +364,8 @@ impl RedisLog {
 
     /// Logs and publishes `record` in `room`; with `line` (a session and a line id),
     /// recognises a repeat; with `presence`, updates the room's members and puts
-    /// their count in the record.
+    /// their count in the record. Publishes go to Redis in the order they are asked
+    /// for, many in one round trip (see [`publish_in_batches`]).
     ///
     /// # Errors
     /// Redis's error; nothing was published then, or it is not known.
@@ -287,8 +376,20 @@ impl RedisLog {
         line: Option<(&str, u64)>,
         presence: Option<Presence<'_>>,
     ) -> redis::RedisResult<(Epoch, Published)> {
+        self.submit(room, record, line, presence).await
+    }
+
+    /// Asks for `record` to be published, at once; the returned future says how it
+    /// went. Asking is what fixes the order: a session that asks for two lines
+    /// one after the other has them logged in that order, whatever it awaits.
+    pub(crate) fn submit(
+        &self,
+        room: &str,
+        record: &Record,
+        line: Option<(&str, u64)>,
+        presence: Option<Presence<'_>>,
+    ) -> impl Future<Output = redis::RedisResult<(Epoch, Published)>> + Send + 'static {
         let keys = Keys::of(room);
-        let body = serde_json::to_string(record).unwrap_or_default();
         let (accepted, id) = match line {
             Some((session, id)) => (keys.accepted(session), id.to_string()),
             None => (keys.accepted("-"), String::new()),
@@ -298,30 +399,31 @@ impl RedisLog {
             Some(Presence::Leave(member)) => ("leave", member),
             None => ("", ""),
         };
-        let (epoch, offset, duplicate): (String, String, u8) = self
-            .publish
-            .key(&keys.meta)
-            .key(&keys.log)
-            .key(&keys.channel)
-            .key(&accepted)
-            .key(&keys.who)
+        let mut call = redis::cmd("EVALSHA");
+        call.arg(self.publish.get_hash())
+            .arg(5)
+            .arg(&keys.meta)
+            .arg(&keys.log)
+            .arg(&keys.channel)
+            .arg(&accepted)
+            .arg(&keys.who)
             .arg(Epoch::random().to_string())
             .arg(self.window)
-            .arg(body)
+            .arg(serde_json::to_string(record).unwrap_or_default())
             .arg(id)
             .arg(ACCEPTED_TTL.as_secs())
             .arg(op)
             .arg(member)
             .arg(PRESENCE_TTL.as_millis() as u64)
-            .arg(ROOM_TTL.as_secs())
-            .invoke_async(&mut self.manager.clone())
-            .await?;
-        let epoch = epoch.parse().map_err(invalid)?;
-        let published = Published {
-            offset: offset.parse().ok(),
-            duplicate: duplicate == 1,
-        };
-        Ok((epoch, published))
+            .arg(ROOM_TTL.as_secs());
+        let (reply, answer) = oneshot::channel();
+        let asked = self.publishes.send(Publish { call, reply });
+        async move {
+            if asked.is_err() {
+                return Err(gone());
+            }
+            answer.await.unwrap_or_else(|_| Err(gone()))
+        }
     }
 
     /// Where `room` stands, making its epoch if it has none.

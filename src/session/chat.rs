@@ -2,7 +2,10 @@
 //! client, a quiet client is pinged. Shutdown arrives through the room's channel,
 //! which the hub closes: nothing else to poll on every wake-up.
 
-use std::pin::pin;
+use std::future::Future;
+use std::pin::{Pin, pin};
+
+use futures_util::stream::FuturesOrdered;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -13,11 +16,18 @@ use tokio_websockets::{CloseCode, Message, WebSocketStream};
 use super::frames::Frames;
 use super::outbox::{self, Outbox};
 use super::{Dropped, End, bounded};
-use crate::hub::{Delivery, Format, Membership};
+use crate::hub::{Delivery, Format, Membership, Published, Submitted};
 use crate::limits::{RateLimit, Verdict};
 use crate::protocol::structured::ClientFrame;
 use crate::protocol::{self, WHO_COMMAND};
 use crate::state::ConnectionGuard;
+
+/// Most lines a session has on their way to the room (with Redis) before it reads
+/// no more of its client's frames until one is through.
+const MAX_PENDING: usize = 64;
+
+/// Lines on their way to the room, in the order sent, with their ids.
+type Pending = FuturesOrdered<Pin<Box<dyn Future<Output = (Option<u64>, Published)> + Send>>>;
 
 /// One session's chat.
 pub(super) struct Chat<'a> {
@@ -58,6 +68,9 @@ impl Chat<'_> {
         let delay = config.write_delay;
         let mut resting = pin!(tokio::time::sleep_until(Instant::now()));
         let mut rest = false;
+        // Lines on their way to the room (with Redis), oldest first: the session
+        // reads on meanwhile, up to a bound, and acknowledges each in order.
+        let mut pending = Pending::new();
 
         loop {
             // The client's frames first: a sender's line goes out before the session
@@ -66,12 +79,12 @@ impl Chat<'_> {
             // the frames cannot starve the channel: the rate limit ends a flood.
             let result = tokio::select! {
                 biased;
-                frame = ws.next() => {
+                frame = ws.next(), if pending.len() < MAX_PENDING => {
                     heard = true;
                     match frame {
                         Some(Ok(message)) => match message.as_text() {
                             Some(text) => match rate.check(Instant::now()) {
-                                Verdict::Pass => self.take(ws, text).await,
+                                Verdict::Pass => self.take(ws, text, &mut pending).await,
                                 Verdict::Drop(Some((dropped, notice))) => {
                                     metrics.rate_limited.increment(1);
                                     let notice = self.frames.slowed_down(dropped, notice);
@@ -107,6 +120,9 @@ impl Chat<'_> {
                     rest = false;
                     Ok(())
                 }
+                Some((id, published)) = pending.next(), if !pending.is_empty() => {
+                    self.published(ws, id, published).await
+                }
                 () = &mut keepalive => {
                     keepalive.as_mut().reset(Instant::now() + config.ping_interval);
                     if heard {
@@ -128,31 +144,69 @@ impl Chat<'_> {
 
     /// Acts on a text frame the rate limit let through: a line for the room, a
     /// question, or (structured) a frame that was not understood.
-    async fn take<S>(&self, ws: &mut WebSocketStream<S>, text: &str) -> Result<(), End>
+    async fn take<S>(
+        &self,
+        ws: &mut WebSocketStream<S>,
+        text: &str,
+        pending: &mut Pending,
+    ) -> Result<(), End>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let reply = match self.frames.0 {
+        let line = match self.frames.0 {
             Format::Classic if text == WHO_COMMAND => {
-                Some(self.frames.who(&self.membership.members().await))
+                let who = self.frames.who(&self.membership.members().await);
+                return self.reply(ws, Some(who)).await;
             }
-            Format::Classic => {
-                self.membership.publish(text, None).await;
-                self.guard.shared().metrics.received.increment(1);
-                None
-            }
+            Format::Classic => Ok((None, std::borrow::Cow::Borrowed(text))),
             Format::Structured => match ClientFrame::parse(text) {
-                Ok(ClientFrame::Send { id, text }) => {
-                    let published = self.membership.publish(&text, Some(id)).await;
-                    if !published.duplicate {
-                        self.guard.shared().metrics.received.increment(1);
-                    }
-                    self.frames.ack(id, published)
-                }
-                Ok(ClientFrame::Who) => Some(self.frames.who(&self.membership.members().await)),
-                Err(bad) => Some(self.frames.error(bad.code, &bad.text)),
+                Ok(ClientFrame::Send { id, text }) => Ok((Some(id), text)),
+                Ok(ClientFrame::Who) => Err(self.frames.who(&self.membership.members().await)),
+                Err(bad) => Err(self.frames.error(bad.code, &bad.text)),
             },
         };
+        let (id, text) = match line {
+            Ok(line) => line,
+            Err(reply) => return self.reply(ws, Some(reply)).await,
+        };
+        match self.membership.submit(&text, id) {
+            // While earlier lines are on their way, this one waits its turn.
+            Submitted::Done(published) if pending.is_empty() => {
+                self.published(ws, id, published).await
+            }
+            Submitted::Done(published) => {
+                pending.push_back(Box::pin(std::future::ready((id, published))));
+                Ok(())
+            }
+            Submitted::Later(published) => {
+                pending.push_back(Box::pin(async move { (id, published.await) }));
+                Ok(())
+            }
+        }
+    }
+
+    /// A line reached the room: counts it and, for a structured client, says so.
+    async fn published<S>(
+        &self,
+        ws: &mut WebSocketStream<S>,
+        id: Option<u64>,
+        published: Published,
+    ) -> Result<(), End>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        if !published.duplicate {
+            self.guard.shared().metrics.received.increment(1);
+        }
+        let ack = id.and_then(|id| self.frames.ack(id, published));
+        self.reply(ws, ack).await
+    }
+
+    /// Writes `reply` to the client, if there is one.
+    async fn reply<S>(&self, ws: &mut WebSocketStream<S>, reply: Option<Message>) -> Result<(), End>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
         match reply {
             Some(reply) => {
                 let limit = self.guard.shared().config.write_timeout;
