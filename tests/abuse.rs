@@ -63,6 +63,23 @@ async fn read_as_laggard(laggard: &mut Ws, until: &str) -> (Vec<u64>, u64) {
     }
 }
 
+/// A laggard that stops reading while a sender sends 200 messages of 32 KiB (more
+/// than the kernel buffers between server and laggard hold, so the laggard's
+/// session blocks and its channel overflows), then "after"; returns the laggard
+/// and what it read up to "after" (see [`read_as_laggard`]).
+async fn fall_behind(server: &Server) -> (Ws, Vec<u64>, u64) {
+    let mut laggard = connect_small_window(server).await;
+    assert_eq!(
+        recv_text(&mut laggard).await,
+        "Welcome to chat! Type a message"
+    );
+    let mut sender = connect(&server.url()).await;
+    send_paced(&mut sender, 200, 32 * 1024).await;
+    send(&mut sender, "after").await;
+    let (received, missed) = read_as_laggard(&mut laggard, &tagged(&sender, "after")).await;
+    (laggard, received, missed)
+}
+
 #[tokio::test]
 async fn a_lagging_classic_client_gets_every_message_from_the_log_and_stays() {
     // A channel of 16 overflows at once; a log of 32 MiB holds all 200 x 32 KiB
@@ -79,20 +96,7 @@ async fn a_lagging_classic_client_gets_every_message_from_the_log_and_stays() {
         &[("RUST_LOG", "info,broadcast_chat::session=debug")],
     )
     .await;
-    let mut laggard = connect_small_window(&server).await;
-    assert_eq!(
-        recv_text(&mut laggard).await,
-        "Welcome to chat! Type a message"
-    );
-    let mut sender = connect(&server.url()).await;
-
-    // 200 x 32 KiB is more than the kernel buffers between server and laggard hold,
-    // so the laggard's session blocks and the channel (16 slots) overflows.
-    send_paced(&mut sender, 200, 32 * 1024).await;
-    send(&mut sender, "after").await;
-    let after = tagged(&sender, "after");
-
-    let (received, missed) = read_as_laggard(&mut laggard, &after).await;
+    let (mut laggard, received, missed) = fall_behind(&server).await;
     // It did fall behind the channel (the session says so at debug level) ...
     server.stderr.wait_for("catching up from the log").await;
     // ... and lost nothing.
@@ -115,17 +119,7 @@ async fn a_lagging_classic_client_gets_every_message_from_the_log_and_stays() {
 async fn a_client_further_behind_than_the_log_is_told_the_exact_count() {
     let server =
         Server::start(&["--buffer", "16", "--max-rate", "0", "--resume-window", "32"]).await;
-    let mut laggard = connect_small_window(&server).await;
-    assert_eq!(
-        recv_text(&mut laggard).await,
-        "Welcome to chat! Type a message"
-    );
-    let mut sender = connect(&server.url()).await;
-    send_paced(&mut sender, 200, 32 * 1024).await;
-    send(&mut sender, "after").await;
-    let after = tagged(&sender, "after");
-
-    let (received, missed) = read_as_laggard(&mut laggard, &after).await;
+    let (_laggard, received, missed) = fall_behind(&server).await;
     assert!(missed > 0, "the laggard was never told it missed anything");
     assert_eq!(
         received.len() as u64 + missed,

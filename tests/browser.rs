@@ -110,6 +110,20 @@ async fn join(page: &Browser, url: &str, name: &str) {
 
 /// Types `line` and Enter on whatever has the focus: the message input, if the
 /// page keeps it there.
+/// The command-line client in `room` of `server` (with `extra` flags), once it has
+/// been welcomed.
+async fn command_line_client(server: &Server, room: &str, extra: &[&str]) -> Client {
+    let url = format!("{}{room}", server.url());
+    let mut args = vec!["--url", url.as_str()];
+    args.extend_from_slice(extra);
+    let client = Client::start(&args);
+    client
+        .stdout
+        .wait_for("From server: Welcome to chat! Type a message")
+        .await;
+    client
+}
+
 async fn say(page: &Browser, line: &str) {
     page.type_keys(&format!("{line}{ENTER}")).await;
 }
@@ -144,16 +158,7 @@ async fn two_pages_and_a_command_line_client_chat_in_one_room_and_another_room_h
     join(&alice, &page("/rust"), "alice").await;
     join(&bob, &page("/rust"), "bob").await;
     join(&dave, &page("/"), "dave").await;
-    let mut carol = Client::start(&[
-        "--url",
-        &format!("{}/rust", server.url()),
-        "--name",
-        "carol",
-    ]);
-    carol
-        .stdout
-        .wait_for("From server: Welcome to chat! Type a message")
-        .await;
+    let mut carol = command_line_client(&server, "/rust", &["--name", "carol"]).await;
     for reader in [&alice, &bob] {
         wait_log(reader, "carol's arrival, shown as a notice", |log| {
             log.iter().any(|s| {
@@ -244,11 +249,7 @@ async fn markup_shows_as_text_and_runs_nothing() {
     let bob = driver.browser(1024, 700).await;
     join(&alice, &room, "alice").await;
     join(&bob, &room, "bob").await;
-    let mut carol = Client::start(&["--url", &format!("{}/x", server.url())]);
-    carol
-        .stdout
-        .wait_for("From server: Welcome to chat! Type a message")
-        .await;
+    let mut carol = command_line_client(&server, "/x", &[]).await;
 
     let image = "<img src=x onerror=alert(1)>";
     let script = "<script>document.title='pwned'</script><b>bold</b>";
@@ -286,11 +287,7 @@ async fn the_log_follows_new_messages_unless_the_reader_has_scrolled_up() {
         "alice",
     )
     .await;
-    let mut carol = Client::start(&["--url", &format!("{}/long", server.url())]);
-    carol
-        .stdout
-        .wait_for("From server: Welcome to chat! Type a message")
-        .await;
+    let mut carol = command_line_client(&server, "/long", &[]).await;
     let view = "const log = document.getElementById('log');
                 const first = document.querySelector('#messages > li.message');
                 return {
@@ -351,11 +348,7 @@ async fn with_no_echo_the_page_shows_its_own_lines_once_when_the_room_has_them()
         "alice",
     )
     .await;
-    let mut carol = Client::start(&["--url", &format!("{}/quiet", server.url())]);
-    carol
-        .stdout
-        .wait_for("From server: Welcome to chat! Type a message")
-        .await;
+    let mut carol = command_line_client(&server, "/quiet", &[]).await;
     say(&alice, "mine").await;
     carol.stdout.wait_for("\"mine\"").await;
     carol.send_line("theirs").await;
@@ -393,16 +386,7 @@ async fn the_page_reconnects_and_resumes_after_the_connection_is_cut() {
         "alice",
     )
     .await;
-    let mut carol = Client::start(&[
-        "--url",
-        &format!("{}/rust", server.url()),
-        "--name",
-        "carol",
-    ]);
-    carol
-        .stdout
-        .wait_for("From server: Welcome to chat! Type a message")
-        .await;
+    let mut carol = command_line_client(&server, "/rust", &["--name", "carol"]).await;
     carol.send_line("before the cut").await;
     wait_message(&alice, "before the cut").await;
 
@@ -647,16 +631,7 @@ async fn screenshot() {
     let bob = driver.browser(375, 720).await;
     join(&bob, &room, "bob").await;
     join(&alice, &room, "alice").await;
-    let mut carol = Client::start(&[
-        "--url",
-        &format!("{}/rust", server.url()),
-        "--name",
-        "carol",
-    ]);
-    carol
-        .stdout
-        .wait_for("From server: Welcome to chat! Type a message")
-        .await;
+    let mut carol = command_line_client(&server, "/rust", &["--name", "carol"]).await;
     let script: [(Option<&Browser>, &str); 6] = [
         (Some(&bob), "anyone tried the 2024 edition?"),
         (Some(&alice), "yes, let chains are nice"),

@@ -98,7 +98,7 @@ async fn counters_move_exactly_as_promised() {
         assert!(recv_text(&mut bob).await.ends_with(&format!("{text:?}")));
     }
     // Alice closes properly; Bob's connection just drops.
-    read_to_end_after_close(alice).await;
+    close_and_read_to_end(alice).await;
     drop(bob);
     server.stderr.wait_for_events("disconnected", 2).await;
 
@@ -170,13 +170,6 @@ async fn connect_with(url: &str, headers: &str) -> Ws {
         .expect("upgrade");
     assert_eq!(recv_text(&mut ws).await, "Welcome to chat! Type a message");
     ws
-}
-
-/// Closes `ws` properly and waits for the server's answer.
-async fn read_to_end_after_close(mut ws: Ws) {
-    use futures_util::SinkExt;
-    let _ = ws.send(tokio_websockets::Message::close(None, "")).await;
-    read_to_end(&mut ws).await;
 }
 
 #[tokio::test]
@@ -275,7 +268,7 @@ async fn json_logs_are_one_object_per_line_with_the_documented_fields() {
     let mut ws = connect_with(&server.url(), "Authorization: Bearer t0ken\r\n").await;
     send(&mut ws, "never-logged").await;
     recv_text(&mut ws).await;
-    read_to_end_after_close(ws).await;
+    close_and_read_to_end(ws).await;
     server.stderr.wait_for("\"message\":\"disconnected\"").await;
     server.terminate();
     assert_eq!(server.wait().await.code(), Some(0));

@@ -85,7 +85,7 @@ async fn rooms_vanish_when_empty_and_max_rooms_bounds_them() {
     let _also_one = connect(&format!("{}/one", server.url())).await;
     drop(_also_one);
     send(&mut first, "bye").await;
-    read_to_end_after_close(first).await;
+    close_and_read_to_end(first).await;
     // Once room one is empty it is gone, so room two can exist.
     let settled = timeout(WAIT, async {
         loop {
@@ -98,13 +98,6 @@ async fn rooms_vanish_when_empty_and_max_rooms_bounds_them() {
     .await;
     assert!(settled.is_ok(), "connections never closed");
     connect(&format!("{}/two", server.url())).await;
-}
-
-/// Closes `ws` properly and waits for the server's answer.
-async fn read_to_end_after_close(mut ws: Ws) {
-    use futures_util::SinkExt;
-    let _ = ws.send(tokio_websockets::Message::close(None, "")).await;
-    read_to_end(&mut ws).await;
 }
 
 #[tokio::test]
@@ -129,7 +122,7 @@ async fn presence_announces_joins_and_leaves_with_the_count() {
         recv_text(&mut elsewhere).await,
         format!("* {elsewhere_who} joined (1 here)")
     );
-    read_to_end_after_close(bob).await;
+    close_and_read_to_end(bob).await;
     assert_eq!(
         recv_text(&mut alice).await,
         format!("* {bob_who} left (1 here)")
@@ -190,15 +183,7 @@ async fn history_seam_has_no_gap_and_no_duplicate_under_traffic() {
     let alice_tag = format!("{:?}: ", local_addr(&alice));
     let (talk, mut alice_heard) = chatter(alice);
     // Alice talks steadily, a message a millisecond, until Carol has heard enough.
-    let talking = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_millis(1));
-        for i in 0u32.. {
-            tick.tick().await;
-            if talk.send(format!("{i}")).is_err() {
-                break;
-            }
-        }
-    });
+    let talking = count_aloud(talk);
     // Carol joins once plenty of history exists, in the middle of the traffic.
     for _ in 0..100 {
         next(&mut alice_heard).await;

@@ -286,15 +286,7 @@ async fn resuming_under_load_meets_live_traffic_without_gap_or_repeat() {
     let talker = connect(&server.url()).await;
     let (talk, mut talker_heard) = chatter(talker);
     // The talker says a numbered line every millisecond until the test ends.
-    let talking = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_millis(1));
-        for i in 0u32.. {
-            tick.tick().await;
-            if talk.send(format!("{i}")).is_err() {
-                break;
-            }
-        }
-    });
+    let talking = count_aloud(talk);
     for _ in 0..50 {
         next(&mut talker_heard).await;
     }

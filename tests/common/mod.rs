@@ -390,6 +390,12 @@ pub async fn recv_close(ws: &mut Ws) -> (u16, String) {
     }
 }
 
+/// Closes `ws` properly and waits for the server's answer.
+pub async fn close_and_read_to_end(mut ws: Ws) {
+    let _ = ws.send(Message::close(None, "")).await;
+    read_to_end(&mut ws).await;
+}
+
 /// Reads until the connection ends in any way; returns what text arrived first.
 pub async fn read_to_end(ws: &mut Ws) -> Vec<String> {
     let mut texts = Vec::new();
@@ -419,6 +425,20 @@ pub fn reader(mut ws: Ws) -> mpsc::UnboundedReceiver<String> {
         }
     });
     rx
+}
+
+/// Puts a numbered line ("0", "1", ...) into `talk` every millisecond, until its
+/// receiver is gone: steady traffic for the tests of a seam.
+pub fn count_aloud(talk: mpsc::UnboundedSender<String>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        for i in 0u32.. {
+            tick.tick().await;
+            if talk.send(format!("{i}")).is_err() {
+                break;
+            }
+        }
+    })
 }
 
 /// Like [`reader`], and also sends every text put into the returned sender: a
@@ -499,24 +519,8 @@ fn fastrand_port(low: u16, high: u16) -> u16 {
 /// Sends a WebSocket upgrade request with `extra_headers` (each ending in `\r\n`)
 /// over plain TCP and returns the status line of the answer.
 pub async fn upgrade_status(addr: SocketAddr, path: &str, extra_headers: &str) -> String {
-    use tokio::io::AsyncReadExt;
-    let mut tcp = timeout(WAIT, TcpStream::connect(addr))
-        .await
-        .expect("connect in time")
-        .expect("connect");
-    tcp.write_all(upgrade_request(path, extra_headers).as_bytes())
-        .await
-        .expect("write request");
-    let mut head = Vec::new();
-    timeout(WAIT, async {
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n") && tcp.read(&mut byte).await.expect("read answer") == 1 {
-            head.push(byte[0]);
-        }
-    })
-    .await
-    .expect("answer in time");
-    String::from_utf8_lossy(&head).trim_end().to_owned()
+    let head = upgrade_head(addr, path, extra_headers).await;
+    head.lines().next().unwrap_or_default().to_owned()
 }
 
 /// Sends a WebSocket upgrade request with `extra_headers` (each ending in `\r\n`)
