@@ -49,10 +49,19 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    /// Starts `spec` with `RUST_LOG=warn` and waits for `Listening on port N`.
+    /// Starts `spec` with `RUST_LOG=warn` and waits for `Listening on port N`. The
+    /// server gets none of this environment's `CHAT_*` settings (a `CHAT_TOKEN` or
+    /// `CHAT_REDIS_URL` meant for a real server would change what is measured): only
+    /// its flags and `spec`'s own variables.
     pub fn spawn(spec: &ServerSpec) -> Result<Self, String> {
         let path = &spec.path;
-        let mut child = Command::new(path)
+        let mut command = Command::new(path);
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("CHAT_") {
+                command.env_remove(key);
+            }
+        }
+        let mut child = command
             .args(&spec.args)
             .env("RUST_LOG", "warn")
             .envs(spec.env.iter().map(|(key, value)| (key, value)))
