@@ -1,6 +1,7 @@
 //! The HTTP/1.1 upgrade to WebSocket, done by hand so that a reply is a proper
 //! HTTP answer with a status and a one-line reason instead of a dropped connection;
-//! and the routing of the plain requests beside it: the health check, the web page.
+//! and the routing of the plain requests beside it: the health check, the metrics,
+//! the web page.
 
 use std::borrow::Cow;
 
@@ -249,7 +250,8 @@ impl From<std::io::Error> for Failure {
     }
 }
 
-/// Reads and checks the client's request: an upgrade, or the health check.
+/// Reads and checks the client's request: an upgrade, or a plain request (the
+/// health check, the metrics, the web page).
 pub(crate) async fn read_request<S: AsyncRead + Unpin>(
     stream: &mut S,
 ) -> Result<Incoming, Failure> {

@@ -45,7 +45,7 @@ impl Hub {
         };
         let Some((epoch, head, first)) = view else {
             // Redis is out of reach: no replay, and a returning client is told.
-            let epoch = lock(&membership.room.state).log.epoch();
+            let epoch = lock(&membership.room.state).epoch();
             let recovery = newcomer.resume.map(|_| Recovery::Unavailable);
             return Ok(Joined {
                 membership,

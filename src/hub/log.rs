@@ -55,9 +55,11 @@ impl Entry {
     }
 }
 
-/// Where a room's messages are numbered and kept. The in-memory [`MemoryLog`] is
-/// the embedded default; another storage (Redis, for several server instances)
-/// keeps the same promises: offsets without gaps in one epoch, oldest dropped first.
+/// Where a room's messages are numbered and kept, and the promises any storage
+/// keeps: offsets without gaps in one epoch, oldest dropped first. [`MemoryLog`]
+/// is the embedded one. Redis (`super::redis`) keeps the same promises, but
+/// asynchronously and shared by every instance, so it is reached through
+/// [`super::Membership`] rather than through this trait.
 pub(crate) trait RoomLog: Send {
     /// The log's epoch: chosen at random when the log began.
     fn epoch(&self) -> Epoch;

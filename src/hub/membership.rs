@@ -19,10 +19,7 @@ pub(crate) enum Submitted {
 }
 
 impl Membership {
-    /// Sends `text` to everyone in the room, this member included (sessions with
-    /// no-echo leave their own out). A line with the client's `id` is sent once,
-    /// however often it is published in the client's session. With Redis out of
-    /// reach, it goes to this instance's members only, unlogged.
+    /// Sends `text` to everyone in the room and waits until it is there (tests).
     #[cfg(test)]
     pub(crate) async fn publish(&self, text: &str, id: Option<u64>) -> Published {
         match self.submit(text, id) {
@@ -31,9 +28,13 @@ impl Membership {
         }
     }
 
-    /// Like [`Membership::publish`], but without waiting for Redis: the line's
-    /// place in the room is fixed now, and what becomes of it is known later. A
-    /// session can so have many lines on their way, in order.
+    /// Sends `text` to everyone in the room, this member included (sessions with
+    /// no-echo leave their own out). A line with the client's `id` is sent once,
+    /// however often it is submitted in the client's session. In memory it is
+    /// published at once; with Redis its place in the room is fixed now and what
+    /// became of it is known when Redis answers, so a session can have many lines
+    /// on their way, in order. With Redis out of reach, it goes to this
+    /// instance's members only, unlogged.
     pub(crate) fn submit(&self, text: &str, id: Option<u64>) -> Submitted {
         let line = id.map(|id| (&*self.session, id));
         let Some(remote) = &self.hub.remote else {

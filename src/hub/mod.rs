@@ -44,7 +44,7 @@ pub(crate) enum Format {
     Structured,
 }
 
-/// One logged message on a room's channel. Cloning it is cheap: the frame is a
+/// One message on a room's channel (offset 0: not in the log). Cloning it is cheap: the frame is a
 /// reference-counted `Message` encoded once, whatever the number of receivers.
 #[derive(Debug, Clone)]
 pub(crate) struct Delivery {
@@ -222,9 +222,14 @@ impl Hub {
         }
     }
 
+    /// The rooms that exist now, to go through without holding the rooms' lock.
+    fn rooms(&self) -> Vec<Arc<Room>> {
+        lock(&self.rooms).values().cloned().collect()
+    }
+
     /// The rooms that exist, and the bytes their logs in memory hold.
     pub(crate) fn stats(&self) -> (usize, usize) {
-        let rooms: Vec<Arc<Room>> = lock(&self.rooms).values().cloned().collect();
+        let rooms = self.rooms();
         let bytes = rooms.iter().map(|r| lock(&r.state).log.bytes()).sum();
         (rooms.len(), bytes)
     }

@@ -90,48 +90,68 @@ impl Record {
     /// The record in both wire formats, at `offset` of `epoch` in `room`; an offset
     /// of 0 means not in the log (said while the log was out of reach).
     pub(crate) fn encode(&self, room: &str, epoch: Epoch, offset: u64) -> Entry {
+        if self.kind == Kind::Chat {
+            let classic = Message::text(classic::tag_from(&self.who, &self.text));
+            return chat_entry(
+                room, epoch, offset, self.from, &self.who, &self.text, classic,
+            );
+        }
         let logged = (offset > 0).then_some(offset);
-        let (classic, structured) = match self.kind {
-            Kind::Chat => {
-                let frame = ServerFrame::Message(ChatMessage {
-                    room: room.into(),
-                    epoch,
-                    offset: logged,
-                    from: self.who.as_str().into(),
-                    text: self.text.as_str().into(),
-                });
-                (classic::tag_from(&self.who, &self.text), frame.to_json())
-            }
-            Kind::Joined | Kind::Left => {
-                let joined = self.kind == Kind::Joined;
-                let text = classic::presence_notice(&self.who, joined, self.here);
-                let frame = ServerFrame::Notice(Notice {
-                    room: Some(room.into()),
-                    epoch: Some(epoch),
-                    offset: logged,
-                    who: Some(self.who.as_str().into()),
-                    here: Some(self.here),
-                    ..Notice::new(
-                        if joined {
-                            NoticeKind::Joined
-                        } else {
-                            NoticeKind::Left
-                        },
-                        text.as_str(),
-                    )
-                })
-                .to_json();
-                (text, frame)
-            }
-        };
+        let joined = self.kind == Kind::Joined;
+        let text = classic::presence_notice(&self.who, joined, self.here);
+        let structured = ServerFrame::Notice(Notice {
+            room: Some(room.into()),
+            epoch: Some(epoch),
+            offset: logged,
+            who: Some(self.who.as_str().into()),
+            here: Some(self.here),
+            ..Notice::new(
+                if joined {
+                    NoticeKind::Joined
+                } else {
+                    NoticeKind::Left
+                },
+                text.as_str(),
+            )
+        })
+        .to_json();
         Entry {
             offset,
             epoch,
             from: self.from,
             accepted: super::log::stamp(),
-            classic: Message::text(classic),
+            classic: Message::text(text),
             structured: Message::text(structured),
         }
+    }
+}
+
+/// Chat line `text` from member `from` (tagged `who`) in both wire formats, at
+/// `offset` of `epoch` in `room`, its `classic` line made already: the classic line
+/// does not depend on the offset, so a room makes it before taking its lock.
+pub(crate) fn chat_entry(
+    room: &str,
+    epoch: Epoch,
+    offset: u64,
+    from: SenderId,
+    who: &str,
+    text: &str,
+    classic: Message,
+) -> Entry {
+    let structured = ServerFrame::Message(ChatMessage {
+        room: room.into(),
+        epoch,
+        offset: (offset > 0).then_some(offset),
+        from: who.into(),
+        text: text.into(),
+    });
+    Entry {
+        offset,
+        epoch,
+        from,
+        accepted: super::log::stamp(),
+        classic,
+        structured: Message::text(structured.to_json()),
     }
 }
 

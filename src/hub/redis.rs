@@ -196,8 +196,8 @@ async fn publish_in_batches(
             }
         }
         let mut pipeline = redis::pipe();
-        for publish in &batch {
-            pipeline.add_command(publish.call.clone());
+        for publish in &mut batch {
+            pipeline.add_command(std::mem::take(&mut publish.call));
         }
         let mut answers = pipeline
             .query_async::<Vec<(String, String, u8)>>(&mut manager)

@@ -154,7 +154,7 @@ async fn heartbeat(hub: Weak<Hub>) {
         tick.tick().await;
         let Some(hub) = hub.upgrade() else { return };
         let Some(remote) = &hub.remote else { return };
-        let rooms: Vec<Arc<Room>> = lock(&hub.rooms).values().cloned().collect();
+        let rooms = hub.rooms();
         for room in rooms {
             let members: Vec<String> = lock(&room.state)
                 .members
@@ -202,7 +202,7 @@ pub(super) fn went_down(hub: &Hub, why: &str) {
 /// began again), then tell the members.
 async fn came_back(hub: &Hub) {
     let Some(remote) = &hub.remote else { return };
-    let rooms: Vec<Arc<Room>> = lock(&hub.rooms).values().cloned().collect();
+    let rooms = hub.rooms();
     for room in &rooms {
         let head = match remote.log.head(&room.name).await {
             Ok(head) => head,
@@ -211,8 +211,8 @@ async fn came_back(hub: &Hub) {
                 return;
             }
         };
-        let synced = lock(&room.state).synced;
-        let (epoch, mut after) = synced.unwrap_or((head.epoch, head.head));
+        // A room whose members all came while Redis was away starts here.
+        let (epoch, mut after) = room.baseline(head.epoch, head.head);
         if epoch != head.epoch {
             after = 0;
         }
@@ -236,7 +236,7 @@ async fn came_back(hub: &Hub) {
 
 /// Sends every local member a notice that is not in the log.
 fn notify_all(hub: &Hub, kind: NoticeKind, text: &str) {
-    let rooms: Vec<Arc<Room>> = lock(&hub.rooms).values().cloned().collect();
+    let rooms = hub.rooms();
     for room in rooms {
         let epoch = lock(&room.state).epoch();
         let structured = ServerFrame::Notice(Notice::new(kind, text)).to_json();

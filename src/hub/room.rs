@@ -7,14 +7,16 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
 use tokio::sync::{broadcast, watch};
+use tokio_websockets::Message;
 
 use super::log::{Entry, MemoryLog, RoomLog};
-use super::record::{Logged, Record};
+use super::record::{Logged, Record, chat_entry};
 use super::{Delivery, Format, SenderId};
-use crate::protocol::Epoch;
+use crate::protocol::{Epoch, classic};
 
-/// Locks `mutex`, going on with the data if a panic poisoned it: every change
-/// under these locks is a single insert, remove or push, never left half done.
+/// Locks `mutex`, going on with the data if a panic poisoned it: nothing under
+/// these locks panics between two changes that must go together (a message is
+/// logged and sent before its line's id is remembered).
 pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
@@ -157,7 +159,8 @@ impl Room {
         text: &str,
         line: Option<(&str, u64)>,
     ) -> Published {
-        let record = Record::chat(from, who, text);
+        // Made before the lock: the classic line does not depend on the offset.
+        let classic = Message::text(classic::tag_from(who, text));
         let mut state = lock(&self.state);
         if let Some((session, id)) = line
             && let Some(last) = state.accepted.get(session)
@@ -169,7 +172,15 @@ impl Room {
             };
         }
         let offset = state.log.head() + 1;
-        let entry = record.encode(&self.name, state.log.epoch(), offset);
+        let entry = chat_entry(
+            &self.name,
+            state.log.epoch(),
+            offset,
+            from,
+            who,
+            text,
+            classic,
+        );
         state.append(entry);
         if let Some((session, id)) = line {
             state.remember(session, id, offset);

@@ -26,7 +26,7 @@ enum Step {
     /// Pass it over: delivered already, or our own with no-echo.
     Skip,
     /// Messages before it are missing here: catch up from the log first.
-    Gap,
+    Gap(Delivery),
 }
 
 /// Why a batch stopped short of the channel's end.
@@ -93,7 +93,7 @@ impl<'a> Outbox<'a> {
             return Step::Skip;
         }
         if delivery.offset > self.last + 1 {
-            return Step::Gap;
+            return Step::Gap(delivery);
         }
         self.last = delivery.offset;
         if Some(delivery.from) == self.skip {
@@ -127,18 +127,21 @@ impl<'a> Outbox<'a> {
                         behind = Some(Behind::NewEpoch(delivery));
                         break;
                     }
-                    Ok(delivery) if delivery.offset > self.last + 1 => {
-                        behind = Some(Behind::Gap(delivery));
-                        break;
-                    }
                     Ok(delivery) => {
                         let accepted = delivery.accepted;
-                        if let Step::Write(message) = self.step(delivery) {
-                            ws.feed(message).await?;
-                            if written == 0 {
-                                oldest = accepted;
+                        match self.step(delivery) {
+                            Step::Write(message) => {
+                                ws.feed(message).await?;
+                                if written == 0 {
+                                    oldest = accepted;
+                                }
+                                written += 1;
                             }
-                            written += 1;
+                            Step::Skip => {}
+                            Step::Gap(delivery) => {
+                                behind = Some(Behind::Gap(delivery));
+                                break;
+                            }
                         }
                     }
                     Err(RecvError::Lagged(_)) => {
@@ -300,7 +303,7 @@ mod tests {
         match outbox.step(delivery(offset, from)) {
             Step::Write(message) => format!("write {}", message.as_text().unwrap_or("?")),
             Step::Skip => "skip".to_owned(),
-            Step::Gap => "gap".to_owned(),
+            Step::Gap(_) => "gap".to_owned(),
         }
     }
 
