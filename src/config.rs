@@ -12,6 +12,14 @@ pub const DEFAULT_URL: &str = "ws://127.0.0.1:2000";
 /// until the operator says so with `--host`.
 pub const DEFAULT_HOST: &str = "127.0.0.1";
 
+/// The write delay of an instance that shares its rooms through Redis, unless one
+/// is given. Through Redis every copy, the sender's own included, waits a round
+/// trip, so a sender that waits for its copies paces the room; without a delay each
+/// client then gets a write per few messages, and the instances spend their CPU on
+/// writes. Measured in the benchmark's `crowd`: 10 ms gives each instance 0.43x a
+/// single server's throughput, 20 ms 0.6-0.7x (README, Performance).
+pub const SHARED_WRITE_DELAY: Duration = Duration::from_millis(20);
+
 /// The server's limits and timeouts. `Default` gives the values the binary uses
 /// when no flag says otherwise.
 #[derive(Debug, Clone)]
@@ -35,7 +43,9 @@ pub struct ServerConfig {
     pub max_batch: usize,
     /// A session that has just written to its client collects what arrives during
     /// this long before writing again (0: write at once). Fewer, larger writes cost
-    /// less CPU, at up to this much latency while messages keep coming.
+    /// less CPU, at up to this much latency while messages keep coming. A client's
+    /// own line is never held: its copy is how a sender learns it went through.
+    /// The server's command line makes it [`SHARED_WRITE_DELAY`] with Redis.
     pub write_delay: Duration,
     /// Most connections open at once, handshakes included; one more gets HTTP 503.
     pub max_connections: usize,

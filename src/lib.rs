@@ -37,5 +37,7 @@ mod state;
 pub mod tls;
 mod web;
 
-pub use config::{ClientConfig, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_URL, Secret, ServerConfig};
+pub use config::{
+    ClientConfig, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_URL, SHARED_WRITE_DELAY, Secret, ServerConfig,
+};
 pub use error::{Error, Result};

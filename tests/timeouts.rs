@@ -185,3 +185,89 @@ async fn the_write_delay_holds_a_message_no_longer_than_the_delay() {
     assert!(third.ends_with(b"\"third\""));
     assert_eq!(quiet.elapsed(), Duration::ZERO, "written at once");
 }
+
+/// Reads one frame and checks that its text ends with `quoted` (`"text"`, as the
+/// classic tag quotes it).
+async fn expect_line(tcp: &mut TcpStream, text: &str) {
+    let (_, payload) = read_frame(tcp).await.expect(text);
+    let quoted = format!("\"{text}\"");
+    assert!(
+        payload.ends_with(quoted.as_bytes()),
+        "expected {quoted}, got {:?}",
+        String::from_utf8_lossy(&payload)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_write_delay_never_holds_a_clients_own_line() {
+    let server = InProcess::start(ServerConfig {
+        write_delay: Duration::from_secs(1),
+        max_rate: 0.0,
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut member = raw_client(server.addr).await;
+    let mut other = raw_client(server.addr).await;
+
+    // The member got a message, so it rests for the delay; what the other says
+    // meanwhile waits ...
+    send_raw(&mut other, "first").await;
+    expect_line(&mut member, "first").await;
+    expect_line(&mut other, "first").await;
+    let start = Instant::now();
+    send_raw(&mut other, "second").await;
+    expect_line(&mut other, "second").await;
+    // ... until the member says something: its own copy goes out at once, after
+    // what came before it, in order.
+    send_raw(&mut member, "mine").await;
+    expect_line(&mut member, "second").await;
+    expect_line(&mut member, "mine").await;
+    assert_eq!(
+        start.elapsed(),
+        Duration::ZERO,
+        "nothing waited for the delay"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_write_delay_does_not_rest_after_a_full_batch() {
+    let server = InProcess::start(ServerConfig {
+        write_delay: Duration::from_secs(1),
+        max_batch: 2,
+        max_rate: 0.0,
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut reader = raw_client(server.addr).await;
+    let mut sender = raw_client(server.addr).await;
+
+    // Five lines in one TCP write: the sender's session takes all five before the
+    // reader's runs, which finds them waiting. Two batches are full, so more is
+    // waiting already and resting would only delay it: all five go out at once.
+    let mut lines = Vec::new();
+    for n in 1..=5 {
+        let text = format!("line {n}");
+        lines.extend_from_slice(&[0x81, 0x80 | u8::try_from(text.len()).expect("short")]);
+        lines.extend_from_slice(&[0, 0, 0, 0]);
+        lines.extend_from_slice(text.as_bytes());
+    }
+    let start = Instant::now();
+    sender.write_all(&lines).await.expect("send");
+    for n in 1..=5 {
+        expect_line(&mut reader, &format!("line {n}")).await;
+    }
+    assert_eq!(
+        start.elapsed(),
+        Duration::ZERO,
+        "no rest between full batches"
+    );
+
+    // The last batch was not full: the next line waits for the delay.
+    send_raw(&mut sender, "later").await;
+    expect_line(&mut reader, "later").await;
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_secs(1),
+        "rested after the last batch"
+    );
+}

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use broadcast_chat::config::parse_duration;
-use broadcast_chat::{DEFAULT_HOST, DEFAULT_PORT, Secret, ServerConfig, server, tls};
+use broadcast_chat::{
+    DEFAULT_HOST, DEFAULT_PORT, SHARED_WRITE_DELAY, Secret, ServerConfig, server, tls,
+};
 use clap::Parser;
 use clap::builder::TypedValueParser;
 
@@ -53,9 +55,10 @@ struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     handshake_timeout: Duration,
     /// After a write to a client, collect what arrives for this long before writing
-    /// again: fewer, larger writes at up to this much latency (0: write at once).
-    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = parse_duration)]
-    write_delay: Duration,
+    /// again: fewer, larger writes at up to this much latency (0: write at once). A
+    /// client's own lines are never held [default: 0, or 20ms with --redis-url]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    write_delay: Option<Duration>,
     /// Time a write to a client may take before the client is dropped as stuck.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     write_timeout: Duration,
@@ -146,7 +149,10 @@ impl Cli {
             flood_timeout: self.flood_timeout,
             handshake_timeout: self.handshake_timeout,
             write_timeout: self.write_timeout,
-            write_delay: self.write_delay,
+            write_delay: self.write_delay.unwrap_or(match self.redis_url.as_deref() {
+                Some(url) if !url.is_empty() => SHARED_WRITE_DELAY,
+                _ => Duration::ZERO,
+            }),
             ping_interval: self.ping_interval,
             close_timeout: self.close_timeout,
             token: self
@@ -257,5 +263,25 @@ mod tests {
             format!("{config:?}"),
             format!("{:?}", ServerConfig::default())
         );
+    }
+
+    #[test]
+    fn with_redis_the_write_delay_defaults_to_the_shared_one() {
+        let delay = |args: &[&str]| {
+            let args = ["server"].iter().chain(args);
+            let cli = Cli::try_parse_from(args).expect("parse");
+            cli.config().expect("config").write_delay
+        };
+        assert_eq!(delay(&[]), Duration::ZERO);
+        assert_eq!(
+            delay(&["--redis-url", "redis://127.0.0.1:1"]),
+            SHARED_WRITE_DELAY
+        );
+        assert_eq!(
+            delay(&["--redis-url", "redis://127.0.0.1:1", "--write-delay", "0"]),
+            Duration::ZERO,
+            "a delay given is kept"
+        );
+        assert_eq!(delay(&["--write-delay", "5ms"]), Duration::from_millis(5));
     }
 }

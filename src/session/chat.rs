@@ -73,6 +73,10 @@ impl Chat<'_> {
         let mut pending = Pending::new();
 
         loop {
+            // A rest does not keep back the client's own line: its copy is how a
+            // sender learns it went through, and a sender waiting on it waits the
+            // whole room.
+            let listen = !rest || outbox.echo_due();
             // The client's frames first: a sender's line goes out before the session
             // writes what it has for its client, which keeps a busy room moving.
             // The channel cannot starve the client's frames (they come first), and
@@ -84,7 +88,7 @@ impl Chat<'_> {
                     match frame {
                         Some(Ok(message)) => match message.as_text() {
                             Some(text) => match rate.check(Instant::now()) {
-                                Verdict::Pass => self.take(ws, text, &mut pending).await,
+                                Verdict::Pass => self.take(ws, text, &mut pending, outbox).await,
                                 Verdict::Drop(Some((dropped, notice))) => {
                                     metrics.rate_limited.increment(1);
                                     let notice = self.frames.slowed_down(dropped, notice);
@@ -105,16 +109,15 @@ impl Chat<'_> {
                         Some(Err(e)) => return End::ProtocolError(e),
                     }
                 }
-                received = rx.recv(), if !rest => match received {
+                received = rx.recv(), if listen => match received {
                     Err(RecvError::Closed) => return outbox::channel_closed(),
-                    received => {
-                        let delivered = outbox.deliver(ws, rx, received, self.membership).await;
-                        if !delay.is_zero() {
+                    // After a full batch more is waiting already: no rest.
+                    received => outbox.deliver(ws, rx, received, self.membership).await.map(|full| {
+                        if !delay.is_zero() && !full {
                             resting.as_mut().reset(Instant::now() + delay);
                             rest = true;
                         }
-                        delivered
-                    }
+                    }),
                 },
                 () = &mut resting, if rest => {
                     rest = false;
@@ -149,6 +152,7 @@ impl Chat<'_> {
         ws: &mut WebSocketStream<S>,
         text: &str,
         pending: &mut Pending,
+        outbox: &mut Outbox<'_>,
     ) -> Result<(), End>
     where
         S: AsyncRead + AsyncWrite + Unpin,
@@ -169,6 +173,7 @@ impl Chat<'_> {
             Ok(line) => line,
             Err(reply) => return self.reply(ws, Some(reply)).await,
         };
+        outbox.expect_echo();
         match self.membership.submit(&text, id) {
             // While earlier lines are on their way, this one waits its turn.
             Submitted::Done(published) if pending.is_empty() => {

@@ -165,7 +165,15 @@ async fn serve<S>(
     let frames = Frames(format);
     let skip = config.no_echo.then(|| membership.id());
     let metrics = &guard.shared().metrics;
-    let mut outbox = Outbox::new(epoch, replay_after, skip, config, frames, metrics);
+    let mut outbox = Outbox::new(
+        epoch,
+        replay_after,
+        membership.id(),
+        skip,
+        config,
+        frames,
+        metrics,
+    );
     let welcome = frames.welcome(
         membership.room(),
         epoch,

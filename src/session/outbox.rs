@@ -49,6 +49,10 @@ pub(super) struct Outbox<'a> {
     last: u64,
     /// Our own id, with no-echo: our messages are passed over.
     skip: Option<SenderId>,
+    /// Our own id, and whether a line of ours is on its way back to us: the echo is
+    /// a sender's acknowledgement, so it is not kept back by a write delay.
+    me: SenderId,
+    echo_due: bool,
     /// Most messages in one write.
     max_batch: usize,
     /// Time one write may take.
@@ -64,6 +68,7 @@ impl<'a> Outbox<'a> {
     pub(super) fn new(
         epoch: Epoch,
         last: u64,
+        me: SenderId,
         skip: Option<SenderId>,
         config: &crate::ServerConfig,
         frames: Frames,
@@ -74,6 +79,8 @@ impl<'a> Outbox<'a> {
             epoch,
             last,
             skip,
+            me,
+            echo_due: false,
             max_batch: config.max_batch.max(1),
             write_timeout: config.write_timeout,
             frames,
@@ -83,6 +90,9 @@ impl<'a> Outbox<'a> {
     /// Decides about `delivery` and moves the position past it unless it is a gap.
     /// A message that is not in the log (offset 0) is written as it comes.
     fn step(&mut self, delivery: Delivery) -> Step {
+        if delivery.from == self.me {
+            self.echo_due = false;
+        }
         if delivery.offset == 0 {
             return match Some(delivery.from) == self.skip {
                 true => Step::Skip,
@@ -105,18 +115,19 @@ impl<'a> Outbox<'a> {
 
     /// Writes what the channel gave (`first`) and whatever else it already holds, up
     /// to a batch, with one flush. A lag or a gap is filled from the log before
-    /// going on.
+    /// going on. Returns whether the batch was full, with more waiting.
     pub(super) async fn deliver<S>(
         &mut self,
         ws: &mut WebSocketStream<S>,
         rx: &mut broadcast::Receiver<Delivery>,
         first: Result<Delivery, RecvError>,
         membership: &Membership,
-    ) -> Result<(), End>
+    ) -> Result<bool, End>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let mut next = first;
+        let mut full = false;
         let mut behind = None;
         let (mut written, mut oldest) = (0u64, 0);
         let limit = self.write_timeout;
@@ -151,6 +162,7 @@ impl<'a> Outbox<'a> {
                     Err(RecvError::Closed) => break,
                 }
                 if written >= self.max_batch as u64 {
+                    full = true;
                     break;
                 }
                 next = match rx.try_recv() {
@@ -168,7 +180,7 @@ impl<'a> Outbox<'a> {
             self.metrics.latency.record(waited);
         }
         let delivery = match behind {
-            None => return Ok(()),
+            None => return Ok(full),
             // The channel moved on without us: everything after our position that the
             // log still holds, then live again (the channel's copies are passed over).
             Some(Behind::Lagged) => {
@@ -177,7 +189,10 @@ impl<'a> Outbox<'a> {
                     after = self.last,
                     "fell behind the channel; catching up from the log"
                 );
-                return self.catch_up(ws, membership, None, true).await.map(drop);
+                return self
+                    .catch_up(ws, membership, None, true)
+                    .await
+                    .map(|_| false);
             }
             // The room's log began again (its store lost it): say so, and go on from
             // the start of the new one.
@@ -204,7 +219,7 @@ impl<'a> Outbox<'a> {
             bounded(self.write_timeout, ws.send(message)).await?;
             self.metrics.deliveries.add(1);
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Writes what the room's log holds after our position, a batch per write, until
@@ -259,6 +274,16 @@ impl<'a> Outbox<'a> {
         Ok(missed)
     }
 
+    /// A line of ours went to the room: its copy is due back.
+    pub(super) fn expect_echo(&mut self) {
+        self.echo_due = true;
+    }
+
+    /// Whether a line of ours is on its way back to us.
+    pub(super) fn echo_due(&self) -> bool {
+        self.echo_due
+    }
+
     /// The last offset delivered.
     #[cfg(test)]
     fn last(&self) -> u64 {
@@ -286,11 +311,15 @@ mod tests {
         }
     }
 
+    /// The id of the session whose outbox these tests drive.
+    const ME: SenderId = 99;
+
     fn outbox(last: u64, skip: Option<SenderId>) -> Outbox<'static> {
         static METRICS: std::sync::LazyLock<Metrics> = std::sync::LazyLock::new(Metrics::new);
         Outbox::new(
             Epoch(1),
             last,
+            ME,
             skip,
             &crate::ServerConfig::default(),
             Frames(Format::Classic),
@@ -326,6 +355,27 @@ mod tests {
         assert_eq!(step(&mut outbox, 0, 8), "write m0");
         assert_eq!(step(&mut outbox, 0, 7), "skip", "our own, with no-echo");
         assert_eq!(outbox.last(), 3, "the position stays");
+    }
+
+    #[test]
+    fn an_echo_is_due_until_a_copy_of_our_own_passes() {
+        let mut outbox = outbox(0, None);
+        outbox.expect_echo();
+        assert_eq!(step(&mut outbox, 1, 8), "write m1");
+        assert!(
+            outbox.echo_due(),
+            "another member's message is not our echo"
+        );
+        assert_eq!(step(&mut outbox, 2, ME), "write m2");
+        assert!(!outbox.echo_due(), "our own came back");
+        // With no-echo our copy is passed over, and still ends the wait.
+        let mut outbox = super::Outbox {
+            skip: Some(ME),
+            ..outbox
+        };
+        outbox.expect_echo();
+        assert_eq!(step(&mut outbox, 3, ME), "skip");
+        assert!(!outbox.echo_due());
     }
 
     #[test]
