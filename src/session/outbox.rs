@@ -369,7 +369,7 @@ mod tests {
         assert_eq!(step(&mut outbox, 2, ME), "write m2");
         assert!(!outbox.echo_due(), "our own came back");
         // With no-echo our copy is passed over, and still ends the wait.
-        let mut outbox = super::Outbox {
+        let mut outbox = Outbox {
             skip: Some(ME),
             ..outbox
         };
