@@ -271,3 +271,39 @@ async fn the_write_delay_does_not_rest_after_a_full_batch() {
         "rested after the last batch"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_write_delay_does_not_rest_after_catching_up_from_the_log() {
+    let delay = Duration::from_secs(1);
+    let server = InProcess::start(ServerConfig {
+        write_delay: delay,
+        buffer: 2,
+        max_rate: 0.0,
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut reader = raw_client(server.addr).await;
+    let mut sender = raw_client(server.addr).await;
+
+    // The reader rests after "first"; five more overflow its channel of two
+    // meanwhile, so at the rest's end it catches up from the room's log.
+    send_raw(&mut sender, "first").await;
+    expect_line(&mut reader, "first").await;
+    let start = Instant::now();
+    for n in 1..=5 {
+        send_raw(&mut sender, &format!("line {n}")).await;
+    }
+    for n in 1..=5 {
+        expect_line(&mut reader, &format!("line {n}")).await;
+    }
+    assert_eq!(
+        start.elapsed(),
+        delay,
+        "held for the rest, caught up after it"
+    );
+
+    // Having fallen behind, it does not rest again before the next line.
+    send_raw(&mut sender, "after").await;
+    expect_line(&mut reader, "after").await;
+    assert_eq!(start.elapsed(), delay, "no rest after a catch-up");
+}

@@ -111,9 +111,8 @@ impl Chat<'_> {
                 }
                 received = rx.recv(), if listen => match received {
                     Err(RecvError::Closed) => return outbox::channel_closed(),
-                    // After a full batch more is waiting already: no rest.
-                    received => outbox.deliver(ws, rx, received, self.membership).await.map(|full| {
-                        if !delay.is_zero() && !full {
+                    received => outbox.deliver(ws, rx, received, self.membership).await.map(|may_rest| {
+                        if may_rest && !delay.is_zero() {
                             resting.as_mut().reset(Instant::now() + delay);
                             rest = true;
                         }

@@ -115,7 +115,9 @@ impl<'a> Outbox<'a> {
 
     /// Writes what the channel gave (`first`) and whatever else it already holds, up
     /// to a batch, with one flush. A lag or a gap is filled from the log before
-    /// going on. Returns whether the batch was full, with more waiting.
+    /// going on. Returns whether a write delay may rest the session now: it wrote, and
+    /// emptied the channel without falling behind (after a full batch or a catch-up
+    /// more is waiting already, and after nothing there is nothing to wait after).
     pub(super) async fn deliver<S>(
         &mut self,
         ws: &mut WebSocketStream<S>,
@@ -180,7 +182,7 @@ impl<'a> Outbox<'a> {
             self.metrics.latency.record(waited);
         }
         let delivery = match behind {
-            None => return Ok(full),
+            None => return Ok(written > 0 && !full),
             // The channel moved on without us: everything after our position that the
             // log still holds, then live again (the channel's copies are passed over).
             Some(Behind::Lagged) => {
