@@ -140,10 +140,15 @@ async fn shutdown_ends_within_the_close_timeout_when_a_client_never_answers() {
 
 /// Sends a text frame over a raw client connection (masked, as clients must).
 async fn send_raw(tcp: &mut TcpStream, text: &str) {
+    tcp.write_all(&text_frame(text)).await.expect("send");
+}
+
+/// A short text frame as a client sends it: masked, with a zero mask.
+fn text_frame(text: &str) -> Vec<u8> {
     let mut frame = vec![0x81, 0x80 | u8::try_from(text.len()).expect("a short text")];
     frame.extend_from_slice(&[0, 0, 0, 0]);
     frame.extend_from_slice(text.as_bytes());
-    tcp.write_all(&frame).await.expect("send");
+    frame
 }
 
 #[tokio::test(start_paused = true)]
@@ -244,13 +249,9 @@ async fn the_write_delay_does_not_rest_after_a_full_batch() {
     // Five lines in one TCP write: the sender's session takes all five before the
     // reader's runs, which finds them waiting. Two batches are full, so more is
     // waiting already and resting would only delay it: all five go out at once.
-    let mut lines = Vec::new();
-    for n in 1..=5 {
-        let text = format!("line {n}");
-        lines.extend_from_slice(&[0x81, 0x80 | u8::try_from(text.len()).expect("short")]);
-        lines.extend_from_slice(&[0, 0, 0, 0]);
-        lines.extend_from_slice(text.as_bytes());
-    }
+    let lines: Vec<u8> = (1..=5)
+        .flat_map(|n| text_frame(&format!("line {n}")))
+        .collect();
     let start = Instant::now();
     sender.write_all(&lines).await.expect("send");
     for n in 1..=5 {

@@ -140,6 +140,7 @@ impl Cli {
             (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
             _ => None,
         };
+        let redis_url = self.redis_url.clone().filter(|u| !u.is_empty());
         Ok(ServerConfig {
             buffer: self.buffer,
             max_message_size: self.max_message_size,
@@ -149,9 +150,9 @@ impl Cli {
             flood_timeout: self.flood_timeout,
             handshake_timeout: self.handshake_timeout,
             write_timeout: self.write_timeout,
-            write_delay: self.write_delay.unwrap_or(match self.redis_url.as_deref() {
-                Some(url) if !url.is_empty() => SHARED_WRITE_DELAY,
-                _ => Duration::ZERO,
+            write_delay: self.write_delay.unwrap_or(match redis_url {
+                Some(_) => SHARED_WRITE_DELAY,
+                None => Duration::ZERO,
             }),
             ping_interval: self.ping_interval,
             close_timeout: self.close_timeout,
@@ -168,7 +169,7 @@ impl Cli {
             max_rooms: self.max_rooms,
             presence: self.presence,
             no_echo: self.no_echo,
-            redis_url: self.redis_url.clone().filter(|u| !u.is_empty()),
+            redis_url,
             metrics_listen: self.metrics_listen,
             ..ServerConfig::default()
         })
