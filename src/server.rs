@@ -94,19 +94,10 @@ impl Server {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<()> {
-        let shared = Arc::clone(&self.shared);
-        let upkeep = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(crate::metrics::UPKEEP_EVERY);
-            loop {
-                tick.tick().await;
-                shared.metrics.upkeep();
-            }
-        });
         let metrics = self
             .metrics_listener
             .map(|metrics| tokio::spawn(serve_metrics(metrics, Arc::clone(&self.shared))));
         let result = serve(self.shared, listener, shutdown).await;
-        upkeep.abort();
         if let Some(metrics) = metrics {
             metrics.abort();
         }
