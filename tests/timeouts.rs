@@ -163,32 +163,46 @@ async fn the_write_delay_holds_a_message_no_longer_than_the_delay() {
     let mut reader = raw_client(server.addr).await;
     let mut sender = raw_client(server.addr).await;
 
-    // A message after a quiet spell goes out at once ...
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let start = Instant::now();
-    send_raw(&mut sender, "first").await;
-    let (_, first) = read_frame(&mut reader).await.expect("first");
-    assert!(first.ends_with(b"\"first\""));
-    assert_eq!(start.elapsed(), Duration::ZERO, "written at once");
+    // Messages further apart than the delay go out at once: nothing to gather.
+    for text in ["first", "second"] {
+        tokio::time::sleep(Duration::from_millis(15)).await;
+        let start = Instant::now();
+        send_raw(&mut sender, text).await;
+        expect_line(&mut reader, text).await;
+        assert_eq!(start.elapsed(), Duration::ZERO, "{text} written at once");
+    }
 
-    // ... one that follows within the delay waits for the delay's end, no longer ...
+    // One within the delay of the last write goes at once too, and starts a rest:
+    // what follows within the delay waits for the rest's end, no longer ...
     tokio::time::sleep(Duration::from_millis(2)).await;
-    send_raw(&mut sender, "second").await;
-    let (_, second) = read_frame(&mut reader).await.expect("second");
-    assert!(second.ends_with(b"\"second\""));
+    let start = Instant::now();
+    send_raw(&mut sender, "third").await;
+    expect_line(&mut reader, "third").await;
+    assert_eq!(start.elapsed(), Duration::ZERO, "third written at once");
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    send_raw(&mut sender, "fourth").await;
+    expect_line(&mut reader, "fourth").await;
     assert_eq!(
         start.elapsed(),
         delay,
-        "held until the delay after the first write"
+        "held until the delay after the last write"
     );
 
     // ... and after a quiet spell longer than the delay, the next goes at once again.
     tokio::time::sleep(Duration::from_millis(50)).await;
     let quiet = Instant::now();
-    send_raw(&mut sender, "third").await;
-    let (_, third) = read_frame(&mut reader).await.expect("third");
-    assert!(third.ends_with(b"\"third\""));
+    send_raw(&mut sender, "fifth").await;
+    expect_line(&mut reader, "fifth").await;
     assert_eq!(quiet.elapsed(), Duration::ZERO, "written at once");
+}
+
+/// Two lines from `sender` that `reader` gets in quick succession: the second write
+/// comes within any delay of the first, so `reader`'s session rests after it.
+async fn start_a_rest(sender: &mut TcpStream, reader: &mut TcpStream) {
+    for text in ["warm 1", "warm 2"] {
+        send_raw(sender, text).await;
+        expect_line(reader, text).await;
+    }
 }
 
 /// Reads one frame and checks that its text ends with `quoted` (`"text"`, as the
@@ -214,11 +228,10 @@ async fn the_write_delay_never_holds_a_clients_own_line() {
     let mut member = raw_client(server.addr).await;
     let mut other = raw_client(server.addr).await;
 
-    // The member got a message, so it rests for the delay; what the other says
-    // meanwhile waits ...
-    send_raw(&mut other, "first").await;
-    expect_line(&mut member, "first").await;
-    expect_line(&mut other, "first").await;
+    // The member's session rests; what the other says meanwhile waits ...
+    start_a_rest(&mut other, &mut member).await;
+    expect_line(&mut other, "warm 1").await;
+    expect_line(&mut other, "warm 2").await;
     let start = Instant::now();
     send_raw(&mut other, "second").await;
     expect_line(&mut other, "second").await;
@@ -246,9 +259,11 @@ async fn the_write_delay_does_not_rest_after_a_full_batch() {
     let mut reader = raw_client(server.addr).await;
     let mut sender = raw_client(server.addr).await;
 
-    // Five lines in one TCP write: the sender's session takes all five before the
-    // reader's runs, which finds them waiting. Two batches are full, so more is
-    // waiting already and resting would only delay it: all five go out at once.
+    // Five lines in one TCP write reach the reader's session while it rests. At
+    // the rest's end two batches are full, so more is waiting already and resting
+    // again would only delay it: all five go out together.
+    start_a_rest(&mut sender, &mut reader).await;
+    let delay = Duration::from_secs(1);
     let lines: Vec<u8> = (1..=5)
         .flat_map(|n| text_frame(&format!("line {n}")))
         .collect();
@@ -257,20 +272,12 @@ async fn the_write_delay_does_not_rest_after_a_full_batch() {
     for n in 1..=5 {
         expect_line(&mut reader, &format!("line {n}")).await;
     }
-    assert_eq!(
-        start.elapsed(),
-        Duration::ZERO,
-        "no rest between full batches"
-    );
+    assert_eq!(start.elapsed(), delay, "no rest between full batches");
 
-    // The last batch was not full: the next line waits for the delay.
+    // The last batch was not full: the next line waits for another delay.
     send_raw(&mut sender, "later").await;
     expect_line(&mut reader, "later").await;
-    assert_eq!(
-        start.elapsed(),
-        Duration::from_secs(1),
-        "rested after the last batch"
-    );
+    assert_eq!(start.elapsed(), 2 * delay, "rested after the last batch");
 }
 
 #[tokio::test(start_paused = true)]
@@ -286,10 +293,9 @@ async fn the_write_delay_does_not_rest_after_catching_up_from_the_log() {
     let mut reader = raw_client(server.addr).await;
     let mut sender = raw_client(server.addr).await;
 
-    // The reader rests after "first"; five more overflow its channel of two
-    // meanwhile, so at the rest's end it catches up from the room's log.
-    send_raw(&mut sender, "first").await;
-    expect_line(&mut reader, "first").await;
+    // The reader rests; five more lines overflow its channel of two meanwhile, so
+    // at the rest's end it catches up from the room's log.
+    start_a_rest(&mut sender, &mut reader).await;
     let start = Instant::now();
     for n in 1..=5 {
         send_raw(&mut sender, &format!("line {n}")).await;

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tokio_websockets::{CloseCode, Message, WebSocketStream};
 
 use super::frames::Frames;
-use super::outbox::{self, Outbox};
+use super::outbox::{self, Outbox, Wrote};
 use super::{Dropped, End, bounded};
 use crate::hub::{Delivery, Format, Membership, Published, Submitted};
 use crate::limits::{RateLimit, Verdict};
@@ -63,11 +63,16 @@ impl Chat<'_> {
             config.flood_timeout,
             Instant::now(),
         );
-        // With a write delay, after each write the channel is left alone until the
-        // delay is over: what arrives meanwhile waits in it, and goes in one write.
+        // With a write delay, a write that comes within the delay of the session's
+        // last write (or of the end of its last rest) is followed by a rest: the
+        // channel is left alone until the delay is over, and what arrives meanwhile
+        // goes in one write. Writes further apart than the delay (a quiet chat) go
+        // at once and cost no timer.
         let delay = config.write_delay;
         let mut resting = pin!(tokio::time::sleep_until(Instant::now()));
         let mut rest = false;
+        // When the session was last free to write: its last write, or its rest's end.
+        let mut free: Option<Instant> = None;
         // Lines on their way to the room (with Redis), oldest first: the session
         // reads on meanwhile, up to a bound, and acknowledges each in order.
         let mut pending = Pending::new();
@@ -111,10 +116,14 @@ impl Chat<'_> {
                 }
                 received = rx.recv(), if listen => match received {
                     Err(RecvError::Closed) => return outbox::channel_closed(),
-                    received => outbox.deliver(ws, rx, received, self.membership).await.map(|may_rest| {
-                        if may_rest && !delay.is_zero() {
-                            resting.as_mut().reset(Instant::now() + delay);
-                            rest = true;
+                    received => outbox.deliver(ws, rx, received, self.membership).await.map(|wrote| {
+                        if wrote != Wrote::Nothing && !delay.is_zero() {
+                            let now = Instant::now();
+                            rest = wrote == Wrote::Emptied && free.is_some_and(|free| now < free + delay);
+                            if rest {
+                                resting.as_mut().reset(now + delay);
+                            }
+                            free = Some(if rest { now + delay } else { now });
                         }
                     }),
                 },

@@ -40,6 +40,17 @@ enum Behind {
     NewEpoch(Delivery),
 }
 
+/// What a call to [`Outbox::deliver`] wrote, for the write delay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Wrote {
+    /// Nothing: every message was passed over.
+    Nothing,
+    /// Everything the channel held: a rest may gather what comes next.
+    Emptied,
+    /// A full batch, or a catch-up from the log: more is waiting already.
+    MoreWaiting,
+}
+
 /// One session's position in its room, and how it writes.
 #[derive(Debug)]
 pub(super) struct Outbox<'a> {
@@ -115,16 +126,16 @@ impl<'a> Outbox<'a> {
 
     /// Writes what the channel gave (`first`) and whatever else it already holds, up
     /// to a batch, with one flush. A lag or a gap is filled from the log before
-    /// going on. Returns whether a write delay may rest the session now: it wrote, and
-    /// emptied the channel without falling behind (after a full batch or a catch-up
-    /// more is waiting already, and after nothing there is nothing to wait after).
+    /// going on. Returns what it wrote: whether a write delay may rest the session
+    /// now depends on it (after a full batch or a catch-up more is waiting already,
+    /// and after nothing there is nothing to wait after).
     pub(super) async fn deliver<S>(
         &mut self,
         ws: &mut WebSocketStream<S>,
         rx: &mut broadcast::Receiver<Delivery>,
         first: Result<Delivery, RecvError>,
         membership: &Membership,
-    ) -> Result<bool, End>
+    ) -> Result<Wrote, End>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -182,7 +193,9 @@ impl<'a> Outbox<'a> {
             self.metrics.latency.record(waited);
         }
         let delivery = match behind {
-            None => return Ok(written > 0 && !full),
+            None if written == 0 => return Ok(Wrote::Nothing),
+            None if full => return Ok(Wrote::MoreWaiting),
+            None => return Ok(Wrote::Emptied),
             // The channel moved on without us: everything after our position that the
             // log still holds, then live again (the channel's copies are passed over).
             Some(Behind::Lagged) => {
@@ -194,7 +207,7 @@ impl<'a> Outbox<'a> {
                 return self
                     .catch_up(ws, membership, None, true)
                     .await
-                    .map(|_| false);
+                    .map(|_| Wrote::MoreWaiting);
             }
             // The room's log began again (its store lost it): say so, and go on from
             // the start of the new one.
@@ -221,7 +234,7 @@ impl<'a> Outbox<'a> {
             bounded(self.write_timeout, ws.send(message)).await?;
             self.metrics.deliveries.add(1);
         }
-        Ok(false)
+        Ok(Wrote::MoreWaiting)
     }
 
     /// Writes what the room's log holds after our position, a batch per write, until
