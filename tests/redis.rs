@@ -278,3 +278,44 @@ async fn an_unusable_redis_url_is_a_one_line_error_and_exit_1() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_room_everyone_joined_during_an_outage_delivers_once_redis_is_back() {
+    let Some(redis) =
+        RedisServer::start("a_room_everyone_joined_during_an_outage_delivers_once_redis_is_back")
+            .await
+    else {
+        return;
+    };
+    let port = redis.port;
+    let args = ["--redis-url", &redis.url(), "--max-rate", "0"];
+    let (a, b) = (Server::start(&args).await, Server::start(&args).await);
+    redis.kill().await;
+    a.stderr.wait_for("Redis is out of reach").await;
+    b.stderr.wait_for("Redis is out of reach").await;
+
+    // A room nobody was in before the outage, with a member on each instance.
+    let mut alice = connect(&format!("{}/fresh?name=alice", a.url())).await;
+    let mut bob = connect(&format!("{}/fresh?name=bob", b.url())).await;
+    let _redis = RedisServer::start_at(port).await;
+    let restored = "* the chat's shared log is back: messages reach everyone and are kept again";
+    for ws in [&mut alice, &mut bob] {
+        assert_eq!(recv_text(ws).await, restored);
+    }
+
+    // Once Redis is back the room is shared again, both ways.
+    let (from_alice, from_bob) = (
+        format!("alice@{}: \"from a\"", local_addr(&alice)),
+        format!("bob@{}: \"from b\"", local_addr(&bob)),
+    );
+    send(&mut alice, "from a").await;
+    send(&mut bob, "from b").await;
+    let mut seen = Vec::new();
+    for ws in [&mut alice, &mut bob] {
+        seen.push([next_line(ws).await, next_line(ws).await]);
+    }
+    assert_eq!(seen[0], seen[1], "one order for both");
+    let mut lines = seen[0].clone();
+    lines.sort();
+    assert_eq!(lines, [from_alice, from_bob]);
+}

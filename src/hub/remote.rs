@@ -204,6 +204,18 @@ async fn came_back(hub: &Hub) {
     let Some(remote) = &hub.remote else { return };
     let rooms = hub.rooms();
     for room in &rooms {
+        // A room made while Redis was away could not subscribe to its channel, and
+        // the connection resubscribes only what it had: ask again (a second
+        // subscription to a channel is harmless), before reading where the room
+        // stands, so nothing published after that read is missed.
+        match remote.log.subscribe(&room.name).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                warn!(error = %e, "Redis answers, but subscribing to a room failed; trying again");
+                return;
+            }
+            Err(_) => return,
+        }
         let head = match remote.log.head(&room.name).await {
             Ok(head) => head,
             Err(e) => {
