@@ -319,3 +319,31 @@ async fn a_room_everyone_joined_during_an_outage_delivers_once_redis_is_back() {
     lines.sort();
     assert_eq!(lines, [from_alice, from_bob]);
 }
+
+#[tokio::test]
+async fn a_joiner_during_an_outage_gets_the_epoch_the_room_follows() {
+    let Some(redis) =
+        RedisServer::start("a_joiner_during_an_outage_gets_the_epoch_the_room_follows").await
+    else {
+        return;
+    };
+    let args = ["--redis-url", &redis.url(), "--max-rate", "0"];
+    let a = Server::start(&args).await;
+    let (mut first, welcome) = connect_structured(&format!("{}/rust", a.url())).await;
+    say(&mut first, 1, "before").await;
+    assert_eq!(
+        messages(&mut first, 1).await,
+        vec![(1, "before".to_owned())]
+    );
+
+    redis.kill().await;
+    a.stderr.wait_for("Redis is out of reach").await;
+    // A newcomer during the outage is told the epoch of the room's log in Redis,
+    // the one its members' offsets count in, so it can resume there later.
+    let (_second, joined) = connect_structured(&format!("{}/rust", a.url())).await;
+    assert_eq!(
+        joined["epoch"], welcome["epoch"],
+        "{joined} against {welcome}"
+    );
+    assert_eq!(joined["offset"], 1, "{joined}");
+}

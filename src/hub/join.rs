@@ -44,15 +44,17 @@ impl Hub {
             (Some(remote), _) => membership.enter_remote(remote).await,
         };
         let Some((epoch, head, first)) = view else {
-            // Redis is out of reach: no replay, and a returning client is told.
-            let epoch = lock(&membership.room.state).epoch();
+            // Redis is out of reach: no replay, and a returning client is told. The
+            // newcomer starts where this instance has delivered the room's log to,
+            // so what Redis logs later follows on without replaying older messages.
+            let (epoch, head) = lock(&membership.room.state).position();
             let recovery = newcomer.resume.map(|_| Recovery::Unavailable);
             return Ok(Joined {
                 membership,
                 rx,
                 epoch,
-                head: 0,
-                replay_after: 0,
+                head,
+                replay_after: head,
                 recovery,
             });
         };

@@ -269,7 +269,13 @@ impl RoomState {
 
     /// The room's epoch: its log's, or with Redis the one this instance follows.
     pub(super) fn epoch(&self) -> Epoch {
+        self.position().0
+    }
+
+    /// Where the room stands here: its log's epoch and head, or with Redis the
+    /// epoch this instance follows and the last offset it delivered.
+    pub(super) fn position(&self) -> (Epoch, u64) {
         self.synced
-            .map_or_else(|| self.log.epoch(), |(epoch, _)| epoch)
+            .unwrap_or_else(|| (self.log.epoch(), self.log.head()))
     }
 }
