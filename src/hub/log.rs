@@ -70,8 +70,8 @@ pub(crate) trait RoomLog: Send {
     /// Keeps `entry`, whose offset must be `head() + 1`, dropping the oldest entries
     /// beyond the bounds.
     fn push(&mut self, entry: Entry);
-    /// Appends to `out` up to `limit` entries with offsets above `after`, oldest first.
-    fn read(&self, after: u64, limit: usize, out: &mut Vec<Entry>);
+    /// Up to `limit` entries with offsets above `after`, oldest first.
+    fn read(&self, after: u64, limit: usize) -> impl Iterator<Item = &Entry>;
 }
 
 /// A log in memory: a ring of the last entries, bounded by count and by bytes.
@@ -143,11 +143,11 @@ impl RoomLog for MemoryLog {
         }
     }
 
-    fn read(&self, after: u64, limit: usize, out: &mut Vec<Entry>) {
+    fn read(&self, after: u64, limit: usize) -> impl Iterator<Item = &Entry> {
         // Offsets are consecutive, so the position of `after + 1` is arithmetic.
         let skip = after.saturating_sub(self.first() - 1);
         let skip = usize::try_from(skip).unwrap_or(usize::MAX);
-        out.extend(self.entries.iter().skip(skip).take(limit).cloned());
+        self.entries.iter().skip(skip).take(limit)
     }
 }
 
@@ -167,9 +167,7 @@ mod tests {
     }
 
     fn offsets(log: &MemoryLog, after: u64, limit: usize) -> Vec<u64> {
-        let mut out = Vec::new();
-        log.read(after, limit, &mut out);
-        out.iter().map(|e| e.offset).collect()
+        log.read(after, limit).map(|e| e.offset).collect()
     }
 
     #[test]

@@ -261,9 +261,7 @@ impl RoomState {
         out: &mut Vec<Delivery>,
     ) -> u64 {
         let gone = (self.log.first() - 1).saturating_sub(after);
-        let mut entries = Vec::with_capacity(limit.min(64));
-        self.log.read(after, limit, &mut entries);
-        out.extend(entries.iter().map(|e| e.delivery(format)));
+        out.extend(self.log.read(after, limit).map(|e| e.delivery(format)));
         gone
     }
 
