@@ -34,13 +34,22 @@ impl UpgradeRequest {
     /// Whether the client offers `protocol` in `Sec-WebSocket-Protocol` (a list,
     /// possibly over several header lines).
     pub(crate) fn offers(&self, protocol: &str) -> bool {
-        self.headers
-            .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|offered| offered.trim() == protocol)
+        list(&self.headers, http::header::SEC_WEBSOCKET_PROTOCOL).any(|offered| offered == protocol)
     }
+}
+
+/// The entries of a comma-separated header (`Connection: keep-alive, Upgrade`),
+/// over all its lines, trimmed; lines that are not text give none.
+pub(crate) fn list(
+    headers: &http::HeaderMap,
+    name: http::HeaderName,
+) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
 }
 
 /// The tokens a request presents, in the order given: `Authorization: Bearer
@@ -54,16 +63,8 @@ pub(crate) fn presented_tokens(headers: &http::HeaderMap) -> impl Iterator<Item 
         .iter()
         .filter_map(|v| v.as_bytes().strip_prefix(b"Bearer "))
         .map(<[u8]>::to_vec);
-    let offered = headers
-        .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|entry| {
-            entry
-                .trim()
-                .strip_prefix(crate::protocol::TOKEN_PROTOCOL_PREFIX)
-        })
+    let offered = list(headers, http::header::SEC_WEBSOCKET_PROTOCOL)
+        .filter_map(|entry| entry.strip_prefix(crate::protocol::TOKEN_PROTOCOL_PREFIX))
         .filter_map(|encoded| URL_SAFE_NO_PAD.decode(encoded).ok());
     bearer.chain(offered)
 }
@@ -355,11 +356,7 @@ fn parse(buf: &[u8]) -> Result<Option<Incoming>, Failure> {
         map.append(name, value);
     }
     let has_token = |name: http::HeaderName, token: &str| {
-        map.get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
+        list(&map, name).any(|t| t.eq_ignore_ascii_case(token))
     };
     if !has_token(http::header::UPGRADE, "websocket")
         || !has_token(http::header::CONNECTION, "upgrade")
@@ -430,11 +427,7 @@ fn parse(buf: &[u8]) -> Result<Option<Incoming>, Failure> {
 
 /// Whether `Accept` names `text/html` (what browsers send for a page).
 fn accepts_html(headers: &http::HeaderMap) -> bool {
-    headers
-        .get_all(http::header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
+    list(headers, http::header::ACCEPT)
         .filter_map(|range| range.split(';').next())
         .any(|media| media.trim().eq_ignore_ascii_case("text/html"))
 }
@@ -455,6 +448,26 @@ mod tests {
     }
 
     const UPGRADE: &str = "GET /room?name=alice HTTP/1.1\nHost: x\nUpgrade: websocket\nConnection: keep-alive, Upgrade\nSec-WebSocket-Version: 13\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\n\n";
+
+    #[test]
+    fn a_header_list_spans_lines_and_is_trimmed() {
+        let mut headers = http::HeaderMap::new();
+        let name = http::header::CONNECTION;
+        headers.append(
+            name.clone(),
+            http::HeaderValue::from_static("keep-alive , Upgrade"),
+        );
+        headers.append(name.clone(), http::HeaderValue::from_static("close"));
+        headers.append(
+            name.clone(),
+            http::HeaderValue::from_bytes(b"caf\xe9").expect("a value"),
+        );
+        assert_eq!(
+            list(&headers, name).collect::<Vec<_>>(),
+            ["keep-alive", "Upgrade", "close"],
+            "a line that is not text gives nothing"
+        );
+    }
 
     #[test]
     fn accepts_a_valid_upgrade_with_the_rfc_accept_key() {

@@ -97,13 +97,7 @@ pub(crate) fn answer(request: &PageRequest, admit: impl FnOnce() -> Result<(), R
 /// when the browser's copy is this one.
 fn serve(file: &File, request: &PageRequest) -> Reply {
     let etag = file.etag();
-    let fresh = request
-        .headers
-        .get_all(http::header::IF_NONE_MATCH)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|tag| tag.trim())
+    let fresh = crate::handshake::list(&request.headers, http::header::IF_NONE_MATCH)
         .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag);
     let reply = if fresh {
         Reply::empty(StatusCode::NOT_MODIFIED)
