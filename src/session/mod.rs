@@ -185,9 +185,7 @@ async fn serve<S>(
         bounded(config.write_timeout, ws.send(welcome)).await?;
         // What the log let go while we replayed is part of what the returning client
         // missed (for a newcomer, a gap in the history, which it was not there for).
-        let lost = outbox
-            .catch_up(&mut ws, &membership, Some(head), false)
-            .await?;
+        let lost = outbox.catch_up(&mut ws, &membership, head, false).await?;
         if let Some(recovered) = recovery
             .map(|r| r.and_missed(lost))
             .and_then(|r| frames.recovered(r))

@@ -29,11 +29,20 @@ enum Step {
     Gap(Delivery),
 }
 
+/// What one batch wrote, and why it stopped.
+#[derive(Debug)]
+struct Batch {
+    /// Messages written.
+    written: u64,
+    /// It stopped at the most messages in one write, with more waiting.
+    full: bool,
+    /// It stopped at a message that cannot be written yet.
+    behind: Option<Behind>,
+}
+
 /// Why a batch stopped short of the channel's end.
 #[derive(Debug)]
 enum Behind {
-    /// The channel moved on without us (we lagged).
-    Lagged,
     /// A message came before the ones it follows.
     Gap(Delivery),
     /// A message of a new epoch: the room's log began again.
@@ -66,6 +75,8 @@ pub(super) struct Outbox<'a> {
     echo_due: bool,
     /// Most messages in one write.
     max_batch: usize,
+    /// Most messages read from the log at once: what the room's channel holds.
+    read_batch: usize,
     /// Time one write may take.
     write_timeout: Duration,
     /// Frames in the client's format, for the missed-count notice.
@@ -93,6 +104,7 @@ impl<'a> Outbox<'a> {
             me,
             echo_due: false,
             max_batch: config.max_batch.max(1),
+            read_batch: config.buffer.max(config.max_batch).max(1),
             write_timeout: config.write_timeout,
             frames,
         }
@@ -124,11 +136,11 @@ impl<'a> Outbox<'a> {
         }
     }
 
-    /// Writes what the channel gave (`first`) and whatever else it already holds, up
-    /// to a batch, with one flush. A lag or a gap is filled from the log before
-    /// going on. Returns what it wrote: whether a write delay may rest the session
-    /// now depends on it (after a full batch or a catch-up more is waiting already,
-    /// and after nothing there is nothing to wait after).
+    /// Writes what the channel gave (`first`) and whatever else it already holds, a
+    /// batch per flush. A lag or a gap is filled from the log on the way. Returns
+    /// what it wrote: whether a write delay may rest the session now depends on it
+    /// (after a full batch or a catch-up more is waiting already, and after nothing
+    /// there is nothing to wait after).
     pub(super) async fn deliver<S>(
         &mut self,
         ws: &mut WebSocketStream<S>,
@@ -139,16 +151,53 @@ impl<'a> Outbox<'a> {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
+        let batch = self.write_batch(ws, rx, first).await?;
+        let Some(behind) = batch.behind else {
+            return Ok(match batch {
+                Batch { full: true, .. } => Wrote::MoreWaiting,
+                Batch { written: 0, .. } => Wrote::Nothing,
+                _ => Wrote::Emptied,
+            });
+        };
+        self.recover(ws, membership, behind).await?;
+        // Caught up, it writes one batch of what the channel holds now before it
+        // returns, so that nothing follows a catch-up in a write of its own (a rest
+        // after it would only let the session fall behind again).
+        let next = match rx.try_recv() {
+            Ok(delivery) => Ok(delivery),
+            Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+            Err(TryRecvError::Empty | TryRecvError::Closed) => return Ok(Wrote::MoreWaiting),
+        };
+        if let Some(behind) = self.write_batch(ws, rx, next).await?.behind {
+            self.recover(ws, membership, behind).await?;
+        }
+        Ok(Wrote::MoreWaiting)
+    }
+
+    /// Writes `first` and what the channel already holds after it, up to a batch,
+    /// with one flush; stops short at a message that cannot be written yet.
+    async fn write_batch<S>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+        rx: &mut broadcast::Receiver<Delivery>,
+        first: Result<Delivery, RecvError>,
+    ) -> Result<Batch, End>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
         let mut next = first;
-        let mut full = false;
-        let mut behind = None;
-        let (mut written, mut oldest) = (0u64, 0);
+        let mut batch = Batch {
+            written: 0,
+            full: false,
+            behind: None,
+        };
+        let mut oldest = 0;
         let limit = self.write_timeout;
         let write = async {
             loop {
                 match next {
                     Ok(delivery) if delivery.offset > 0 && delivery.epoch != self.epoch => {
-                        behind = Some(Behind::NewEpoch(delivery));
+                        batch.behind = Some(Behind::NewEpoch(delivery));
                         break;
                     }
                     Ok(delivery) => {
@@ -156,26 +205,32 @@ impl<'a> Outbox<'a> {
                         match self.step(delivery) {
                             Step::Write(message) => {
                                 ws.feed(message).await?;
-                                if written == 0 {
+                                if batch.written == 0 {
                                     oldest = accepted;
                                 }
-                                written += 1;
+                                batch.written += 1;
                             }
                             Step::Skip => {}
                             Step::Gap(delivery) => {
-                                behind = Some(Behind::Gap(delivery));
+                                batch.behind = Some(Behind::Gap(delivery));
                                 break;
                             }
                         }
                     }
+                    // The channel moved on without us: the next message it holds
+                    // shows the gap, and what is missing comes from the log then,
+                    // no more than the channel lost.
                     Err(RecvError::Lagged(_)) => {
-                        behind = Some(Behind::Lagged);
-                        break;
+                        self.metrics.lags.increment(1);
+                        debug!(
+                            after = self.last,
+                            "fell behind the channel; catching up from the log"
+                        );
                     }
                     Err(RecvError::Closed) => break,
                 }
-                if written >= self.max_batch as u64 {
-                    full = true;
+                if batch.written >= self.max_batch as u64 {
+                    batch.full = true;
                     break;
                 }
                 next = match rx.try_recv() {
@@ -187,40 +242,39 @@ impl<'a> Outbox<'a> {
             ws.flush().await
         };
         bounded(limit, write).await?;
-        if written > 0 {
-            self.metrics.deliveries.add(written);
+        if batch.written > 0 {
+            self.metrics.deliveries.add(batch.written);
             let waited = Duration::from_nanos(stamp().saturating_sub(oldest));
             self.metrics.latency.record(waited);
         }
+        Ok(batch)
+    }
+
+    /// Writes a message that could not be written in its batch: first, for a new
+    /// epoch, that the room's log began again; then what the log holds before it and
+    /// the count of what it no longer holds; then the message.
+    async fn recover<S>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+        membership: &Membership,
+        behind: Behind,
+    ) -> Result<(), End>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
         let delivery = match behind {
-            None if written == 0 => return Ok(Wrote::Nothing),
-            None if full => return Ok(Wrote::MoreWaiting),
-            None => return Ok(Wrote::Emptied),
-            // The channel moved on without us: everything after our position that the
-            // log still holds, then live again (the channel's copies are passed over).
-            Some(Behind::Lagged) => {
-                self.metrics.lags.increment(1);
-                debug!(
-                    after = self.last,
-                    "fell behind the channel; catching up from the log"
-                );
-                return self
-                    .catch_up(ws, membership, None, true)
-                    .await
-                    .map(|_| Wrote::MoreWaiting);
-            }
             // The room's log began again (its store lost it): say so, and go on from
             // the start of the new one.
-            Some(Behind::NewEpoch(delivery)) => {
+            Behind::NewEpoch(delivery) => {
                 bounded(self.write_timeout, ws.send(self.frames.restarted())).await?;
                 (self.epoch, self.last) = (delivery.epoch, 0);
                 delivery
             }
-            Some(Behind::Gap(delivery)) => delivery,
+            Behind::Gap(delivery) => delivery,
         };
         // What comes before the message that arrived, first, then it.
         if delivery.offset > self.last + 1 {
-            self.catch_up(ws, membership, Some(delivery.offset - 1), true)
+            self.catch_up(ws, membership, delivery.offset - 1, true)
                 .await?;
         }
         // What the log could not give (it was out of reach) is counted and said.
@@ -234,28 +288,28 @@ impl<'a> Outbox<'a> {
             bounded(self.write_timeout, ws.send(message)).await?;
             self.metrics.deliveries.add(1);
         }
-        Ok(Wrote::MoreWaiting)
+        Ok(())
     }
 
-    /// Writes what the room's log holds after our position, a batch per write, until
-    /// we reach `until` (or the log's head). Messages the log no longer holds are
-    /// counted exactly, and reported to the client if `report` (otherwise the caller
-    /// says it its own way); returns how many there were.
+    /// Writes what the room's log holds after our position, up to `until`, reading
+    /// as much at once as the room's channel holds (with Redis each read is a round
+    /// trip) and writing each read with one flush. Messages the log no longer holds
+    /// are counted exactly, and reported to the client if `report` (otherwise the
+    /// caller says it its own way); returns how many there were.
     pub(super) async fn catch_up<S>(
         &mut self,
         ws: &mut WebSocketStream<S>,
         membership: &Membership,
-        until: Option<u64>,
+        until: u64,
         report: bool,
     ) -> Result<u64, End>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let mut missed = 0;
-        while until.is_none_or(|until| self.last < until) {
-            let wanted = until.map_or(self.max_batch, |until| {
-                usize::try_from(until - self.last).map_or(self.max_batch, |n| n.min(self.max_batch))
-            });
+        while self.last < until {
+            let wanted = usize::try_from(until - self.last)
+                .map_or(self.read_batch, |n| n.min(self.read_batch));
             // The log out of reach (Redis): go on live; a gap is counted when it shows.
             let Some(read) = membership.read_after(self.last, wanted).await else {
                 break;
