@@ -20,12 +20,24 @@ pub const DEFAULT_HOST: &str = "127.0.0.1";
 /// single server's throughput, 20 ms 0.6-0.7x (README, Performance).
 pub const SHARED_WRITE_DELAY: Duration = Duration::from_millis(20);
 
+/// The broadcast channel's capacity on an instance that shares its rooms through
+/// Redis, unless one is given. Through Redis a message reaches a session later (a
+/// round trip, then the write delay), so more are on their way at once, and a
+/// session that falls behind its channel catches up from Redis, a round trip per
+/// read. Measured in the benchmark's `senders` through Redis: with 1,024, up to
+/// half of the runs had sessions falling behind over and over, at a quarter of the
+/// throughput; with 4,096, none (README, Performance). It costs memory per room,
+/// not per connection.
+pub const SHARED_BUFFER: usize = 4096;
+
 /// The server's limits and timeouts. `Default` gives the values the binary uses
 /// when no flag says otherwise.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// Capacity of the broadcast channel, in messages. A client that falls further
-    /// behind than this gets a notice of how many messages it missed.
+    /// Capacity of the broadcast channel, in messages. A session that falls
+    /// further behind catches up from the room's log (its client is told how many
+    /// messages the log no longer holds). The server's command line makes it
+    /// [`SHARED_BUFFER`] with Redis.
     pub buffer: usize,
     /// Largest message a client may send, in bytes; a bigger one closes with 1009.
     pub max_message_size: usize,

@@ -38,6 +38,7 @@ pub mod tls;
 mod web;
 
 pub use config::{
-    ClientConfig, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_URL, SHARED_WRITE_DELAY, Secret, ServerConfig,
+    ClientConfig, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_URL, SHARED_BUFFER, SHARED_WRITE_DELAY,
+    Secret, ServerConfig,
 };
 pub use error::{Error, Result};

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use broadcast_chat::config::parse_duration;
 use broadcast_chat::{
-    DEFAULT_HOST, DEFAULT_PORT, SHARED_WRITE_DELAY, Secret, ServerConfig, server, tls,
+    DEFAULT_HOST, DEFAULT_PORT, SHARED_BUFFER, SHARED_WRITE_DELAY, Secret, ServerConfig, server,
+    tls,
 };
 use clap::Parser;
 use clap::builder::TypedValueParser;
@@ -31,10 +32,11 @@ struct Cli {
     /// Port to listen on; 0 picks a free one (the readiness line tells which).
     #[arg(long, env = "CHAT_PORT", default_value_t = DEFAULT_PORT)]
     port: u16,
-    /// Broadcast channel capacity, in messages; a client further behind gets a notice.
-    #[arg(long, value_name = "MESSAGES", default_value_t = ServerConfig::default().buffer,
+    /// Broadcast channel capacity, in messages; a session further behind catches up
+    /// from the room's log [default: 1024, or 4096 with --redis-url]
+    #[arg(long, value_name = "MESSAGES",
           value_parser = clap::value_parser!(u32).range(1..=1_000_000).map(|n| n as usize))]
-    buffer: usize,
+    buffer: Option<usize>,
     /// Largest message accepted, in bytes; bigger ones close the sender with 1009.
     #[arg(long, value_name = "BYTES", default_value_t = ServerConfig::default().max_message_size)]
     max_message_size: usize,
@@ -142,7 +144,10 @@ impl Cli {
         };
         let redis_url = self.redis_url.clone().filter(|u| !u.is_empty());
         Ok(ServerConfig {
-            buffer: self.buffer,
+            buffer: self.buffer.unwrap_or(match redis_url {
+                Some(_) => SHARED_BUFFER,
+                None => ServerConfig::default().buffer,
+            }),
             max_message_size: self.max_message_size,
             max_connections: self.max_connections,
             max_rate: self.max_rate,
@@ -284,5 +289,25 @@ mod tests {
             "a delay given is kept"
         );
         assert_eq!(delay(&["--write-delay", "5ms"]), Duration::from_millis(5));
+    }
+
+    #[test]
+    fn with_redis_the_channel_defaults_to_the_shared_size() {
+        let buffer = |args: &[&str]| {
+            let args = ["server"].iter().chain(args);
+            let cli = Cli::try_parse_from(args).expect("parse");
+            cli.config().expect("config").buffer
+        };
+        assert_eq!(buffer(&[]), ServerConfig::default().buffer);
+        assert_eq!(
+            buffer(&["--redis-url", "redis://127.0.0.1:1"]),
+            SHARED_BUFFER
+        );
+        assert_eq!(
+            buffer(&["--redis-url", "redis://127.0.0.1:1", "--buffer", "16"]),
+            16,
+            "a size given is kept"
+        );
+        assert!(Cli::try_parse_from(["server", "--buffer", "0"]).is_err());
     }
 }
