@@ -332,30 +332,46 @@ fn shard() -> usize {
     })
 }
 
+/// One `T` per shard: each thread writes to its own, and readers go through all.
+#[derive(Debug)]
+struct Shards<T>([T; SHARDS]);
+
+impl<T: Default> Default for Shards<T> {
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| T::default()))
+    }
+}
+
+impl<T> Shards<T> {
+    /// This thread's shard.
+    fn mine(&self) -> &T {
+        &self.0[shard()]
+    }
+
+    /// Every shard.
+    fn all(&self) -> impl Iterator<Item = &T> {
+        self.0.iter()
+    }
+}
+
 /// One atomic on a cache line of its own.
 #[derive(Debug, Default)]
 #[repr(align(128))]
 struct Padded(AtomicU64);
 
 /// A counter with one shard per thread, summed when shown.
-#[derive(Debug)]
-pub(crate) struct ShardedCounter([Padded; SHARDS]);
-
-impl Default for ShardedCounter {
-    fn default() -> Self {
-        Self(std::array::from_fn(|_| Padded::default()))
-    }
-}
+#[derive(Debug, Default)]
+pub(crate) struct ShardedCounter(Shards<Padded>);
 
 impl ShardedCounter {
     /// Adds `n`.
     pub(crate) fn add(&self, n: u64) {
-        self.0[shard()].0.fetch_add(n, Ordering::Relaxed);
+        self.0.mine().0.fetch_add(n, Ordering::Relaxed);
     }
 
     /// The total.
     pub(crate) fn get(&self) -> u64 {
-        self.0.iter().map(|p| p.0.load(Ordering::Relaxed)).sum()
+        self.0.all().map(|p| p.0.load(Ordering::Relaxed)).sum()
     }
 }
 
@@ -377,14 +393,8 @@ struct HistogramShard {
 /// took about 4% of the server's CPU (perf, `steady`), more than any other part of
 /// the session loop. A sample here is two uncontended adds. It is shown in the same
 /// text format, with the exporter's own help and type lines.
-#[derive(Debug)]
-pub(crate) struct ShardedHistogram([HistogramShard; SHARDS]);
-
-impl Default for ShardedHistogram {
-    fn default() -> Self {
-        Self(std::array::from_fn(|_| HistogramShard::default()))
-    }
-}
+#[derive(Debug, Default)]
+pub(crate) struct ShardedHistogram(Shards<HistogramShard>);
 
 impl ShardedHistogram {
     /// Counts one duration.
@@ -394,7 +404,7 @@ impl ShardedHistogram {
             .iter()
             .position(|bound| nanos <= *bound)
             .unwrap_or(LATENCY_BUCKETS.len());
-        let shard = &self.0[shard()];
+        let shard = self.0.mine();
         shard.buckets[bucket].fetch_add(1, Ordering::Relaxed);
         shard.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
     }
@@ -404,13 +414,13 @@ impl ShardedHistogram {
         use std::fmt::Write;
         let bucket = |i: usize| -> u64 {
             self.0
-                .iter()
+                .all()
                 .map(|shard| shard.buckets[i].load(Ordering::Relaxed))
                 .sum()
         };
         let sum_nanos: u64 = self
             .0
-            .iter()
+            .all()
             .map(|shard| shard.sum_nanos.load(Ordering::Relaxed))
             .sum();
         write_help_line(text, name, None, None, help);

@@ -271,13 +271,15 @@ mod tests {
         );
     }
 
+    /// The configuration the command line `server ARGS` gives.
+    fn config_of(args: &[&str]) -> ServerConfig {
+        let cli = Cli::try_parse_from(["server"].iter().chain(args)).expect("parse");
+        cli.config().expect("config")
+    }
+
     #[test]
     fn with_redis_the_write_delay_defaults_to_the_shared_one() {
-        let delay = |args: &[&str]| {
-            let args = ["server"].iter().chain(args);
-            let cli = Cli::try_parse_from(args).expect("parse");
-            cli.config().expect("config").write_delay
-        };
+        let delay = |args: &[&str]| config_of(args).write_delay;
         assert_eq!(delay(&[]), Duration::ZERO);
         assert_eq!(
             delay(&["--redis-url", "redis://127.0.0.1:1"]),
@@ -293,11 +295,7 @@ mod tests {
 
     #[test]
     fn with_redis_the_channel_defaults_to_the_shared_size() {
-        let buffer = |args: &[&str]| {
-            let args = ["server"].iter().chain(args);
-            let cli = Cli::try_parse_from(args).expect("parse");
-            cli.config().expect("config").buffer
-        };
+        let buffer = |args: &[&str]| config_of(args).buffer;
         assert_eq!(buffer(&[]), ServerConfig::default().buffer);
         assert_eq!(
             buffer(&["--redis-url", "redis://127.0.0.1:1"]),
