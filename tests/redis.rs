@@ -40,15 +40,30 @@ async fn next_line(ws: &mut Ws) -> String {
     }
 }
 
+/// A Redis of the test's own and two instances sharing it, each started with
+/// `flags` besides `--redis-url`; `None` (the test skipped, saying why) without
+/// `redis-server`.
+async fn two_instances(test: &str, flags: &[&str]) -> Option<(RedisServer, Server, Server)> {
+    let redis = RedisServer::start(test).await?;
+    let url = redis.url();
+    let args: Vec<&str> = ["--redis-url", url.as_str()]
+        .into_iter()
+        .chain(flags.iter().copied())
+        .collect();
+    let (a, b) = (Server::start(&args).await, Server::start(&args).await);
+    Some((redis, a, b))
+}
+
 #[tokio::test]
 async fn two_instances_deliver_every_message_once_in_one_order() {
-    let Some(redis) =
-        RedisServer::start("two_instances_deliver_every_message_once_in_one_order").await
+    let Some((_redis, a, b)) = two_instances(
+        "two_instances_deliver_every_message_once_in_one_order",
+        &["--max-rate", "0"],
+    )
+    .await
     else {
         return;
     };
-    let args = ["--redis-url", &redis.url(), "--max-rate", "0"];
-    let (a, b) = (Server::start(&args).await, Server::start(&args).await);
     let (mut a1, _) = connect_structured(&format!("{}/rust?name=a1", a.url())).await;
     let (mut a2, _) = connect_structured(&format!("{}/rust", a.url())).await;
     let (mut b1, _) = connect_structured(&format!("{}/rust?name=b1", b.url())).await;
@@ -105,11 +120,11 @@ async fn two_instances_deliver_every_message_once_in_one_order() {
 
 #[tokio::test]
 async fn who_and_presence_span_instances() {
-    let Some(redis) = RedisServer::start("who_and_presence_span_instances").await else {
+    let Some((_redis, a, b)) =
+        two_instances("who_and_presence_span_instances", &["--presence"]).await
+    else {
         return;
     };
-    let args = ["--redis-url", &redis.url(), "--presence"];
-    let (a, b) = (Server::start(&args).await, Server::start(&args).await);
     let mut alice = connect(&format!("{}/rust?name=alice", a.url())).await;
     let alice_who = format!("alice@{:?}", local_addr(&alice));
     assert_eq!(
@@ -145,14 +160,15 @@ async fn who_and_presence_span_instances() {
 
 #[tokio::test]
 async fn a_redis_outage_keeps_local_chat_going_and_a_restart_is_said() {
-    let Some(redis) =
-        RedisServer::start("a_redis_outage_keeps_local_chat_going_and_a_restart_is_said").await
+    let Some((redis, a, b)) = two_instances(
+        "a_redis_outage_keeps_local_chat_going_and_a_restart_is_said",
+        &["--max-rate", "0"],
+    )
+    .await
     else {
         return;
     };
     let port = redis.port;
-    let args = ["--redis-url", &redis.url(), "--max-rate", "0"];
-    let (a, b) = (Server::start(&args).await, Server::start(&args).await);
     let mut alice = connect(&format!("{}/r?name=alice", a.url())).await;
     let mut ann = connect(&format!("{}/r?name=ann", a.url())).await;
     let mut bob = connect(&format!("{}/r?name=bob", b.url())).await;
@@ -200,13 +216,14 @@ async fn a_redis_outage_keeps_local_chat_going_and_a_restart_is_said() {
 
 #[tokio::test]
 async fn clients_of_a_dead_instance_resume_on_the_other_and_lose_nothing() {
-    let Some(redis) =
-        RedisServer::start("clients_of_a_dead_instance_resume_on_the_other_and_lose_nothing").await
+    let Some((_redis, a, b)) = two_instances(
+        "clients_of_a_dead_instance_resume_on_the_other_and_lose_nothing",
+        &["--max-rate", "0"],
+    )
+    .await
     else {
         return;
     };
-    let args = ["--redis-url", &redis.url(), "--max-rate", "0"];
-    let (a, b) = (Server::start(&args).await, Server::start(&args).await);
     // The proxy plays the load balancer in front of both.
     let proxy = Proxy::start(a.addr()).await;
     let mut client = Client::start(&["--url", &proxy.url(), "--reconnect"]);
@@ -281,15 +298,15 @@ async fn an_unusable_redis_url_is_a_one_line_error_and_exit_1() {
 
 #[tokio::test]
 async fn a_room_everyone_joined_during_an_outage_delivers_once_redis_is_back() {
-    let Some(redis) =
-        RedisServer::start("a_room_everyone_joined_during_an_outage_delivers_once_redis_is_back")
-            .await
+    let Some((redis, a, b)) = two_instances(
+        "a_room_everyone_joined_during_an_outage_delivers_once_redis_is_back",
+        &["--max-rate", "0"],
+    )
+    .await
     else {
         return;
     };
     let port = redis.port;
-    let args = ["--redis-url", &redis.url(), "--max-rate", "0"];
-    let (a, b) = (Server::start(&args).await, Server::start(&args).await);
     redis.kill().await;
     a.stderr.wait_for("Redis is out of reach").await;
     b.stderr.wait_for("Redis is out of reach").await;
