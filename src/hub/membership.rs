@@ -73,8 +73,7 @@ impl Membership {
                     .iter()
                     .map(|l| {
                         l.record
-                            .encode(&self.room.name, l.epoch, l.offset)
-                            .delivery(self.format)
+                            .delivery(self.format, &self.room.name, l.epoch, l.offset)
                     })
                     .collect();
                 Some(CatchUp {

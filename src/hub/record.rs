@@ -1,12 +1,13 @@
 //! What is said in a room before it is encoded: a chat line, or someone joining or
 //! leaving. A record is what the Redis log keeps and what instances tell each other;
-//! each instance encodes it once into the two wire formats ([`Record::encode`]).
+//! each instance encodes it once into the two wire formats ([`Record::encode`]), or
+//! into one for a reader catching up ([`Record::delivery`]).
 
 use serde::{Deserialize, Serialize};
 use tokio_websockets::Message;
 
-use super::SenderId;
 use super::log::Entry;
+use super::{Delivery, Format, SenderId};
 use crate::protocol::structured::{ChatMessage, Notice, NoticeKind, ServerFrame};
 use crate::protocol::{Epoch, classic};
 
@@ -90,19 +91,53 @@ impl Record {
     /// The record in both wire formats, at `offset` of `epoch` in `room`; an offset
     /// of 0 means not in the log (said while the log was out of reach).
     pub(crate) fn encode(&self, room: &str, epoch: Epoch, offset: u64) -> Entry {
-        if self.kind == Kind::Chat {
-            let classic = Message::text(classic::tag_from(&self.who, &self.text));
-            return chat_entry(
-                room, epoch, offset, self.from, &self.who, &self.text, classic,
-            );
+        Entry {
+            offset,
+            epoch,
+            from: self.from,
+            accepted: super::log::stamp(),
+            classic: self.message(Format::Classic, room, epoch, offset),
+            structured: self.message(Format::Structured, room, epoch, offset),
         }
-        let logged = (offset > 0).then_some(offset);
-        let joined = self.kind == Kind::Joined;
+    }
+
+    /// What a session of `format` is sent for the record at `offset` of `epoch` in
+    /// `room`: one wire format only, for a reader catching up from Redis.
+    pub(crate) fn delivery(
+        &self,
+        format: Format,
+        room: &str,
+        epoch: Epoch,
+        offset: u64,
+    ) -> Delivery {
+        Delivery {
+            offset,
+            epoch,
+            from: self.from,
+            accepted: super::log::stamp(),
+            message: self.message(format, room, epoch, offset),
+        }
+    }
+
+    /// The record in `format`.
+    fn message(&self, format: Format, room: &str, epoch: Epoch, offset: u64) -> Message {
+        let joined = match (self.kind, format) {
+            (Kind::Chat, Format::Classic) => {
+                return Message::text(classic::tag_from(&self.who, &self.text));
+            }
+            (Kind::Chat, Format::Structured) => {
+                return chat_structured(room, epoch, offset, &self.who, &self.text);
+            }
+            (kind, _) => kind == Kind::Joined,
+        };
         let text = classic::presence_notice(&self.who, joined, self.here);
+        if format == Format::Classic {
+            return Message::text(text);
+        }
         let structured = ServerFrame::Notice(Notice {
             room: Some(room.into()),
             epoch: Some(epoch),
-            offset: logged,
+            offset: (offset > 0).then_some(offset),
             who: Some(self.who.as_str().into()),
             here: Some(self.here),
             ..Notice::new(
@@ -113,16 +148,8 @@ impl Record {
                 },
                 text.as_str(),
             )
-        })
-        .to_json();
-        Entry {
-            offset,
-            epoch,
-            from: self.from,
-            accepted: super::log::stamp(),
-            classic: Message::text(text),
-            structured: Message::text(structured),
-        }
+        });
+        Message::text(structured.to_json())
     }
 }
 
@@ -138,21 +165,26 @@ pub(crate) fn chat_entry(
     text: &str,
     classic: Message,
 ) -> Entry {
-    let structured = ServerFrame::Message(ChatMessage {
-        room: room.into(),
-        epoch,
-        offset: (offset > 0).then_some(offset),
-        from: who.into(),
-        text: text.into(),
-    });
     Entry {
         offset,
         epoch,
         from,
         accepted: super::log::stamp(),
         classic,
-        structured: Message::text(structured.to_json()),
+        structured: chat_structured(room, epoch, offset, who, text),
     }
+}
+
+/// A chat line as a structured frame.
+fn chat_structured(room: &str, epoch: Epoch, offset: u64, who: &str, text: &str) -> Message {
+    let frame = ServerFrame::Message(ChatMessage {
+        room: room.into(),
+        epoch,
+        offset: (offset > 0).then_some(offset),
+        from: who.into(),
+        text: text.into(),
+    });
+    Message::text(frame.to_json())
 }
 
 #[cfg(test)]
@@ -199,5 +231,32 @@ mod tests {
         let left = Record::presence("bob@y", false, 1).encode("r", Epoch(1), 6);
         assert_eq!(left.classic.as_text(), Some("* bob@y left (1 here)"));
         assert_eq!(left.from, super::super::SERVER);
+    }
+
+    #[test]
+    fn a_delivery_in_one_format_is_that_format_of_the_full_encoding() {
+        let records = [
+            Record::chat(7, "alice@x", "hi"),
+            Record::presence("bob@y", true, 2),
+            Record::presence("bob@y", false, 1),
+        ];
+        for record in &records {
+            for offset in [0, 5] {
+                let entry = record.encode("r", Epoch(1), offset);
+                for format in [Format::Classic, Format::Structured] {
+                    let one = record.delivery(format, "r", Epoch(1), offset);
+                    let both = entry.delivery(format);
+                    assert_eq!(
+                        one.message.as_text(),
+                        both.message.as_text(),
+                        "{record:?} {offset}"
+                    );
+                    assert_eq!(
+                        (one.offset, one.epoch, one.from),
+                        (both.offset, both.epoch, both.from)
+                    );
+                }
+            }
+        }
     }
 }
