@@ -293,7 +293,7 @@ impl<'a> Outbox<'a> {
 
     /// Writes what the room's log holds after our position, up to `until`, reading
     /// as much at once as the room's channel holds (with Redis each read is a round
-    /// trip) and writing each read with one flush. Messages the log no longer holds
+    /// trip) and writing it a batch per flush. Messages the log no longer holds
     /// are counted exactly, and reported to the client if `report` (otherwise the
     /// caller says it its own way); returns how many there were.
     pub(super) async fn catch_up<S>(
@@ -319,23 +319,31 @@ impl<'a> Outbox<'a> {
             self.last += read.missed;
             missed += read.missed;
             self.metrics.missed.increment(read.missed);
-            let notice = (report && read.missed > 0).then(|| self.frames.missed(read.missed));
-            let mut written = 0;
-            let write = async {
-                if let Some(notice) = notice {
-                    ws.feed(notice).await?;
-                }
-                for delivery in read.deliveries {
-                    if let Step::Write(message) = self.step(delivery) {
-                        ws.feed(message).await?;
-                        written += 1;
+            let mut notice = (report && read.missed > 0).then(|| self.frames.missed(read.missed));
+            // Written a batch per flush, each within the write timeout, as live
+            // traffic is: a read can be large.
+            let mut deliveries = read.deliveries.into_iter().peekable();
+            while notice.is_some() || deliveries.peek().is_some() {
+                let mut written = 0;
+                let write = async {
+                    if let Some(notice) = notice.take() {
+                        ws.feed(notice).await?;
                     }
-                }
-                ws.flush().await
-            };
-            bounded(limit, write).await?;
-            self.metrics.replayed.increment(written);
-            self.metrics.deliveries.add(written);
+                    while written < self.max_batch as u64 {
+                        let Some(delivery) = deliveries.next() else {
+                            break;
+                        };
+                        if let Step::Write(message) = self.step(delivery) {
+                            ws.feed(message).await?;
+                            written += 1;
+                        }
+                    }
+                    ws.flush().await
+                };
+                bounded(limit, write).await?;
+                self.metrics.replayed.increment(written);
+                self.metrics.deliveries.add(written);
+            }
             if !more {
                 break;
             }
