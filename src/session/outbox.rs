@@ -160,13 +160,11 @@ impl<'a> Outbox<'a> {
             });
         };
         self.recover(ws, membership, behind).await?;
-        // Caught up, it writes one batch of what the channel holds now before it
-        // returns, so that nothing follows a catch-up in a write of its own (a rest
-        // after it would only let the session fall behind again).
-        let next = match rx.try_recv() {
-            Ok(delivery) => Ok(delivery),
-            Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
-            Err(TryRecvError::Empty | TryRecvError::Closed) => return Ok(Wrote::MoreWaiting),
+        // Caught up, it writes one more batch of what the channel holds now and says
+        // that more is waiting: a rest right after a catch-up would only let the
+        // session fall behind again.
+        let Some(next) = try_next(rx) else {
+            return Ok(Wrote::MoreWaiting);
         };
         if let Some(behind) = self.write_batch(ws, rx, next).await?.behind {
             self.recover(ws, membership, behind).await?;
@@ -233,10 +231,9 @@ impl<'a> Outbox<'a> {
                     batch.full = true;
                     break;
                 }
-                next = match rx.try_recv() {
-                    Ok(delivery) => Ok(delivery),
-                    Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
-                    Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+                next = match try_next(rx) {
+                    Some(next) => next,
+                    None => break,
                 };
             }
             ws.flush().await
@@ -365,6 +362,16 @@ impl<'a> Outbox<'a> {
     #[cfg(test)]
     fn last(&self) -> u64 {
         self.last
+    }
+}
+
+/// What the channel already holds next, without waiting: `None` when it is empty,
+/// or closed (which the next `recv` reports).
+fn try_next(rx: &mut broadcast::Receiver<Delivery>) -> Option<Result<Delivery, RecvError>> {
+    match rx.try_recv() {
+        Ok(delivery) => Some(Ok(delivery)),
+        Err(TryRecvError::Lagged(n)) => Some(Err(RecvError::Lagged(n))),
+        Err(TryRecvError::Empty | TryRecvError::Closed) => None,
     }
 }
 
