@@ -163,13 +163,11 @@ async fn serve<S>(
     // The welcome, then what the log holds for us (history, or what a returning
     // client missed), then how the resumption went, then live traffic.
     let frames = Frames(format);
-    let skip = config.no_echo.then(|| membership.id());
     let metrics = &guard.shared().metrics;
     let mut outbox = Outbox::new(
         epoch,
         replay_after,
         membership.id(),
-        skip,
         config,
         frames,
         metrics,

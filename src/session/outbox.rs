@@ -67,11 +67,11 @@ pub(super) struct Outbox<'a> {
     epoch: Epoch,
     /// The last offset delivered (or passed over).
     last: u64,
-    /// Our own id, with no-echo: our messages are passed over.
-    skip: Option<SenderId>,
-    /// Our own id, and whether a line of ours is on its way back to us: the echo is
-    /// a sender's acknowledgement, so it is not kept back by a write delay.
+    /// Our own id, whether our own messages are passed over (no-echo), and whether
+    /// a line of ours is on its way back to us: the echo is a sender's
+    /// acknowledgement, so it is not kept back by a write delay.
     me: SenderId,
+    no_echo: bool,
     echo_due: bool,
     /// Most messages in one write.
     max_batch: usize,
@@ -91,7 +91,6 @@ impl<'a> Outbox<'a> {
         epoch: Epoch,
         last: u64,
         me: SenderId,
-        skip: Option<SenderId>,
         config: &crate::ServerConfig,
         frames: Frames,
         metrics: &'a Metrics,
@@ -100,8 +99,8 @@ impl<'a> Outbox<'a> {
             metrics,
             epoch,
             last,
-            skip,
             me,
+            no_echo: config.no_echo,
             echo_due: false,
             max_batch: config.max_batch.max(1),
             read_batch: config.buffer.max(config.max_batch).max(1),
@@ -113,11 +112,12 @@ impl<'a> Outbox<'a> {
     /// Decides about `delivery` and moves the position past it unless it is a gap.
     /// A message that is not in the log (offset 0) is written as it comes.
     fn step(&mut self, delivery: Delivery) -> Step {
-        if delivery.from == self.me {
+        let ours = delivery.from == self.me;
+        if ours {
             self.echo_due = false;
         }
         if delivery.offset == 0 {
-            return match Some(delivery.from) == self.skip {
+            return match ours && self.no_echo {
                 true => Step::Skip,
                 false => Step::Write(delivery.message),
             };
@@ -129,7 +129,7 @@ impl<'a> Outbox<'a> {
             return Step::Gap(delivery);
         }
         self.last = delivery.offset;
-        if Some(delivery.from) == self.skip {
+        if ours && self.no_echo {
             Step::Skip
         } else {
             Step::Write(delivery.message)
@@ -398,14 +398,16 @@ mod tests {
     /// The id of the session whose outbox these tests drive.
     const ME: SenderId = 99;
 
-    fn outbox(last: u64, skip: Option<SenderId>) -> Outbox<'static> {
+    fn outbox(last: u64, no_echo: bool) -> Outbox<'static> {
         static METRICS: std::sync::LazyLock<Metrics> = std::sync::LazyLock::new(Metrics::new);
         Outbox::new(
             Epoch(1),
             last,
             ME,
-            skip,
-            &crate::ServerConfig::default(),
+            &crate::ServerConfig {
+                no_echo,
+                ..crate::ServerConfig::default()
+            },
             Frames(Format::Classic),
             &METRICS,
         )
@@ -422,7 +424,7 @@ mod tests {
 
     #[test]
     fn each_offset_is_written_once_and_in_order() {
-        let mut outbox = outbox(3, None);
+        let mut outbox = outbox(3, false);
         assert_eq!(step(&mut outbox, 2, 1), "skip", "delivered already");
         assert_eq!(step(&mut outbox, 3, 1), "skip", "delivered already");
         assert_eq!(step(&mut outbox, 5, 1), "gap", "4 is missing");
@@ -435,15 +437,15 @@ mod tests {
 
     #[test]
     fn a_message_outside_the_log_is_written_as_it_comes() {
-        let mut outbox = outbox(3, Some(7));
+        let mut outbox = outbox(3, true);
         assert_eq!(step(&mut outbox, 0, 8), "write m0");
-        assert_eq!(step(&mut outbox, 0, 7), "skip", "our own, with no-echo");
+        assert_eq!(step(&mut outbox, 0, ME), "skip", "our own, with no-echo");
         assert_eq!(outbox.last(), 3, "the position stays");
     }
 
     #[test]
     fn an_echo_is_due_until_a_copy_of_our_own_passes() {
-        let mut outbox = outbox(0, None);
+        let mut outbox = outbox(0, false);
         outbox.expect_echo();
         assert_eq!(step(&mut outbox, 1, 8), "write m1");
         assert!(
@@ -454,7 +456,7 @@ mod tests {
         assert!(!outbox.echo_due(), "our own came back");
         // With no-echo our copy is passed over, and still ends the wait.
         let mut outbox = Outbox {
-            skip: Some(ME),
+            no_echo: true,
             ..outbox
         };
         outbox.expect_echo();
@@ -464,8 +466,8 @@ mod tests {
 
     #[test]
     fn no_echo_passes_over_our_own_but_moves_on() {
-        let mut outbox = outbox(0, Some(7));
-        assert_eq!(step(&mut outbox, 1, 7), "skip");
+        let mut outbox = outbox(0, true);
+        assert_eq!(step(&mut outbox, 1, ME), "skip");
         assert_eq!(outbox.last(), 1);
         assert_eq!(step(&mut outbox, 2, 8), "write m2");
     }
