@@ -151,17 +151,27 @@ fn text_frame(text: &str) -> Vec<u8> {
     frame
 }
 
+/// A server with `config` and no rate limit (the timing tests send in bursts), and
+/// two raw clients: the one whose writes are watched, then the one that talks.
+async fn delayed(config: ServerConfig) -> (InProcess, TcpStream, TcpStream) {
+    let server = InProcess::start(ServerConfig {
+        max_rate: 0.0,
+        ..config
+    })
+    .await;
+    let watched = raw_client(server.addr).await;
+    let talker = raw_client(server.addr).await;
+    (server, watched, talker)
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_write_delay_holds_a_message_no_longer_than_the_delay() {
     let delay = Duration::from_millis(10);
-    let server = InProcess::start(ServerConfig {
+    let (_server, mut reader, mut sender) = delayed(ServerConfig {
         write_delay: delay,
-        max_rate: 0.0,
         ..ServerConfig::default()
     })
     .await;
-    let mut reader = raw_client(server.addr).await;
-    let mut sender = raw_client(server.addr).await;
 
     // Messages further apart than the delay go out at once: nothing to gather.
     for text in ["first", "second"] {
@@ -219,14 +229,11 @@ async fn expect_line(tcp: &mut TcpStream, text: &str) {
 
 #[tokio::test(start_paused = true)]
 async fn the_write_delay_never_holds_a_clients_own_line() {
-    let server = InProcess::start(ServerConfig {
+    let (_server, mut member, mut other) = delayed(ServerConfig {
         write_delay: Duration::from_secs(1),
-        max_rate: 0.0,
         ..ServerConfig::default()
     })
     .await;
-    let mut member = raw_client(server.addr).await;
-    let mut other = raw_client(server.addr).await;
 
     // The member's session rests; what the other says meanwhile waits ...
     start_a_rest(&mut other, &mut member).await;
@@ -249,15 +256,12 @@ async fn the_write_delay_never_holds_a_clients_own_line() {
 
 #[tokio::test(start_paused = true)]
 async fn the_write_delay_does_not_rest_after_a_full_batch() {
-    let server = InProcess::start(ServerConfig {
+    let (_server, mut reader, mut sender) = delayed(ServerConfig {
         write_delay: Duration::from_secs(1),
         max_batch: 2,
-        max_rate: 0.0,
         ..ServerConfig::default()
     })
     .await;
-    let mut reader = raw_client(server.addr).await;
-    let mut sender = raw_client(server.addr).await;
 
     // Five lines in one TCP write reach the reader's session while it rests. At
     // the rest's end two batches are full, so more is waiting already and resting
@@ -283,15 +287,12 @@ async fn the_write_delay_does_not_rest_after_a_full_batch() {
 #[tokio::test(start_paused = true)]
 async fn the_write_delay_does_not_rest_after_catching_up_from_the_log() {
     let delay = Duration::from_secs(1);
-    let server = InProcess::start(ServerConfig {
+    let (_server, mut reader, mut sender) = delayed(ServerConfig {
         write_delay: delay,
         buffer: 2,
-        max_rate: 0.0,
         ..ServerConfig::default()
     })
     .await;
-    let mut reader = raw_client(server.addr).await;
-    let mut sender = raw_client(server.addr).await;
 
     // The reader rests; five more lines overflow its channel of two meanwhile, so
     // at the rest's end it catches up from the room's log.
