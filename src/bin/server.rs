@@ -143,11 +143,16 @@ impl Cli {
             _ => None,
         };
         let redis_url = self.redis_url.clone().filter(|u| !u.is_empty());
+        // Two defaults differ with Redis (see their constants).
+        let (buffer, write_delay) = match redis_url {
+            Some(_) => (SHARED_BUFFER, SHARED_WRITE_DELAY),
+            None => {
+                let defaults = ServerConfig::default();
+                (defaults.buffer, defaults.write_delay)
+            }
+        };
         Ok(ServerConfig {
-            buffer: self.buffer.unwrap_or(match redis_url {
-                Some(_) => SHARED_BUFFER,
-                None => ServerConfig::default().buffer,
-            }),
+            buffer: self.buffer.unwrap_or(buffer),
             max_message_size: self.max_message_size,
             max_connections: self.max_connections,
             max_rate: self.max_rate,
@@ -155,10 +160,7 @@ impl Cli {
             flood_timeout: self.flood_timeout,
             handshake_timeout: self.handshake_timeout,
             write_timeout: self.write_timeout,
-            write_delay: self.write_delay.unwrap_or(match redis_url {
-                Some(_) => SHARED_WRITE_DELAY,
-                None => Duration::ZERO,
-            }),
+            write_delay: self.write_delay.unwrap_or(write_delay),
             ping_interval: self.ping_interval,
             close_timeout: self.close_timeout,
             token: self
