@@ -177,7 +177,7 @@ async fn a_client_away_longer_than_the_log_reaches_is_told_how_many_it_missed() 
     // 50 were said; the log keeps the last 20: 30 are lost, and the client says so.
     client
         .stdout
-        .wait_for("From server: * you missed 30 messages while you were away")
+        .wait_for_line("From server: * you missed 30 messages while you were away")
         .await;
     client.stdout.wait_for("\"away 49\"").await;
     client.close_stdin();
