@@ -158,9 +158,10 @@ async fn a_client_that_never_reads_costs_bounded_memory_stops_nobody_and_is_drop
         );
     }
 
-    // Dropped once a write to it waited the write timeout (exactly so, on a paused
-    // clock, in tests/timeouts.rs): its writes stalled after `started`, and before
-    // `sent`. The upper bound leaves a loaded machine seconds to spare.
+    // Dropped once a write to it waited the write timeout (timed exactly on a paused
+    // clock by a_client_that_stops_reading_is_dropped_at_the_write_timeout in
+    // tests/timeouts.rs): its writes stalled after `started` and before `sent`. The
+    // upper bound leaves a loaded machine seconds to spare.
     let line = server
         .stderr
         .wait_for_event_with(
@@ -418,6 +419,7 @@ async fn sigterm_exits_zero_even_when_a_client_never_answers_the_close() {
     let _deaf = connect(&server.url()).await;
     server.stderr.wait_for_event("connected").await;
     server.terminate();
-    // Its exact timing is checked with a paused clock in tests/timeouts.rs.
+    // Its exact timing is checked on a paused clock in tests/timeouts.rs
+    // (shutdown_ends_within_the_close_timeout_when_a_client_never_answers).
     assert_eq!(server.wait().await.code(), Some(0));
 }
