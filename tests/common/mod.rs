@@ -95,7 +95,9 @@ impl Lines {
         self.all()
     }
 
-    /// Waits until a line containing `needle` has been printed, and returns it.
+    /// Waits until a line containing `needle` has been printed, and returns it. Only
+    /// for a needle no other line can hold (a quoted text, a whole phrase): a word
+    /// inside other words wants [`Lines::wait_for_line`] or a log event.
     pub async fn wait_for(&self, needle: &str) -> String {
         let found = timeout(WAIT, async {
             loop {
