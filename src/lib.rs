@@ -11,7 +11,8 @@
 //! - [`protocol`]: the wire format: tagging, names and rooms, notices, close reasons.
 //! - `handshake`: the HTTP upgrade, done by hand so a refusal is a proper HTTP answer.
 //! - `hub`: the fan-out: rooms, each a `tokio::sync::broadcast` channel with its
-//!   members and history.
+//!   members, and its log from the store.
+//! - `store`: the rooms' logs and sequencers behind one trait: in memory, or in Redis.
 //! - `limits`: the per-client message rate limit.
 //! - [`server`]: the accept loop and graceful shutdown ([`server::run`]).
 //! - `session`: one connection's task: read, broadcast, write, keepalive, close.
@@ -34,6 +35,7 @@ pub mod protocol;
 pub mod server;
 mod session;
 mod state;
+mod store;
 pub mod tls;
 mod web;
 

@@ -14,9 +14,9 @@ use tracing::{error, info, warn};
 use crate::config::ServerConfig;
 use crate::handshake::{self, Reply};
 use crate::hub::Hub;
-use crate::hub::redis::RedisLog;
 use crate::metrics::Metrics;
 use crate::state::{ConnectionGuard, Shared};
+use crate::store::{MemoryStore, RedisStore, Store};
 use crate::{Error, Result, session};
 
 /// Pause after an accept error such as running out of file descriptors, so the
@@ -55,23 +55,23 @@ impl Server {
             None => None,
         };
         let metrics = Arc::new(Metrics::new());
-        let hub = match &config.redis_url {
-            None => Arc::new(Hub::new(&config)),
+        // The Redis stream is as long as the memory log would be.
+        let window = config.resume_window.max(config.history);
+        let store: Arc<dyn Store> = match &config.redis_url {
+            None => Arc::new(MemoryStore::new(window, config.resume_bytes)),
             Some(url) => {
-                let (log, pushes) = RedisLog::connect(
-                    url,
-                    config.resume_window.max(config.history),
-                    REDIS_CONNECT_TIMEOUT,
-                )
-                .await
-                .map_err(|e| Error::Redis {
-                    url: redact(url),
-                    reason: e.to_string(),
-                })?;
+                let store =
+                    RedisStore::connect(url, window, REDIS_CONNECT_TIMEOUT, Arc::clone(&metrics))
+                        .await
+                        .map_err(|e| Error::Redis {
+                            url: redact(url),
+                            reason: e.to_string(),
+                        })?;
                 info!(url = %redact(url), "connected to Redis");
-                Hub::with_redis(&config, log, pushes, Arc::clone(&metrics))
+                Arc::new(store)
             }
         };
+        let hub = Arc::new(Hub::new(&config, store));
         Ok(Self {
             shared: Arc::new(Shared::new(config, hub, metrics)),
             metrics_listener,

@@ -1,33 +1,27 @@
-//! Joining a room: the local part under the locks (the room made if new, the
-//! membership, the subscription to the room's channel), then where the room's log
-//! stands (in memory at once; with Redis once this instance's subscription is
-//! confirmed), and what the newcomer is to be replayed.
+//! Joining a room: the local part under the locks (the room made and its log opened
+//! if new, the membership, the subscription to the room's channel), then where the
+//! room's log stands, and what the newcomer is to be replayed.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use tokio::sync::broadcast;
 
-use super::log::RoomLog;
-use super::record::Record;
-use super::redis::{self, Presence};
-use super::remote::{self, Remote};
-use super::room::{Room, lock};
+use super::room::{Local, Room};
 use super::{Delivery, Hub, JoinError, Joined, Membership, Newcomer, Recovery};
-use crate::protocol::Epoch;
+use crate::store::{Appending, Fanout, Head, Presence, Record, lock};
 
 impl Hub {
     /// Joins `newcomer.room`, making it if it does not exist.
     ///
     /// The session subscribes to the room's channel first, then learns where the
-    /// room's log stands (under the room's lock in memory; from Redis once the
-    /// instance's subscription is confirmed), so the replay up to that head and live
-    /// traffic after it meet by offset, without a gap or an overlap.
+    /// room's log stands, so the replay up to that head and live traffic after it
+    /// meet by offset, without a gap (an overlap is passed over by offset).
     pub(crate) async fn join(
         self: &Arc<Self>,
         newcomer: Newcomer<'_>,
     ) -> Result<Joined, JoinError> {
-        let (room, rx, local) = self.enter(&newcomer)?;
+        let (room, rx, here) = self.enter(&newcomer)?;
         let membership = Membership {
             hub: Arc::clone(self),
             room,
@@ -39,15 +33,12 @@ impl Hub {
                 None => format!("#{}", newcomer.id).into(),
             },
         };
-        let view = match (&self.remote, local) {
-            (None, view) => view,
-            (Some(remote), _) => membership.enter_remote(remote).await,
-        };
-        let Some((epoch, head, first)) = view else {
-            // Redis is out of reach: no replay, and a returning client is told. The
+        let room = &membership.room;
+        let Ok(Head { epoch, head, first }) = room.log.head().await else {
+            // The log is out of reach: no replay, and a returning client is told. The
             // newcomer starts where this instance has delivered the room's log to,
-            // so what Redis logs later follows on without replaying older messages.
-            let (epoch, head) = lock(&membership.room.state).position();
+            // so what is logged later follows on without replaying older messages.
+            let (epoch, head) = room.local.position();
             let recovery = newcomer.resume.map(|_| Recovery::Unavailable);
             return Ok(Joined {
                 membership,
@@ -58,6 +49,16 @@ impl Hub {
                 recovery,
             });
         };
+        room.local.baseline(epoch, head);
+        if self.presence {
+            // Subscribed first, so the newcomer hears its own join, live. An error
+            // is the store's to report; the join goes on.
+            let record = Record::presence(&membership.who, true, here);
+            let presence = Some(Presence::Join(membership.id, &membership.who));
+            if let Appending::Later(done) = room.log.append(&record, None, presence) {
+                let _ = done.await;
+            }
+        }
         let history_from = head.saturating_sub(self.history as u64);
         let (replay_after, recovery) = match newcomer.resume {
             None => (history_from.max(first - 1), None),
@@ -76,21 +77,12 @@ impl Hub {
         })
     }
 
-    /// The local part of a join, under the locks: the room (made if new), the
-    /// membership, the subscription; in memory also where the log stands and the
-    /// join notice.
-    #[allow(clippy::type_complexity)]
+    /// The local part of a join, under the locks: the room (made, its log opened,
+    /// if new), the membership, the subscription; and how many are here now.
     fn enter(
         self: &Arc<Self>,
         newcomer: &Newcomer<'_>,
-    ) -> Result<
-        (
-            Arc<Room>,
-            broadcast::Receiver<Delivery>,
-            Option<(Epoch, u64, u64)>,
-        ),
-        JoinError,
-    > {
+    ) -> Result<(Arc<Room>, broadcast::Receiver<Delivery>, usize), JoinError> {
         let mut rooms = lock(&self.rooms);
         if self.closed.load(Ordering::Relaxed) {
             return Err(JoinError::ShuttingDown);
@@ -99,70 +91,23 @@ impl Hub {
             Some(room) => Arc::clone(room),
             None if rooms.len() >= self.max_rooms => return Err(JoinError::TooManyRooms),
             None => {
-                let room = Arc::new(Room::new(
-                    newcomer.room,
-                    self.capacity,
-                    self.log_entries,
-                    self.log_bytes,
-                ));
+                let local = Arc::new(Local::new(newcomer.room, self.capacity));
+                let fanout: Arc<dyn Fanout> = Arc::clone(&local) as _;
+                let room = Arc::new(Room {
+                    name: newcomer.room.to_owned(),
+                    log: self.store.open(newcomer.room, fanout),
+                    local,
+                });
                 rooms.insert(newcomer.room.to_owned(), Arc::clone(&room));
-                if let Some(remote) = &self.remote {
-                    // Asked under the rooms lock, so subscriptions and their ends are
-                    // carried out in the order rooms appear and vanish.
-                    let confirmed = remote.log.subscribe(newcomer.room);
-                    let subscribed = room.subscribed.clone();
-                    tokio::spawn(async move {
-                        let _ = confirmed.await;
-                        subscribed.send_replace(true);
-                    });
-                }
                 room
             }
         };
-        let mut state = lock(&room.state);
+        let mut state = lock(&room.local.state);
         let rx = state.subscribe(newcomer.format);
         state.members.insert(newcomer.id, newcomer.who.clone());
-        let view = self
-            .remote
-            .is_none()
-            .then(|| (state.epoch(), state.log.head(), state.log.first()));
-        // Subscribed first, so the newcomer hears its own join, live.
-        if self.presence && self.remote.is_none() {
-            state.announce(&room.name, &newcomer.who, true);
-        }
+        let here = state.members.len();
         drop(state);
         drop(rooms);
-        Ok((room, rx, view))
-    }
-}
-
-impl Membership {
-    /// The Redis part of a join: wait for the instance's subscription to the room,
-    /// read where the room's log stands, start delivering from there if this
-    /// instance had not yet, and announce the join. `None` if Redis is out of reach.
-    async fn enter_remote(&self, remote: &Remote) -> Option<(Epoch, u64, u64)> {
-        let mut subscribed = self.room.subscribed.subscribe();
-        let _ = tokio::time::timeout(redis::RESPONSE_TIMEOUT, subscribed.wait_for(|s| *s)).await;
-        let head = match remote.log.head(&self.room.name).await {
-            Ok(head) => head,
-            Err(e) => {
-                remote::went_down(&self.hub, &e.to_string());
-                return None;
-            }
-        };
-        self.room.baseline(head.epoch, head.head);
-        if self.hub.presence {
-            let record = Record::presence(&self.who, true, 0);
-            let member = remote.member(self.id, &self.who);
-            let presence = Some(Presence::Join(&member));
-            if let Err(e) = remote
-                .log
-                .publish(&self.room.name, &record, None, presence)
-                .await
-            {
-                remote::went_down(&self.hub, &e.to_string());
-            }
-        }
-        Some((head.epoch, head.head, head.first))
+        Ok((room, rx, here))
     }
 }

@@ -1,22 +1,26 @@
 //! A session's place in a room: publishing to it, reading its log, who is in it,
-//! and leaving it (on drop). Each goes to the room in memory, or through Redis.
+//! and leaving it (on drop). Each goes through the room's log, whatever the store.
 
 use std::future::Future;
 use std::sync::Arc;
 
-use super::record::Record;
-use super::redis::Presence;
-use super::remote;
-use super::room::{Published, lock};
 use super::{CatchUp, Membership, SenderId};
+use crate::store::{Appending, Presence, Published, Record, lock};
 
 /// A line on its way to the room.
 pub(crate) enum Submitted {
-    /// Published already (the log is in memory).
+    /// Published already (the log answered at once).
     Done(Published),
-    /// Published once Redis answers.
+    /// Published once the log answers.
     Later(std::pin::Pin<Box<dyn Future<Output = Published> + Send>>),
 }
+
+/// What a line that the log could not take becomes: sent to this instance's
+/// members only, unlogged, and acknowledged without an offset.
+const UNLOGGED: Published = Published {
+    offset: None,
+    duplicate: false,
+};
 
 impl Membership {
     /// Sends `text` to everyone in the room and waits until it is there (tests).
@@ -30,73 +34,48 @@ impl Membership {
 
     /// Sends `text` to everyone in the room, this member included (sessions with
     /// no-echo leave their own out). A line with the client's `id` is sent once,
-    /// however often it is submitted in the client's session. In memory it is
-    /// published at once; with Redis its place in the room is fixed now and what
-    /// became of it is known when Redis answers, so a session can have many lines
-    /// on their way, in order. With Redis out of reach, it goes to this
-    /// instance's members only, unlogged.
+    /// however often it is submitted in the client's session. Its place in the room
+    /// is fixed now; what became of it is known at once (memory) or when the log
+    /// answers (Redis), so a session can have many lines on their way, in order.
+    /// With the log out of reach, it goes to this instance's members only, unlogged.
     pub(crate) fn submit(&self, text: &str, id: Option<u64>) -> Submitted {
         let line = id.map(|id| (&*self.session, id));
-        let Some(remote) = &self.hub.remote else {
-            return Submitted::Done(self.room.publish(self.id, &self.who, text, line));
-        };
         let record = Record::chat(self.id, &self.who, text);
-        let asked = remote.log.submit(&self.room.name, &record, line, None);
-        let (hub, room) = (Arc::clone(&self.hub), Arc::clone(&self.room));
-        Submitted::Later(Box::pin(async move {
-            match asked.await {
-                Ok((_, published)) => published,
-                Err(e) => {
-                    remote::went_down(&hub, &e.to_string());
-                    room.deliver_unlogged(&record);
-                    Published {
-                        offset: None,
-                        duplicate: false,
-                    }
-                }
+        match self.room.log.append(&record, line, None) {
+            Appending::Done(Ok(published)) => Submitted::Done(published),
+            Appending::Done(Err(_)) => {
+                self.room.local.deliver_unlogged(&record);
+                Submitted::Done(UNLOGGED)
             }
-        }))
+            Appending::Later(asked) => {
+                let room = Arc::clone(&self.room);
+                let record = record.owned();
+                Submitted::Later(Box::pin(async move {
+                    asked.await.unwrap_or_else(|_| {
+                        room.local.deliver_unlogged(&record);
+                        UNLOGGED
+                    })
+                }))
+            }
+        }
     }
 
     /// Up to `limit` logged messages after `after`, in this member's format; `None`
-    /// when the log (Redis) is out of reach.
+    /// when the log is out of reach.
     pub(crate) async fn read_after(&self, after: u64, limit: usize) -> Option<CatchUp> {
-        let Some(remote) = &self.hub.remote else {
-            let mut deliveries = Vec::new();
-            let missed = lock(&self.room.state).read(after, limit, self.format, &mut deliveries);
-            return Some(CatchUp { missed, deliveries });
-        };
-        match remote.log.read(&self.room.name, after, limit).await {
-            Ok(logged) => {
-                let first = logged.first().map_or(after + 1, |l| l.offset);
-                let deliveries = logged
-                    .iter()
-                    .map(|l| {
-                        l.record
-                            .delivery(self.format, &self.room.name, l.epoch, l.offset)
-                    })
-                    .collect();
-                Some(CatchUp {
-                    missed: first.saturating_sub(after + 1),
-                    deliveries,
-                })
-            }
-            Err(e) => {
-                remote::went_down(&self.hub, &e.to_string());
-                None
-            }
-        }
+        self.room.log.read(after, limit, self.format).await.ok()
     }
 
     /// The labels of everyone in the room (with Redis: on every instance), sorted.
     pub(crate) async fn members(&self) -> Vec<String> {
-        if let Some(remote) = &self.hub.remote {
-            match remote.log.who(&self.room.name).await {
-                Ok(members) => return members,
-                Err(e) => remote::went_down(&self.hub, &e.to_string()),
-            }
+        if let Ok(Some(members)) = self.room.log.members().await {
+            return members;
         }
-        let mut members: Vec<String> = lock(&self.room.state).members.values().cloned().collect();
+        let mut members: Vec<String> = lock(&self.room.local.state)
+            .members
+            .values()
+            .cloned()
+            .collect();
         members.sort();
         members
     }
@@ -112,6 +91,8 @@ impl Membership {
     }
 
     /// This member's id, as it appears in [`Delivery::from`].
+    ///
+    /// [`Delivery::from`]: super::Delivery::from
     pub(crate) fn id(&self) -> SenderId {
         self.id
     }
@@ -120,11 +101,15 @@ impl Membership {
 impl Drop for Membership {
     fn drop(&mut self) {
         let mut rooms = lock(&self.hub.rooms);
-        let mut state = lock(&self.room.state);
+        let mut state = lock(&self.room.local.state);
         let who = state.members.remove(&self.id);
-        let emptied = state.members.is_empty();
-        if emptied {
-            drop(state);
+        let here = state.members.len();
+        drop(state);
+        let leaving = who
+            .as_deref()
+            .filter(|_| self.hub.presence)
+            .map(|who| Presence::Leave(self.id, who));
+        if here == 0 {
             // Only our room goes: a room of the same name created after ours was
             // removed is someone else's.
             if rooms
@@ -132,34 +117,18 @@ impl Drop for Membership {
                 .is_some_and(|r| Arc::ptr_eq(r, &self.room))
             {
                 rooms.remove(&self.room.name);
-                if let Some(remote) = &self.hub.remote {
-                    remote.log.unsubscribe(&self.room.name);
-                }
+                self.room.log.close(leaving);
             }
-        } else if self.hub.presence
-            && self.hub.remote.is_none()
-            && let Some(who) = &who
-        {
-            state.announce(&self.room.name, who, false);
-        }
-        // With Redis, leaving is said through Redis, to every instance: it takes a
-        // round trip, so it happens after the session is gone.
-        if let (Some(who), Some(_), Ok(runtime)) = (
-            who.filter(|_| self.hub.presence),
-            &self.hub.remote,
-            tokio::runtime::Handle::try_current(),
-        ) {
-            let hub = Arc::clone(&self.hub);
-            let (room, id) = (self.room.name.clone(), self.id);
-            runtime.spawn(async move {
-                let Some(remote) = &hub.remote else { return };
-                let member = remote.member(id, &who);
-                let record = Record::presence(&who, false, 0);
-                let presence = Some(Presence::Leave(&member));
-                if let Err(e) = remote.log.publish(&room, &record, None, presence).await {
-                    remote::went_down(&hub, &e.to_string());
-                }
-            });
+        } else if let Some(presence @ Presence::Leave(_, who)) = leaving {
+            let record = Record::presence(who, false, here);
+            // Answered later (Redis): it takes a round trip, so it happens after the
+            // session is gone; its place in the room is fixed already.
+            if let (Appending::Later(done), Ok(runtime)) = (
+                self.room.log.append(&record, None, Some(presence)),
+                tokio::runtime::Handle::try_current(),
+            ) {
+                runtime.spawn(done);
+            }
         }
     }
 }

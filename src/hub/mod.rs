@@ -1,16 +1,12 @@
-//! The fan-out: rooms, each with its log (offsets and an epoch) and its broadcast
+//! The fan-out: rooms, each with its log (from the [`Store`]) and its broadcast
 //! channels, and the memberships through which sessions join, publish, catch up and
 //! leave.
 //!
-//! Lock order: the rooms map, then a room's state. Both are std `Mutex`es, never
-//! held across an `.await`.
+//! Lock order: the rooms map, then a room's log (the store's), then the room's local
+//! state. All are std `Mutex`es, never held across an `.await`.
 
 mod join;
-mod log;
 mod membership;
-mod record;
-pub(crate) mod redis;
-mod remote;
 mod room;
 
 use std::collections::HashMap;
@@ -18,48 +14,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::broadcast;
-use tokio_websockets::Message;
 
 use crate::config::ServerConfig;
 use crate::protocol::{Epoch, Resume};
-use redis::RedisLog;
-use remote::Remote;
-use room::{Room, lock};
+use crate::store::{Store, lock};
+use room::Room;
 
-pub(crate) use log::stamp;
+pub(crate) use crate::store::{CatchUp, Delivery, Format, Published, SERVER, SenderId, stamp};
 pub(crate) use membership::Submitted;
-pub(crate) use room::Published;
-
-/// Who sent a delivery: a member's connection id, or [`SERVER`].
-pub(crate) type SenderId = u64;
-/// The sender of the server's own notices (presence), which no-echo never hides.
-pub(crate) const SERVER: SenderId = 0;
-
-/// The wire format a session speaks; each has its own channel in a room.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Format {
-    /// The classic text lines.
-    Classic,
-    /// The `broadcast-chat.v1` JSON frames.
-    Structured,
-}
-
-/// One message on a room's channel (offset 0: not in the log). Cloning it is cheap: the frame is a
-/// reference-counted `Message` encoded once, whatever the number of receivers.
-#[derive(Debug, Clone)]
-pub(crate) struct Delivery {
-    /// Its offset in the room's log; 0 for a message that is not in it (said while
-    /// the log was out of reach), which every session writes as it comes.
-    pub(crate) offset: u64,
-    /// The epoch of the log it is in: a new one means the log began again.
-    pub(crate) epoch: Epoch,
-    /// When this server accepted it, for the latency metric.
-    pub(crate) accepted: u64,
-    /// Who sent it, so a session can leave out its own messages (`--no-echo`).
-    pub(crate) from: SenderId,
-    /// The frame as it goes on the wire.
-    pub(crate) message: Message,
-}
 
 /// Why a client could not join.
 #[derive(Debug, PartialEq, Eq)]
@@ -79,18 +41,14 @@ pub(crate) struct Hub {
     capacity: usize,
     /// Messages of history a newcomer gets.
     history: usize,
-    /// Most messages each room's log keeps.
-    log_entries: usize,
-    /// Most bytes each room's log keeps.
-    log_bytes: usize,
     /// Most rooms at once.
     max_rooms: usize,
     /// Whether joins and leaves are announced to the room.
     presence: bool,
     /// Set once, under the rooms lock, when the server shuts down.
     closed: AtomicBool,
-    /// With Redis: the connection and this instance's part in it.
-    remote: Option<Remote>,
+    /// Where the rooms' logs are kept.
+    store: Arc<dyn Store>,
 }
 
 /// Who is joining, and how.
@@ -170,55 +128,18 @@ pub(crate) struct Membership {
     session: Box<str>,
 }
 
-/// What a session reads from the log when it catches up.
-#[derive(Debug, Default)]
-pub(crate) struct CatchUp {
-    /// How many messages after the asked offset the log no longer holds.
-    pub(crate) missed: u64,
-    /// The messages it holds, oldest first.
-    pub(crate) deliveries: Vec<Delivery>,
-}
-
 impl Hub {
-    /// The rooms of a server with `config`'s limits, each with its log in memory;
-    /// none exists yet.
-    pub(crate) fn new(config: &ServerConfig) -> Self {
-        Self::build(config, None)
-    }
-
-    /// The rooms of a server with `config`'s limits, their logs in Redis (through
-    /// `log`) and shared with every instance connected to the same Redis; what
-    /// Redis publishes arrives through `pushes`.
-    pub(crate) fn with_redis(
-        config: &ServerConfig,
-        log: RedisLog,
-        pushes: tokio::sync::mpsc::UnboundedReceiver<::redis::PushInfo>,
-        metrics: Arc<crate::metrics::Metrics>,
-    ) -> Arc<Self> {
-        let hub = Arc::new(Self::build(config, Some(Remote::new(log, metrics))));
-        remote::start(&hub, pushes);
-        hub
-    }
-
-    fn build(config: &ServerConfig, remote: Option<Remote>) -> Self {
-        // With Redis, the stream is the log: rooms keep none in memory.
-        let (log_entries, log_bytes) = match remote {
-            None => (
-                config.resume_window.max(config.history),
-                config.resume_bytes,
-            ),
-            Some(_) => (0, 0),
-        };
+    /// The rooms of a server with `config`'s limits, their logs in `store`; none
+    /// exists yet.
+    pub(crate) fn new(config: &ServerConfig, store: Arc<dyn Store>) -> Self {
         Self {
             rooms: Mutex::new(HashMap::new()),
             capacity: config.buffer.max(1),
             history: config.history,
-            log_entries,
-            log_bytes,
             max_rooms: config.max_rooms.max(1),
             presence: config.presence,
             closed: AtomicBool::new(false),
-            remote,
+            store,
         }
     }
 
@@ -230,13 +151,13 @@ impl Hub {
     /// The rooms that exist, and the bytes their logs in memory hold.
     pub(crate) fn stats(&self) -> (usize, usize) {
         let rooms = self.rooms();
-        let bytes = rooms.iter().map(|r| lock(&r.state).log.bytes()).sum();
+        let bytes = rooms.iter().map(|r| r.log.bytes()).sum();
         (rooms.len(), bytes)
     }
 
     /// With Redis, whether it answered lately; `None` without Redis.
     pub(crate) fn redis_up(&self) -> Option<bool> {
-        self.remote.as_ref().map(Remote::is_up)
+        self.store.up()
     }
 
     /// Closes every room's channels, so that each session, once it has written what
@@ -247,7 +168,7 @@ impl Hub {
         let rooms = lock(&self.rooms);
         self.closed.store(true, Ordering::Relaxed);
         for room in rooms.values() {
-            lock(&room.state).close();
+            lock(&room.local.state).close();
         }
     }
 

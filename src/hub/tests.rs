@@ -4,7 +4,9 @@ use super::*;
 use crate::protocol::Resume;
 
 fn hub(config: ServerConfig) -> Arc<Hub> {
-    Arc::new(Hub::new(&config))
+    let window = config.resume_window.max(config.history);
+    let store = Arc::new(crate::store::MemoryStore::new(window, config.resume_bytes));
+    Arc::new(Hub::new(&config, store))
 }
 
 /// Joins at once: in memory, joining never waits.

@@ -1,4 +1,4 @@
-//! Redis as the rooms' log and sequencer, for several server instances serving the
+//! The commands of the Redis store: Redis as the rooms' log and sequencer, for several server instances serving the
 //! same rooms. Publishing is one Lua script: take the room's next offset, append the
 //! message to the room's stream (`XADD ... MAXLEN ~ window`, the offset as the entry
 //! id) and `PUBLISH` it, so every instance (the sender's included) delivers what
@@ -17,9 +17,8 @@ use redis::streams::StreamRangeReply;
 use redis::{AsyncCommands, Client, IntoConnectionInfo, ProtocolVersion, PushInfo, Script};
 use tokio::sync::{mpsc, oneshot};
 
-use super::record::{Logged, Record};
-use super::room::Published;
 use crate::protocol::Epoch;
+use crate::store::{Head, Logged, Published, Record};
 
 /// Time one Redis command may take; a connection that answers nothing for this
 /// long is taken for dead and replaced.
@@ -145,17 +144,6 @@ impl Keys {
 /// The room a channel name is for, if it is one of ours.
 pub(crate) fn room_of_channel(channel: &str) -> Option<&str> {
     channel.strip_prefix("bc:{r:")?.strip_suffix("}:pub")
-}
-
-/// Where a room's log stands in Redis.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Head {
-    /// The room's epoch.
-    pub(crate) epoch: Epoch,
-    /// Its last offset; 0 before the first message.
-    pub(crate) head: u64,
-    /// The oldest offset its stream holds; `head + 1` when it holds none.
-    pub(crate) first: u64,
 }
 
 /// Joining or leaving, kept in the room's presence set along with the notice.
@@ -362,30 +350,20 @@ impl RedisLog {
             .send(Subscription::Unsubscribe(Keys::of(room).channel));
     }
 
-    /// Logs and publishes `record` in `room`; with `line` (a session and a line id),
-    /// recognises a repeat; with `presence`, updates the room's members and puts
-    /// their count in the record. Publishes go to Redis in the order they are asked
-    /// for, many in one round trip (see [`publish_in_batches`]).
+    /// Asks for `record` to be logged and published in `room`, at once; with `line`
+    /// (a session and a line id), recognises a repeat; with `presence`, updates the
+    /// room's members and puts their count in the record. Publishes go to Redis in
+    /// the order they are asked for, many in one round trip (see
+    /// [`publish_in_batches`]). The returned future says how it went. Asking is
+    /// what fixes the order: a session that asks for two lines one after the other
+    /// has them logged in that order, whatever it awaits.
     ///
-    /// # Errors
-    /// Redis's error; nothing was published then, or it is not known.
-    pub(crate) async fn publish(
-        &self,
-        room: &str,
-        record: &Record,
-        line: Option<(&str, u64)>,
-        presence: Option<Presence<'_>>,
-    ) -> redis::RedisResult<(Epoch, Published)> {
-        self.submit(room, record, line, presence).await
-    }
-
-    /// Asks for `record` to be published, at once; the returned future says how it
-    /// went. Asking is what fixes the order: a session that asks for two lines
-    /// one after the other has them logged in that order, whatever it awaits.
+    /// The future's error is Redis's; nothing was published then, or it is not
+    /// known.
     pub(crate) fn submit(
         &self,
         room: &str,
-        record: &Record,
+        record: &Record<'_>,
         line: Option<(&str, u64)>,
         presence: Option<Presence<'_>>,
     ) -> impl Future<Output = redis::RedisResult<(Epoch, Published)>> + Send + 'static {

@@ -1,0 +1,225 @@
+//! The rooms' logs behind one seam: a [`Store`] opens a [`RoomLog`] for each room
+//! this instance serves, which numbers what is said there, keeps the last of it and
+//! tells the room's local [`Fanout`] what was logged, in offset order. The hub holds
+//! only these traits; [`MemoryStore`] keeps each log in this process,
+//! [`RedisStore`] in a Redis shared by every instance.
+//!
+//! # The promises every store keeps
+//! - **Offsets.** Within one epoch, a room's logged messages get offsets 1, 2, 3, ...
+//!   without gaps, in the order the store accepted them; every instance sees that
+//!   one order.
+//! - **Epoch.** Chosen at random when a room's log begins; it stays while the log
+//!   lives. A new epoch means the log began again and offsets start over: memory
+//!   begins again when the room empties here; Redis when it lost the room's keys
+//!   (a restart without persistence, `FLUSHALL`, or a day without traffic).
+//! - **The repeated-id rule.** A line sent with its client session and line id is
+//!   logged only if the id is above the last one logged for that session in that
+//!   room; otherwise it is a duplicate, answered with the first time's offset when
+//!   the id is that last one, without one when it is older ([`repeat_of`]).
+//! - **Bounds.** A log keeps at least the newest `--resume-window` messages
+//!   (at least `--history`) and drops the oldest first; memory keeps exactly that
+//!   many and also at most `--resume-bytes`, the newest kept however big. Redis trims
+//!   by count only, approximately (whole stream nodes). [`Head::first`] only rises.
+//! - **Delivery.** Every logged message is handed to the room's [`Fanout`] once per
+//!   instance, oldest first: at once in memory; from Redis as it publishes them,
+//!   the store filling a gap from the log before what follows it.
+//! - **Errors.** An error ([`Unavailable`]) means the store is out of reach: a failed
+//!   append logged nothing, or (Redis) it is not known whether it did; when it did,
+//!   the message reaches every member through the log like any other. A failed read
+//!   changes nothing.
+//! - **Durable** means kept across a restart of this server: memory keeps nothing
+//!   once the room empties or the process ends; Redis keeps what its own
+//!   persistence keeps.
+
+mod memory;
+mod record;
+pub(crate) mod redis;
+#[cfg(test)]
+mod suite;
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::protocol::Epoch;
+use crate::protocol::structured::NoticeKind;
+
+pub(crate) use memory::MemoryStore;
+pub(crate) use record::{Delivery, Entry, Logged, Record, stamp};
+pub(crate) use redis::RedisStore;
+
+/// Who sent a delivery: a member's connection id, or [`SERVER`].
+pub(crate) type SenderId = u64;
+/// The sender of the server's own notices (presence), which no-echo never hides.
+pub(crate) const SERVER: SenderId = 0;
+
+/// The wire format a session speaks; each has its own channel in a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Format {
+    /// The classic text lines.
+    Classic,
+    /// The `broadcast-chat.v1` JSON frames.
+    Structured,
+}
+
+/// The store cannot be reached now (Redis is away).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Unavailable;
+
+/// A future a store answers with later.
+pub(crate) type Later<T> = Pin<Box<dyn Future<Output = Result<T, Unavailable>> + Send>>;
+
+/// Where a room's log stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Head {
+    /// The log's epoch.
+    pub(crate) epoch: Epoch,
+    /// Its last offset; 0 before the first message.
+    pub(crate) head: u64,
+    /// The oldest offset it still holds; `head + 1` when it holds none.
+    pub(crate) first: u64,
+}
+
+/// What appending a line did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Published {
+    /// The line's offset; for a repeat, the first time's if it is still known.
+    pub(crate) offset: Option<u64>,
+    /// The line's id had been accepted before, so it was not logged again.
+    pub(crate) duplicate: bool,
+}
+
+/// An append, answered at once (in memory) or later (when Redis answers).
+pub(crate) enum Appending {
+    /// Done already.
+    Done(Result<Published, Unavailable>),
+    /// Its place is fixed; what became of it is known when this completes.
+    Later(Later<Published>),
+}
+
+/// A member joining or leaving, for a store that keeps presence across instances
+/// (Redis); the store that keeps none ignores it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Presence<'a> {
+    /// Connection `id`, labelled `who`, joined.
+    Join(SenderId, &'a str),
+    /// Connection `id`, labelled `who`, left.
+    Leave(SenderId, &'a str),
+}
+
+/// What a session reads from the log when it catches up.
+#[derive(Debug, Default)]
+pub(crate) struct CatchUp {
+    /// How many messages after the asked offset the log no longer holds.
+    pub(crate) missed: u64,
+    /// The messages it holds, oldest first.
+    pub(crate) deliveries: Vec<Delivery>,
+}
+
+/// What to do after [`Fanout::take`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Intake {
+    /// Nothing more.
+    Done,
+    /// Messages after this offset are missing here: fetch them from the log, then
+    /// hand the message over again.
+    GapAfter(u64),
+}
+
+/// The hub's side of one room, as its store sees it: this instance's members and
+/// channels, and how far the log has been delivered to them.
+pub(crate) trait Fanout: Send + Sync + Debug {
+    /// Delivers `entry` to the local members if it is the next logged message;
+    /// says what to do otherwise: nothing (delivered already, or not following the
+    /// log yet), or fill the gap after an offset first.
+    fn take(&self, entry: &Entry) -> Intake;
+    /// Starts following the log at `head` of `epoch` unless following it already;
+    /// returns the epoch and last offset delivered.
+    fn baseline(&self, epoch: Epoch, head: u64) -> (Epoch, u64);
+    /// Moves delivery on to `offset` of `epoch`, over messages that cannot be had:
+    /// each session sees the gap and tells its client how many it missed.
+    fn skip_to(&self, epoch: Epoch, offset: u64);
+    /// Tells every local member `text`, outside the log.
+    fn notify(&self, kind: NoticeKind, text: &str);
+    /// The local members: connection ids and labels.
+    fn members(&self) -> Vec<(SenderId, String)>;
+}
+
+/// Where rooms' logs are kept: opens one for each room this instance serves.
+pub(crate) trait Store: Send + Sync + Debug {
+    /// Opens `room`'s log, whose logged messages go to `fanout` in offset order.
+    /// Called when the room appears here (under the hub's rooms lock, so opens and
+    /// closes of one name happen in order); [`RoomLog::close`] when it vanishes.
+    fn open(&self, room: &str, fanout: Arc<dyn Fanout>) -> Arc<dyn RoomLog>;
+    /// Whether the store answered lately; `None` for one that cannot be out of reach.
+    fn up(&self) -> Option<bool>;
+}
+
+/// One room's log and sequencer. Nothing here is called with a hub lock held other
+/// than the rooms lock, and a store never takes a hub lock other than the one
+/// [`Fanout`] takes, so its own lock may be held while it delivers.
+pub(crate) trait RoomLog: Send + Sync + Debug {
+    /// Logs `record`, which the room's [`Fanout`] then gets. With `line` (a client
+    /// session and line id) the repeated-id rule applies; with `presence`, the store
+    /// updates the room's members and may put their count in the record. The place
+    /// in the room is fixed when this returns, whatever the caller awaits.
+    fn append(
+        &self,
+        record: &Record<'_>,
+        line: Option<(&str, u64)>,
+        presence: Option<Presence<'_>>,
+    ) -> Appending;
+    /// Where the log stands, beginning it (with a new epoch) if it has not begun.
+    fn head(&self) -> Later<Head>;
+    /// Up to `limit` logged messages after `after`, oldest first, in `format`.
+    fn read(&self, after: u64, limit: usize, format: Format) -> Later<CatchUp>;
+    /// Everyone in the room on every instance, sorted; `None` when this instance's
+    /// members are everyone.
+    fn members(&self) -> Later<Option<Vec<String>>>;
+    /// The room vanished here; `last` is the leaving of its last member, for a store
+    /// that keeps presence across instances.
+    fn close(&self, last: Option<Presence<'_>>);
+    /// Bytes this log holds in this process.
+    fn bytes(&self) -> usize;
+}
+
+/// Locks `mutex`, going on with the data if a panic poisoned it: nothing under
+/// these locks panics between two changes that must go together.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The repeated-id rule, for a line `id` from a session whose last logged line was
+/// `last` (its id and offset): `None` to log it, or the answer to a repeat.
+/// Redis keeps the same rule in its publish script, where it must be atomic.
+pub(crate) fn repeat_of(last: Option<(u64, u64)>, id: u64) -> Option<Published> {
+    let (last_id, last_offset) = last?;
+    (id <= last_id).then_some(Published {
+        offset: (id == last_id).then_some(last_offset),
+        duplicate: true,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_is_new_only_above_the_last_id() {
+        assert_eq!(repeat_of(None, 1), None);
+        assert_eq!(repeat_of(Some((5, 9)), 6), None);
+        let again = Some(Published {
+            offset: Some(9),
+            duplicate: true,
+        });
+        assert_eq!(repeat_of(Some((5, 9)), 5), again);
+        let older = Some(Published {
+            offset: None,
+            duplicate: true,
+        });
+        assert_eq!(repeat_of(Some((5, 9)), 4), older);
+    }
+}
