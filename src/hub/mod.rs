@@ -155,7 +155,8 @@ impl Hub {
         (rooms.len(), bytes)
     }
 
-    /// With Redis, whether it answered lately; `None` without Redis.
+    /// Whether the store (Redis) answered lately; `None` for one that cannot be out
+    /// of reach (memory).
     pub(crate) fn redis_up(&self) -> Option<bool> {
         self.store.up()
     }

@@ -15,21 +15,27 @@
 //! - **The repeated-id rule.** A line sent with its client session and line id is
 //!   logged only if the id is above the last one logged for that session in that
 //!   room; otherwise it is a duplicate, answered with the first time's offset when
-//!   the id is that last one, without one when it is older ([`repeat_of`]).
-//! - **Bounds.** A log keeps at least the newest `--resume-window` messages
-//!   (at least `--history`) and drops the oldest first; memory keeps exactly that
-//!   many and also at most `--resume-bytes`, the newest kept however big. Redis trims
-//!   by count only, approximately (whole stream nodes). [`Head::first`] only rises.
+//!   the id is that last one, without one when it is older ([`repeat_of`]). The
+//!   last id is remembered at least while that line is in the log (memory), or for
+//!   an hour (Redis).
+//! - **Bounds.** A log drops its oldest messages first, beyond `--resume-window`
+//!   messages (at least `--history`) and, where the store counts bytes (memory),
+//!   beyond `--resume-bytes`, the newest kept however big. Redis trims by count
+//!   only, and approximately (whole stream nodes), so it may keep more. What a
+//!   log dropped is gone from reads; [`Head::first`] only rises within an epoch.
 //! - **Delivery.** Every logged message is handed to the room's [`Fanout`] once per
-//!   instance, oldest first: at once in memory; from Redis as it publishes them,
-//!   the store filling a gap from the log before what follows it.
+//!   instance, oldest first: at once in memory, under the log's lock; from Redis as
+//!   it publishes them, the store filling a gap from the log before what follows
+//!   it, or moving the fan-out past what the log no longer has (the sessions then
+//!   tell their clients what they missed).
 //! - **Errors.** An error ([`Unavailable`]) means the store is out of reach: a failed
 //!   append logged nothing, or (Redis) it is not known whether it did; when it did,
 //!   the message reaches every member through the log like any other. A failed read
 //!   changes nothing.
-//! - **Durable** means kept across a restart of this server: memory keeps nothing
-//!   once the room empties or the process ends; Redis keeps what its own
-//!   persistence keeps.
+//! - **Durable** means that what an append acknowledged survives a restart of this
+//!   server. Memory keeps nothing durable: a log lives while its room has members
+//!   here. Redis keeps what its own persistence keeps. A store that writes to disk
+//!   acknowledges an append, and hands it to the fan-out, only once it is flushed.
 
 mod memory;
 mod record;
