@@ -2,6 +2,8 @@
 //! their lines, and talk WebSocket to the server. Every wait has a timeout.
 #![allow(dead_code)] // Each test file uses its own subset.
 
+pub mod instances;
+
 use std::net::SocketAddr;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -928,6 +930,11 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts one, or says plainly why the calling test is skipped.
     pub async fn start(test: &str) -> Option<RedisServer> {
+        Self::start_with(test, &[]).await
+    }
+
+    /// Like [`RedisServer::start`], with extra `redis-server` arguments.
+    pub async fn start_with(test: &str, args: &[&str]) -> Option<RedisServer> {
         if std::process::Command::new("redis-server")
             .arg("--version")
             .output()
@@ -938,14 +945,21 @@ impl RedisServer {
             );
             return None;
         }
-        Some(Self::start_at(free_port()).await)
+        Some(Self::start_at_with(free_port(), args).await)
     }
 
     /// Starts one on `port` (e.g. the port of one that was killed).
     pub async fn start_at(port: u16) -> RedisServer {
+        Self::start_at_with(port, &[]).await
+    }
+
+    /// Starts one on `port` with extra `redis-server` arguments (e.g.
+    /// `--requirepass`).
+    pub async fn start_at_with(port: u16, args: &[&str]) -> RedisServer {
         let mut child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
