@@ -52,6 +52,14 @@ async fn piped_input_is_sent_and_the_client_exits_zero() {
     assert_eq!(client.wait().await.code(), Some(0));
     let stderr = client.stderr.complete().await;
     assert!(stderr.is_empty(), "{stderr:?}");
+    // `echo hi | client` prints its own line before it closes.
+    assert_eq!(
+        client.stdout.complete().await,
+        [
+            "From server: Welcome to chat! Type a message".to_owned(),
+            format!("From server: {line}"),
+        ]
+    );
 }
 
 #[tokio::test]
