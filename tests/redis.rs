@@ -456,3 +456,18 @@ async fn who_spans_instances_without_presence_too() {
         left.elapsed()
     );
 }
+
+#[tokio::test]
+async fn sends_in_flight_through_redis_are_acked_once_each_in_order() {
+    let Some((_redis, a, _b)) = two_instances(
+        "sends_in_flight_through_redis_are_acked_once_each_in_order",
+        &["--max-rate", "0"],
+    )
+    .await
+    else {
+        return;
+    };
+    let (mut ws, _) = connect_structured(&format!("{}/rust?session=s1", a.url())).await;
+    // More than a session keeps on their way to Redis at once (64).
+    assert_acked_once_in_order(&mut ws, 200, 1).await;
+}

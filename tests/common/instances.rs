@@ -63,3 +63,33 @@ pub async fn frames_until(ws: &mut Ws, kind: &str) -> Vec<Value> {
         }
     }
 }
+
+/// Sends `count` lines (ids 1 to `count`) without waiting for any answer, then
+/// checks that each is acknowledged exactly once, in the order sent, at offsets
+/// `first`, `first + 1`, ...: one more line sent after their acks began is acked
+/// last, with nothing repeated before it.
+pub async fn assert_acked_once_in_order(ws: &mut Ws, count: u64, first: u64) {
+    for id in 1..=count {
+        say(ws, id, &format!("m{id}")).await;
+    }
+    let mut acks = Vec::new();
+    let last = count + 1;
+    loop {
+        let frame = recv_json(ws).await;
+        if frame["type"] != "ack" {
+            continue;
+        }
+        if acks.is_empty() {
+            say(ws, last, "the last").await;
+        }
+        let done = frame["id"] == last;
+        acks.push(frame);
+        if done {
+            break;
+        }
+    }
+    let expected: Vec<Value> = (1..=last)
+        .map(|id| json!({"type": "ack", "id": id, "offset": first + id - 1}))
+        .collect();
+    assert!(acks == expected, "acks {acks:?}");
+}
