@@ -2,8 +2,8 @@
 //! by each test on a free port without persistence): one order for everyone, a
 //! line sent again recognised on another instance, `/who` and presence across
 //! instances, an instance that dies under its clients, the Redis URL's password
-//! kept out of every output. Outages are in `tests/redis_outage.rs`. Skipped,
-//! saying so, where `redis-server` is not installed.
+//! kept out of every output. Outages are in `tests/redis_outage.rs`. Ignored,
+//! saying so in the summary, where `redis-server` is not on `PATH`.
 
 mod common;
 
@@ -12,15 +12,12 @@ use common::*;
 use serde_json::json;
 
 #[tokio::test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt-get install redis-server)"
+)]
 async fn two_instances_deliver_every_message_once_in_one_order() {
-    let Some((_redis, a, b)) = two_instances(
-        "two_instances_deliver_every_message_once_in_one_order",
-        &["--max-rate", "0"],
-    )
-    .await
-    else {
-        return;
-    };
+    let (_redis, a, b) = two_instances(&["--max-rate", "0"]).await;
     let (mut a1, _) = connect_structured(&format!("{}/rust?name=a1", a.url())).await;
     let (mut a2, _) = connect_structured(&format!("{}/rust", a.url())).await;
     let (mut b1, _) = connect_structured(&format!("{}/rust?name=b1", b.url())).await;
@@ -76,12 +73,12 @@ async fn two_instances_deliver_every_message_once_in_one_order() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt-get install redis-server)"
+)]
 async fn who_and_presence_span_instances() {
-    let Some((_redis, a, b)) =
-        two_instances("who_and_presence_span_instances", &["--presence"]).await
-    else {
-        return;
-    };
+    let (_redis, a, b) = two_instances(&["--presence"]).await;
     let mut alice = connect(&format!("{}/rust?name=alice", a.url())).await;
     let alice_who = format!("alice@{:?}", local_addr(&alice));
     assert_eq!(
@@ -116,19 +113,16 @@ async fn who_and_presence_span_instances() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt-get install redis-server)"
+)]
 async fn clients_of_a_dead_instance_resume_on_the_other_and_lose_nothing() {
-    let Some((_redis, a, b)) = two_instances(
-        "clients_of_a_dead_instance_resume_on_the_other_and_lose_nothing",
-        &["--max-rate", "0"],
-    )
-    .await
-    else {
-        return;
-    };
+    let (_redis, a, b) = two_instances(&["--max-rate", "0"]).await;
     // The proxy plays the load balancer in front of both.
     let proxy = Proxy::start(a.addr()).await;
     let mut client = Client::start(&["--url", &proxy.url(), "--reconnect"]);
-    client.stdout.wait_for("Welcome").await;
+    client.welcomed().await;
     let mut talker = connect(&b.url()).await;
     let tag = format!("{:?}", local_addr(&talker));
     let say_all = |range: std::ops::Range<u32>| range.map(|i| format!("m{i}"));
@@ -146,7 +140,10 @@ async fn clients_of_a_dead_instance_resume_on_the_other_and_lose_nothing() {
         assert_eq!(recv_text(&mut talker).await, tagged(&talker, &text));
     }
     client.stdout.wait_for("\"m99\"").await;
-    client.stderr.wait_for("reconnected to").await;
+    client
+        .stderr
+        .wait_for_line(&format!("reconnected to {}", proxy.url()))
+        .await;
     client.close_stdin();
     assert_eq!(client.wait().await.code(), Some(0));
 
@@ -174,7 +171,7 @@ async fn an_unusable_redis_url_is_a_one_line_error_and_exit_1() {
     for url in [unreachable.as_str(), "not-a-url"] {
         let output = tokio::time::timeout(
             WAIT,
-            tokio::process::Command::new(env!("CARGO_BIN_EXE_server"))
+            server_command()
                 .args(["--port", "0", "--redis-url", url])
                 .output(),
         )
@@ -198,15 +195,12 @@ async fn an_unusable_redis_url_is_a_one_line_error_and_exit_1() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt-get install redis-server)"
+)]
 async fn a_line_resent_on_another_instance_is_acked_duplicate_and_delivered_once() {
-    let Some((_redis, a, b)) = two_instances(
-        "a_line_resent_on_another_instance_is_acked_duplicate_and_delivered_once",
-        &["--max-rate", "0"],
-    )
-    .await
-    else {
-        return;
-    };
+    let (_redis, a, b) = two_instances(&["--max-rate", "0"]).await;
     let (mut watcher, _) = connect_structured(&format!("{}/rust", b.url())).await;
     let (mut on_a, welcome) = connect_structured(&format!("{}/rust?session=k3j4", a.url())).await;
     say(&mut on_a, 1, "once").await;
@@ -249,15 +243,12 @@ async fn a_line_resent_on_another_instance_is_acked_duplicate_and_delivered_once
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt-get install redis-server)"
+)]
 async fn a_dead_instances_members_leave_who_within_15_s() {
-    let Some((_redis, a, mut b)) = two_instances(
-        "a_dead_instances_members_leave_who_within_15_s",
-        &["--presence"],
-    )
-    .await
-    else {
-        return;
-    };
+    let (_redis, a, mut b) = two_instances(&["--presence"]).await;
     let mut alice = connect(&format!("{}/rust?name=alice", a.url())).await;
     let alice_who = format!("alice@{:?}", local_addr(&alice));
     let bob = connect(&format!("{}/rust?name=bob", b.url())).await;
@@ -320,6 +311,10 @@ async fn run_server(args: &[&str], env: &[(&str, &str)]) -> std::process::Output
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt-get install redis-server)"
+)]
 async fn a_password_in_the_redis_url_is_never_printed() {
     // Redis with a password for the default user and a user of its own.
     let auth = [
@@ -333,11 +328,7 @@ async fn a_password_in_the_redis_url_is_never_printed() {
         "&*",
         "+@all",
     ];
-    let Some(redis) =
-        RedisServer::start_with("a_password_in_the_redis_url_is_never_printed", &auth).await
-    else {
-        return;
-    };
+    let redis = RedisServer::start_with(&auth).await;
     let port = redis.port;
     let urls = [
         format!("redis://:s3cret@127.0.0.1:{port}"),
@@ -363,11 +354,11 @@ async fn a_password_in_the_redis_url_is_never_printed() {
     // An outage and the way back, logged with their causes.
     redis.kill().await;
     for (server, _) in &servers {
-        server.stderr.wait_for("Redis is out of reach").await;
+        server.stderr.wait_for_event(REDIS_DOWN).await;
     }
     let _redis = RedisServer::start_at_with(port, &auth).await;
     for (server, _) in &servers {
-        server.stderr.wait_for("Redis is back").await;
+        server.stderr.wait_for_event(REDIS_BACK).await;
     }
     for (mut server, ws) in servers {
         drop(ws);
@@ -414,11 +405,12 @@ async fn a_password_in_the_redis_url_is_never_printed() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt-get install redis-server)"
+)]
 async fn who_spans_instances_without_presence_too() {
-    let Some((_redis, a, b)) = two_instances("who_spans_instances_without_presence_too", &[]).await
-    else {
-        return;
-    };
+    let (_redis, a, b) = two_instances(&[]).await;
     let mut alice = connect(&format!("{}/rust?name=alice", a.url())).await;
     let alice_who = format!("alice@{:?}", local_addr(&alice));
     let bob = connect(&format!("{}/rust?name=bob", b.url())).await;
@@ -458,15 +450,12 @@ async fn who_spans_instances_without_presence_too() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt-get install redis-server)"
+)]
 async fn sends_in_flight_through_redis_are_acked_once_each_in_order() {
-    let Some((_redis, a, _b)) = two_instances(
-        "sends_in_flight_through_redis_are_acked_once_each_in_order",
-        &["--max-rate", "0"],
-    )
-    .await
-    else {
-        return;
-    };
+    let (_redis, a, _b) = two_instances(&["--max-rate", "0"]).await;
     let (mut ws, _) = connect_structured(&format!("{}/rust?session=s1", a.url())).await;
     // More than a session keeps on their way to Redis at once (64).
     assert_acked_once_in_order(&mut ws, 200, 1).await;

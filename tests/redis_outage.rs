@@ -2,7 +2,8 @@
 //! and started again on its port, without persistence): local chat goes on, the
 //! rooms are shared again once it is back, a client returning meanwhile is told
 //! nothing can be replayed, and a resume from the epoch Redis lost is told
-//! `restarted`. Skipped, saying so, where `redis-server` is not installed.
+//! `restarted`. Ignored, saying so in the summary, where `redis-server` is not on
+//! `PATH`.
 
 mod common;
 
@@ -11,15 +12,12 @@ use common::*;
 use serde_json::json;
 
 #[tokio::test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt-get install redis-server)"
+)]
 async fn a_redis_outage_keeps_local_chat_going_and_a_restart_is_said() {
-    let Some((redis, a, b)) = two_instances(
-        "a_redis_outage_keeps_local_chat_going_and_a_restart_is_said",
-        &["--max-rate", "0"],
-    )
-    .await
-    else {
-        return;
-    };
+    let (redis, a, b) = two_instances(&["--max-rate", "0"]).await;
     let port = redis.port;
     let mut alice = connect(&format!("{}/r?name=alice", a.url())).await;
     let mut ann = connect(&format!("{}/r?name=ann", a.url())).await;
@@ -34,7 +32,7 @@ async fn a_redis_outage_keeps_local_chat_going_and_a_restart_is_said() {
     for ws in [&mut alice, &mut ann, &mut bob] {
         assert_eq!(recv_text(ws).await, degraded);
     }
-    a.stderr.wait_for("Redis is out of reach").await;
+    a.stderr.wait_for_event(REDIS_DOWN).await;
     let health = raw_exchange(a.addr(), b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(
         health.ends_with("{\"status\":\"degraded\",\"connections\":2,\"redis\":\"down\"}\n"),
@@ -67,19 +65,16 @@ async fn a_redis_outage_keeps_local_chat_going_and_a_restart_is_said() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt-get install redis-server)"
+)]
 async fn a_room_everyone_joined_during_an_outage_delivers_once_redis_is_back() {
-    let Some((redis, a, b)) = two_instances(
-        "a_room_everyone_joined_during_an_outage_delivers_once_redis_is_back",
-        &["--max-rate", "0"],
-    )
-    .await
-    else {
-        return;
-    };
+    let (redis, a, b) = two_instances(&["--max-rate", "0"]).await;
     let port = redis.port;
     redis.kill().await;
-    a.stderr.wait_for("Redis is out of reach").await;
-    b.stderr.wait_for("Redis is out of reach").await;
+    a.stderr.wait_for_event(REDIS_DOWN).await;
+    b.stderr.wait_for_event(REDIS_DOWN).await;
 
     // A room nobody was in before the outage, with a member on each instance.
     let mut alice = connect(&format!("{}/fresh?name=alice", a.url())).await;
@@ -108,12 +103,12 @@ async fn a_room_everyone_joined_during_an_outage_delivers_once_redis_is_back() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt-get install redis-server)"
+)]
 async fn a_joiner_during_an_outage_gets_the_epoch_the_room_follows() {
-    let Some(redis) =
-        RedisServer::start("a_joiner_during_an_outage_gets_the_epoch_the_room_follows").await
-    else {
-        return;
-    };
+    let redis = RedisServer::start().await;
     let args = ["--redis-url", &redis.url(), "--max-rate", "0"];
     let a = Server::start(&args).await;
     let (mut first, welcome) = connect_structured(&format!("{}/rust", a.url())).await;
@@ -124,7 +119,7 @@ async fn a_joiner_during_an_outage_gets_the_epoch_the_room_follows() {
     );
 
     redis.kill().await;
-    a.stderr.wait_for("Redis is out of reach").await;
+    a.stderr.wait_for_event(REDIS_DOWN).await;
     // A newcomer during the outage is told the epoch of the room's log in Redis,
     // the one its members' offsets count in, so it can resume there later.
     let (_second, joined) = connect_structured(&format!("{}/rust", a.url())).await;
@@ -136,11 +131,12 @@ async fn a_joiner_during_an_outage_gets_the_epoch_the_room_follows() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt-get install redis-server)"
+)]
 async fn a_client_returning_during_an_outage_is_told_so() {
-    let Some(redis) = RedisServer::start("a_client_returning_during_an_outage_is_told_so").await
-    else {
-        return;
-    };
+    let redis = RedisServer::start().await;
     let a = Server::start(&["--redis-url", &redis.url(), "--max-rate", "0"]).await;
     let (mut first, welcome) = connect_structured(&format!("{}/rust", a.url())).await;
     say(&mut first, 1, "before").await;
@@ -148,7 +144,7 @@ async fn a_client_returning_during_an_outage_is_told_so() {
     let epoch = welcome["epoch"].as_str().expect("an epoch").to_owned();
 
     redis.kill().await;
-    a.stderr.wait_for("Redis is out of reach").await;
+    a.stderr.wait_for_event(REDIS_DOWN).await;
     let back = format!("{}/rust?epoch={epoch}&after=0", a.url());
     let told = "* the chat's shared log is out of reach: what was said while you were away cannot be replayed";
     let (mut structured, _) = connect_structured(&format!("{back}&session=s1")).await;
@@ -161,15 +157,12 @@ async fn a_client_returning_during_an_outage_is_told_so() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt-get install redis-server)"
+)]
 async fn a_resume_from_an_epoch_redis_lost_is_told_restarted() {
-    let Some((redis, a, b)) = two_instances(
-        "a_resume_from_an_epoch_redis_lost_is_told_restarted",
-        &["--max-rate", "0"],
-    )
-    .await
-    else {
-        return;
-    };
+    let (redis, a, b) = two_instances(&["--max-rate", "0"]).await;
     let port = redis.port;
     let (mut alice, welcome) = connect_structured(&format!("{}/rust", a.url())).await;
     say(&mut alice, 1, "before").await;
@@ -180,11 +173,11 @@ async fn a_resume_from_an_epoch_redis_lost_is_told_restarted() {
 
     // Redis comes back without its data: the epoch is gone with it.
     redis.kill().await;
-    a.stderr.wait_for("Redis is out of reach").await;
-    b.stderr.wait_for("Redis is out of reach").await;
+    a.stderr.wait_for_event(REDIS_DOWN).await;
+    b.stderr.wait_for_event(REDIS_DOWN).await;
     let _redis = RedisServer::start_at(port).await;
-    a.stderr.wait_for("Redis is back").await;
-    b.stderr.wait_for("Redis is back").await;
+    a.stderr.wait_for_event(REDIS_BACK).await;
+    b.stderr.wait_for_event(REDIS_BACK).await;
 
     for server in [&a, &b] {
         let (mut back, welcome) = connect_structured(&format!(

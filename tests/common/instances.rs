@@ -5,6 +5,13 @@ use serde_json::{Value, json};
 
 use super::{RedisServer, Server, Ws, recv_json, recv_text, send};
 
+/// What an instance logs when it loses Redis.
+pub const REDIS_DOWN: &str =
+    "Redis is out of reach: rooms go on locally, unlogged, until it is back";
+
+/// What an instance logs when Redis is back.
+pub const REDIS_BACK: &str = "Redis is back: rooms are logged and shared again";
+
 /// Sends a structured `send` frame.
 pub async fn say(ws: &mut Ws, id: u64, text: &str) {
     send(
@@ -38,17 +45,16 @@ pub async fn next_line(ws: &mut Ws) -> String {
 }
 
 /// A Redis of the test's own and two instances sharing it, each started with
-/// `flags` besides `--redis-url`; `None` (the test skipped, saying why) without
-/// `redis-server`.
-pub async fn two_instances(test: &str, flags: &[&str]) -> Option<(RedisServer, Server, Server)> {
-    let redis = RedisServer::start(test).await?;
+/// `flags` besides `--redis-url`.
+pub async fn two_instances(flags: &[&str]) -> (RedisServer, Server, Server) {
+    let redis = RedisServer::start().await;
     let url = redis.url();
     let args: Vec<&str> = ["--redis-url", url.as_str()]
         .into_iter()
         .chain(flags.iter().copied())
         .collect();
     let (a, b) = (Server::start(&args).await, Server::start(&args).await);
-    Some((redis, a, b))
+    (redis, a, b)
 }
 
 /// The frames up to and including the first of type `kind`, from `ws`.
