@@ -27,7 +27,6 @@ use crate::metrics::{Outcome, Reason};
 use crate::state::ConnectionGuard;
 use frames::Frames;
 use outbox::Outbox;
-pub(crate) use upgrade::metrics_reply;
 
 /// Why a session ended; decides how the connection is closed and what is logged.
 #[derive(Debug)]
