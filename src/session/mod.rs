@@ -202,6 +202,8 @@ async fn serve<S>(
 
 /// Runs `write` for at most `limit`: a client whose writes stall that long is
 /// stuck, and one whose writes fail is gone; either way the session ends.
+/// Timed exactly on a paused clock by `tests/timeouts.rs`
+/// (`a_client_that_stops_reading_is_dropped_at_the_write_timeout`).
 ///
 /// Most writes finish on their first poll (the socket has room), so the timer is
 /// only set for a write that has to wait: a timer per write would cost more than
