@@ -26,7 +26,7 @@ use tokio_websockets::{CloseCode, Limits, Message, ServerBuilder, WebSocketStrea
 use tracing::{debug, info};
 
 use crate::hub::Joined;
-use crate::metrics::{Outcome, Reason};
+use crate::metrics::{ConnectionOutcome, Reason};
 use crate::state::ConnectionGuard;
 use frames::Frames;
 use outbox::Outbox;
@@ -115,11 +115,14 @@ pub(crate) async fn run(
         match accepted {
             Ok(Ok(stream)) => serve(stream, addr, &guard, &shutdown, deadline).await,
             Ok(Err(e)) => {
-                guard.shared().metrics.connection(Outcome::Failed);
+                guard.shared().metrics.connection(ConnectionOutcome::Failed);
                 debug!(%addr, error = %e, "TLS handshake failed");
             }
             Err(_) => {
-                guard.shared().metrics.connection(Outcome::TimedOut);
+                guard
+                    .shared()
+                    .metrics
+                    .connection(ConnectionOutcome::TimedOut);
                 info!(%addr, "handshake timed out");
             }
         }

@@ -12,7 +12,7 @@ use tracing::{debug, info};
 
 use crate::handshake::{self, Failure, Reply, UpgradeRequest};
 use crate::hub::{Format, JoinError, Joined, Newcomer};
-use crate::metrics::Outcome;
+use crate::metrics::ConnectionOutcome;
 use crate::protocol::{self, Params, classic, structured::SUBPROTOCOL};
 use crate::route::{self, Listener, Route};
 use crate::state::{ConnectionGuard, Shared};
@@ -57,11 +57,11 @@ where
     let metrics = &shared.metrics;
     let reply = match handled {
         Ok(Ok(Handled::Joined(joined, format))) => {
-            metrics.connection(Outcome::Upgraded);
+            metrics.connection(ConnectionOutcome::Upgraded);
             return Some((joined, format));
         }
         Ok(Ok(Handled::Answered(reply))) => {
-            metrics.connection(Outcome::Answered);
+            metrics.connection(ConnectionOutcome::Answered);
             debug!(%addr, status = reply.status.as_u16(), "answered");
             reply
         }
@@ -71,12 +71,12 @@ where
             reply
         }
         Ok(Err(Failure::Io(e))) => {
-            metrics.connection(Outcome::Failed);
+            metrics.connection(ConnectionOutcome::Failed);
             debug!(%addr, error = %e, "handshake failed");
             return None;
         }
         Err(_) => {
-            metrics.connection(Outcome::TimedOut);
+            metrics.connection(ConnectionOutcome::TimedOut);
             info!(%addr, "handshake timed out");
             return None;
         }
@@ -114,7 +114,7 @@ where
         id: shared.next_id(),
         who: classic::sender(params.name, addr),
         format,
-        session: params.session,
+        client_id: params.client_id,
         resume: params.resume,
     };
     let joined = shared.hub.join(newcomer).await.map_err(|e| {
