@@ -111,7 +111,7 @@ impl Membership {
         &self.who
     }
 
-    /// This member's id, as it appears in [`Delivery::from`].
+    /// This member's id, as it appears in [`Delivery::from`](super::Delivery::from).
     pub(crate) fn id(&self) -> SenderId {
         self.id
     }
