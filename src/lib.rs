@@ -8,14 +8,23 @@
 //!
 //! # Layout
 //! - [`config`]: every limit and timeout, with defaults ([`ServerConfig`], [`ClientConfig`]).
-//! - [`protocol`]: the wire format: tagging, names and rooms, notices, close reasons.
-//! - `handshake`: the HTTP upgrade, done by hand so a refusal is a proper HTTP answer.
-//! - `hub`: the fan-out: rooms, each a `tokio::sync::broadcast` channel with its
-//!   members, and its log from the store.
-//! - `store`: the rooms' logs and sequencers behind one trait: in memory, or in Redis.
+//! - `error`: the library's [`Error`], one enum.
+//! - [`protocol`]: the wire formats (classic lines, `broadcast-chat.v1` frames): tagging,
+//!   names and rooms, notices, close reasons.
+//! - `handshake`: HTTP/1.1 by hand: the request head, the WebSocket upgrade, answers.
+//! - `route`: every HTTP endpoint in one table, and the plain requests' answers.
+//! - `hub`: the fan-out: rooms, each with its members, a `tokio::sync::broadcast`
+//!   channel per wire format, and its log from the store.
+//! - `store`: the rooms' logs (offsets, epoch) and sequencers behind one trait: in
+//!   memory, or in Redis.
 //! - `limits`: the per-client message rate limit.
-//! - [`server`]: the accept loop and graceful shutdown ([`server::run`]).
-//! - `session`: one connection's task: read, broadcast, write, keepalive, close.
+//! - `metrics`: what the server counts, and `GET /metrics`.
+//! - `state`: what the sessions share with the accept loop: configuration, hub,
+//!   metrics, the connection count.
+//! - [`server`]: the accept loop and graceful shutdown ([`server::run`]); it starts a
+//!   session per connection.
+//! - `session`: one connection's task: the upgrade, the welcome and replay, the chat
+//!   loop (read, publish, write, write delay, keepalive), the close.
 //! - [`tls`]: certificates for `wss://` on both sides, and how the client checks a server's.
 //! - `web`: the chat in a browser: the page the server serves, its files, their
 //!   headers.
@@ -32,6 +41,7 @@ mod hub;
 mod limits;
 mod metrics;
 pub mod protocol;
+mod route;
 pub mod server;
 mod session;
 mod state;

@@ -12,11 +12,13 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::config::ServerConfig;
+pub use crate::error::describe_bind_error;
 use crate::handshake::{self, Reply};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::route::{self, Listener, Route};
 use crate::state::{ConnectionGuard, Shared};
-use crate::store::{MemoryStore, RedisStore, Store};
+use crate::store::{MemoryStore, RedisStore, Store, window};
 use crate::{Error, Result, session};
 
 /// Pause after an accept error such as running out of file descriptors, so the
@@ -43,30 +45,28 @@ impl Server {
     /// [`Error::MetricsListen`] when the metrics address cannot be bound.
     pub async fn start(config: ServerConfig) -> Result<Self> {
         let metrics_listener = match config.metrics_listen {
-            Some(addr) => {
-                Some(
-                    TcpListener::bind(addr)
-                        .await
-                        .map_err(|e| Error::MetricsListen {
-                            reason: describe_bind_error(&addr.ip().to_string(), addr.port(), &e),
-                        })?,
-                )
-            }
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| Error::MetricsListen { addr, source })?,
+            ),
             None => None,
         };
         let metrics = Arc::new(Metrics::new());
-        // The Redis stream is as long as the memory log would be.
-        let window = config.resume_window.max(config.history);
         let store: Arc<dyn Store> = match &config.redis_url {
-            None => Arc::new(MemoryStore::new(window, config.resume_bytes)),
+            None => Arc::new(MemoryStore::for_config(&config)),
             Some(url) => {
-                let store =
-                    RedisStore::connect(url, window, REDIS_CONNECT_TIMEOUT, Arc::clone(&metrics))
-                        .await
-                        .map_err(|e| Error::Redis {
-                            url: redact(url),
-                            reason: e.to_string(),
-                        })?;
+                let store = RedisStore::connect(
+                    url,
+                    window(&config),
+                    REDIS_CONNECT_TIMEOUT,
+                    Arc::clone(&metrics),
+                )
+                .await
+                .map_err(|source| Error::Redis {
+                    url: redact(url),
+                    source,
+                })?;
                 info!(url = %redact(url), "connected to Redis");
                 Arc::new(store)
             }
@@ -123,13 +123,17 @@ async fn serve_metrics(listener: TcpListener, shared: Arc<Shared>) {
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
             let limit = shared.config.handshake_timeout;
-            let reply = match tokio::time::timeout(limit, handshake::read_request(&mut stream))
-                .await
+            let read = match tokio::time::timeout(limit, handshake::read_request(&mut stream)).await
             {
-                Ok(Ok(handshake::Incoming::Metrics)) => session::metrics_reply(&shared),
-                Ok(Err(handshake::Failure::Refused(reply))) => reply,
-                Ok(_) => Reply::new(http::StatusCode::NOT_FOUND, "only /metrics is served here"),
+                Ok(read) => read,
                 Err(_) => return,
+            };
+            let reply = match read.map(|request| route::route(request, Listener::Metrics)) {
+                Ok(Ok(Route::Plain(plain))) => route::answer(plain, &shared),
+                Ok(Err(refusal)) | Err(handshake::Failure::Refused(refusal)) => refusal,
+                // `route` refuses upgrades here; a connection that broke is told
+                // too, in case it still reads.
+                Ok(Ok(Route::Chat(_))) | Err(handshake::Failure::Io(_)) => route::metrics_only(),
             };
             let _ = tokio::time::timeout(limit, handshake::respond(&mut stream, &reply)).await;
         });
@@ -148,7 +152,7 @@ pub async fn run(
     Server::start(config).await?.serve(listener, shutdown).await
 }
 
-/// A URL with its password, if any, left out: `redis://:***@host:6379`.
+/// A URL with its user and password, if any, left out: `redis://***@host:6379`.
 fn redact(url: &str) -> String {
     match url
         .split_once("://")
@@ -309,19 +313,20 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// One line saying why binding `host:port` failed and what to do about it.
-pub fn describe_bind_error(host: &str, port: u16, e: &io::Error) -> String {
-    let hint = match e.kind() {
-        io::ErrorKind::AddrInUse => {
-            "address already in use (is another server running? choose another --port)"
-        }
-        io::ErrorKind::PermissionDenied => {
-            "permission denied (ports below 1024 need privileges; choose another --port)"
-        }
-        io::ErrorKind::AddrNotAvailable => {
-            "address not available (is --host an address of this machine?)"
-        }
-        _ => return format!("cannot listen on {host}:{port}: {e}"),
-    };
-    format!("cannot listen on {host}:{port}: {hint}")
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_bad_redis_url_keeps_the_redis_error_for_the_caller() {
+        let config = ServerConfig {
+            redis_url: Some("nonsense://x".to_owned()),
+            ..ServerConfig::default()
+        };
+        let Err(Error::Redis { url, source }) = Server::start(config).await else {
+            panic!("started with a bad Redis URL");
+        };
+        assert_eq!(url, "nonsense://x");
+        assert_eq!(source.kind(), redis::ErrorKind::InvalidClientConfig);
+    }
 }

@@ -28,8 +28,8 @@ impl Hub {
             id: newcomer.id,
             who: newcomer.who,
             format: newcomer.format,
-            session: match newcomer.session {
-                Some(session) => session.into(),
+            client_id: match newcomer.client_id {
+                Some(client_id) => client_id.into(),
                 None => format!("#{}", newcomer.id).into(),
             },
         };
@@ -50,14 +50,18 @@ impl Hub {
             });
         };
         room.local.baseline(epoch, head);
+        // Listed at once, so `/who` names the newcomer before the next heartbeat;
+        // with presence the join's notice lists it. Subscribed first, so the
+        // newcomer hears its own join, live. An error is the store's to report;
+        // the join goes on.
+        let joined = Presence::Join(membership.id, &membership.who);
         if self.presence {
-            // Subscribed first, so the newcomer hears its own join, live. An error
-            // is the store's to report; the join goes on.
             let record = Record::presence(&membership.who, true, here);
-            let presence = Some(Presence::Join(membership.id, &membership.who));
-            if let Appending::Later(done) = room.log.append(&record, None, presence) {
+            if let Appending::Later(done) = room.log.append(&record, None, Some(joined)) {
                 let _ = done.await;
             }
+        } else if let Some(listed) = room.log.list(joined) {
+            let _ = listed.await;
         }
         let history_from = head.saturating_sub(self.history as u64);
         let (replay_after, recovery) = match newcomer.resume {

@@ -34,12 +34,12 @@ impl Membership {
 
     /// Sends `text` to everyone in the room, this member included (sessions with
     /// no-echo leave their own out). A line with the client's `id` is sent once,
-    /// however often it is submitted in the client's session. Its place in the room
+    /// however often it is submitted under the client's id. Its place in the room
     /// is fixed now; what became of it is known at once (memory) or when the log
     /// answers (Redis), so a session can have many lines on their way, in order.
     /// With the log out of reach, it goes to this instance's members only, unlogged.
     pub(crate) fn submit(&self, text: &str, id: Option<u64>) -> Submitted {
-        let line = id.map(|id| (&*self.session, id));
+        let line = id.map(|id| (&*self.client_id, id));
         let record = Record::chat(self.id, &self.who, text);
         match self.room.log.append(&record, line, None) {
             Appending::Done(Ok(published)) => Submitted::Done(published),
@@ -105,10 +105,7 @@ impl Drop for Membership {
         let who = state.members.remove(&self.id);
         let here = state.members.len();
         drop(state);
-        let leaving = who
-            .as_deref()
-            .filter(|_| self.hub.presence)
-            .map(|who| Presence::Leave(self.id, who));
+        let leaving = who.as_deref().map(|who| Presence::Leave(self.id, who));
         if here == 0 {
             // Only our room goes: a room of the same name created after ours was
             // removed is someone else's.
@@ -117,17 +114,21 @@ impl Drop for Membership {
                 .is_some_and(|r| Arc::ptr_eq(r, &self.room))
             {
                 rooms.remove(&self.room.name);
-                self.room.log.close(leaving);
+                self.room.log.close(leaving, self.hub.presence);
             }
-        } else if let Some(presence @ Presence::Leave(_, who)) = leaving {
-            let record = Record::presence(who, false, here);
+        } else if let Some(leave @ Presence::Leave(_, who)) = leaving {
             // Answered later (Redis): it takes a round trip, so it happens after the
-            // session is gone; its place in the room is fixed already.
-            if let (Appending::Later(done), Ok(runtime)) = (
-                self.room.log.append(&record, None, Some(presence)),
-                tokio::runtime::Handle::try_current(),
-            ) {
-                runtime.spawn(done);
+            // session is gone; its place in the room is fixed already. Without
+            // presence, only `/who`'s list hears of it.
+            let runtime = tokio::runtime::Handle::try_current();
+            if self.hub.presence {
+                let record = Record::presence(who, false, here);
+                let appended = self.room.log.append(&record, None, Some(leave));
+                if let (Appending::Later(done), Ok(runtime)) = (appended, &runtime) {
+                    runtime.spawn(done);
+                }
+            } else if let (Some(unlisted), Ok(runtime)) = (self.room.log.list(leave), &runtime) {
+                runtime.spawn(unlisted);
             }
         }
     }

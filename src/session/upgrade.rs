@@ -1,6 +1,6 @@
-//! The upgrade: read the request, answer plain requests (the health check, the web
-//! page), admit (token, origin), read the room and the query, negotiate the wire
-//! format, join.
+//! The upgrade: read the request and route it; answer a plain one (the health
+//! check, the web page), or admit (token, origin), read the room and the query,
+//! negotiate the wire format and join.
 
 use std::net::SocketAddr;
 
@@ -10,20 +10,19 @@ use tokio::time::{Instant, timeout, timeout_at};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::config::ServerConfig;
-use crate::handshake::{self, Failure, Incoming, Reply};
+use crate::handshake::{self, Failure, Reply, UpgradeRequest};
 use crate::hub::{Format, JoinError, Joined, Newcomer};
-use crate::metrics::Outcome as Counted;
+use crate::metrics::ConnectionOutcome;
 use crate::protocol::{self, Params, classic, structured::SUBPROTOCOL};
-use crate::state::ConnectionGuard;
-use crate::web;
+use crate::route::{self, Listener, Route};
+use crate::state::{ConnectionGuard, Shared};
 
-/// What a request turned out to be.
-enum Outcome {
+/// What a connection's request came to.
+enum Handled {
     /// A WebSocket in this format, joined to its room.
-    Chat(Joined, Format),
+    Joined(Joined, Format),
     /// A plain request, answered with this.
-    Answer(Reply),
+    Answered(Reply),
 }
 
 /// Reads and answers the upgrade request by `deadline`, joining the room it
@@ -40,145 +39,92 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let shared = guard.shared();
-    let config = &shared.config;
-    let upgrade = async {
-        let request = match handshake::read_request(&mut *stream).await? {
-            Incoming::Upgrade(request) => request,
-            Incoming::Health => return Ok(Outcome::Answer(health(guard))),
-            Incoming::Metrics if config.metrics_listen.is_some() => {
-                return Err(Failure::Refused(Reply::new(
-                    StatusCode::NOT_FOUND,
-                    "the metrics are served on the --metrics-listen address",
-                )));
-            }
-            Incoming::Metrics => return Ok(Outcome::Answer(metrics_reply(shared))),
-            Incoming::Page(page) => {
-                let reply = web::answer(&page, || admit(&page.headers, config));
-                return Ok(Outcome::Answer(reply));
-            }
+    let handle = async {
+        let request = handshake::read_request(&mut *stream).await?;
+        let listener = match shared.config.metrics_listen {
+            Some(_) => Listener::ChatWithoutMetrics,
+            None => Listener::Chat,
         };
-        admit(&request.headers, config).map_err(Failure::Refused)?;
-        let bad_request = |reason| Failure::Refused(Reply::new(StatusCode::BAD_REQUEST, reason));
-        let room = protocol::room_from_path(&request.path).map_err(bad_request)?;
-        let params = Params::parse(request.query.as_deref()).map_err(bad_request)?;
-        let format = if request.offers(SUBPROTOCOL) {
-            Format::Structured
-        } else {
-            Format::Classic
-        };
-        let newcomer = Newcomer {
-            room,
-            id: shared.next_id(),
-            who: classic::sender(params.name, addr),
-            format,
-            session: params.session,
-            resume: params.resume,
-        };
-        let joined = shared.hub.join(newcomer).await.map_err(|e| {
-            let reason = match e {
-                JoinError::TooManyRooms => "too many rooms; join an existing one",
-                JoinError::ShuttingDown => protocol::REASON_SHUTDOWN,
-            };
-            Failure::Refused(Reply::new(StatusCode::SERVICE_UNAVAILABLE, reason))
-        })?;
-        let subprotocol = (format == Format::Structured).then_some(SUBPROTOCOL);
-        handshake::accept(&mut *stream, &request, subprotocol).await?;
-        Ok::<_, Failure>(Outcome::Chat(joined, format))
+        match route::route(request, listener).map_err(Failure::Refused)? {
+            Route::Chat(request) => join(&mut *stream, &request, addr, shared).await,
+            Route::Plain(plain) => Ok(Handled::Answered(route::answer(plain, shared))),
+        }
     };
-    let outcome = tokio::select! {
+    let handled = tokio::select! {
         () = shutdown.cancelled() => return None,
-        outcome = timeout_at(deadline, upgrade) => outcome,
+        handled = timeout_at(deadline, handle) => handled,
     };
-    let counted = &shared.metrics;
-    let reply = match outcome {
-        Ok(Ok(Outcome::Chat(joined, format))) => {
-            counted.connection(Counted::Upgraded);
+    let metrics = &shared.metrics;
+    let reply = match handled {
+        Ok(Ok(Handled::Joined(joined, format))) => {
+            metrics.connection(ConnectionOutcome::Upgraded);
             return Some((joined, format));
         }
-        Ok(Ok(Outcome::Answer(reply))) => {
-            counted.connection(Counted::Answered);
+        Ok(Ok(Handled::Answered(reply))) => {
+            metrics.connection(ConnectionOutcome::Answered);
             debug!(%addr, status = reply.status.as_u16(), "answered");
             reply
         }
         Ok(Err(Failure::Refused(reply))) => {
-            counted.refused(reply.status.as_u16());
+            metrics.refused(reply.status.as_u16());
             info!(%addr, status = reply.status.as_u16(), reason = %reply.body, "refused");
             reply
         }
         Ok(Err(Failure::Io(e))) => {
-            counted.connection(Counted::Failed);
+            metrics.connection(ConnectionOutcome::Failed);
             debug!(%addr, error = %e, "handshake failed");
             return None;
         }
         Err(_) => {
-            counted.connection(Counted::TimedOut);
+            metrics.connection(ConnectionOutcome::TimedOut);
             info!(%addr, "handshake timed out");
             return None;
         }
     };
-    let _ = timeout(config.close_timeout, handshake::respond(stream, &reply)).await;
+    let _ = timeout(
+        shared.config.close_timeout,
+        handshake::respond(stream, &reply),
+    )
+    .await;
     None
 }
 
-/// Decides whether an upgrade request with these headers may join: the token (as
-/// `Authorization: Bearer` or a `bearer.` subprotocol entry), then the origin (one
-/// listed with `--allow-origin`, or the server's own, whose page it is).
-fn admit(headers: &http::HeaderMap, config: &ServerConfig) -> Result<(), Reply> {
-    if let Some(token) = &config.token
-        && !handshake::presented_tokens(headers).any(|presented| token.matches(&presented))
-    {
-        return Err(Reply::new(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong token",
-        ));
-    }
-    if !config.allowed_origins.is_empty()
-        && let Some(origin) = headers.get(http::header::ORIGIN)
-    {
-        let origin = origin.to_str().unwrap_or_default().trim_end_matches('/');
-        let scheme = if config.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        let own = headers
-            .get(http::header::HOST)
-            .and_then(|host| host.to_str().ok())
-            .map(|host| format!("{scheme}://{host}"));
-        if !config
-            .allowed_origins
-            .iter()
-            .map(|allowed| allowed.trim_end_matches('/'))
-            .chain(own.as_deref())
-            .any(|allowed| allowed.eq_ignore_ascii_case(origin))
-        {
-            return Err(Reply::new(StatusCode::FORBIDDEN, "origin not allowed"));
-        }
-    }
-    Ok(())
-}
-
-/// The metrics, in the Prometheus text format.
-pub(crate) fn metrics_reply(shared: &crate::state::Shared) -> Reply {
-    Reply::typed(
-        StatusCode::OK,
-        crate::metrics::CONTENT_TYPE,
-        shared.render_metrics(),
-    )
-}
-
-/// The health check's answer: the open connections, not counting itself, and with
-/// Redis whether it answers (`degraded` when it does not: chat goes on locally).
-fn health(guard: &ConnectionGuard) -> Reply {
-    let connections = guard.open() - 1;
-    let body = match guard.shared().hub.redis_up() {
-        None => format!("{{\"status\":\"ok\",\"connections\":{connections}}}"),
-        Some(true) => {
-            format!("{{\"status\":\"ok\",\"connections\":{connections},\"redis\":\"up\"}}")
-        }
-        Some(false) => {
-            format!("{{\"status\":\"degraded\",\"connections\":{connections},\"redis\":\"down\"}}")
-        }
+/// Admits `request` (token, then origin), reads its room and query, joins the room
+/// in the format the client offers, and answers the upgrade.
+async fn join<S>(
+    stream: &mut S,
+    request: &UpgradeRequest,
+    addr: SocketAddr,
+    shared: &Shared,
+) -> Result<Handled, Failure>
+where
+    S: AsyncWrite + Unpin,
+{
+    route::admit(&request.headers, &shared.config).map_err(Failure::Refused)?;
+    let bad_request = |reason| Failure::Refused(Reply::new(StatusCode::BAD_REQUEST, reason));
+    let room = protocol::room_from_path(&request.path).map_err(bad_request)?;
+    let params = Params::parse(request.query.as_deref()).map_err(bad_request)?;
+    let format = if request.offers(SUBPROTOCOL) {
+        Format::Structured
+    } else {
+        Format::Classic
     };
-    Reply::json(StatusCode::OK, body)
+    let newcomer = Newcomer {
+        room,
+        id: shared.next_id(),
+        who: classic::sender(params.name, addr),
+        format,
+        client_id: params.client_id,
+        resume: params.resume,
+    };
+    let joined = shared.hub.join(newcomer).await.map_err(|e| {
+        let reason = match e {
+            JoinError::TooManyRooms => "too many rooms; join an existing one",
+            JoinError::ShuttingDown => protocol::REASON_SHUTDOWN,
+        };
+        Failure::Refused(Reply::new(StatusCode::SERVICE_UNAVAILABLE, reason))
+    })?;
+    let subprotocol = (format == Format::Structured).then_some(SUBPROTOCOL);
+    handshake::accept(stream, request, subprotocol).await?;
+    Ok(Handled::Joined(joined, format))
 }

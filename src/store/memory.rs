@@ -10,6 +10,7 @@ use super::{
     Appending, CatchUp, Entry, Fanout, Format, Head, Later, Presence, Published, Record, RoomLog,
     Store, lock, repeat_of,
 };
+use crate::config::ServerConfig;
 use crate::protocol::Epoch;
 
 /// Rooms' logs in memory, each bounded by `max_entries` and `max_bytes`.
@@ -28,6 +29,11 @@ impl MemoryStore {
             max_entries,
             max_bytes,
         }
+    }
+
+    /// A store whose logs keep what `config` says.
+    pub(crate) fn for_config(config: &ServerConfig) -> Self {
+        Self::new(super::window(config), config.resume_bytes)
     }
 }
 
@@ -64,7 +70,7 @@ struct MemoryRoom {
 #[derive(Debug)]
 struct RoomState {
     log: MemoryLog,
-    /// The last line id accepted from each client session, with its offset, so
+    /// The last line id accepted under each client id, with its offset, so
     /// that a line sent again after a reconnect is recognised.
     accepted: HashMap<Box<str>, (u64, u64)>,
 }
@@ -79,8 +85,8 @@ impl RoomLog for MemoryRoom {
         // Made before the lock: the classic line does not depend on the offset.
         let classic = record.classic();
         let mut state = lock(&self.state);
-        if let Some((session, id)) = line
-            && let Some(repeat) = repeat_of(state.accepted.get(session).copied(), id)
+        if let Some((client_id, id)) = line
+            && let Some(repeat) = repeat_of(state.accepted.get(client_id).copied(), id)
         {
             return Appending::Done(Ok(repeat));
         }
@@ -88,8 +94,8 @@ impl RoomLog for MemoryRoom {
         let entry = record.encode_with(classic, &self.name, state.log.epoch(), offset);
         self.fanout.take(&entry);
         state.log.push(entry);
-        if let Some((session, id)) = line {
-            state.remember(session, id, offset);
+        if let Some((client_id, id)) = line {
+            state.remember(client_id, id, offset);
         }
         Appending::Done(Ok(Published {
             offset: Some(offset),
@@ -122,7 +128,11 @@ impl RoomLog for MemoryRoom {
         Box::pin(std::future::ready(Ok(None)))
     }
 
-    fn close(&self, _last: Option<Presence<'_>>) {}
+    fn list(&self, _change: Presence<'_>) -> Option<Later<()>> {
+        None
+    }
+
+    fn close(&self, _last: Option<Presence<'_>>, _notice: bool) {}
 
     fn bytes(&self) -> usize {
         lock(&self.state).log.bytes()
@@ -130,18 +140,18 @@ impl RoomLog for MemoryRoom {
 }
 
 impl RoomState {
-    /// Notes that `session`'s line `id` went out at `offset`. Sessions whose last line
-    /// has left the log are forgotten once they outnumber the log's entries: a line
-    /// sent again that late cannot be told from a new one anyway.
-    fn remember(&mut self, session: &str, id: u64, offset: u64) {
-        match self.accepted.get_mut(session) {
+    /// Notes that line `id` under `client_id` went out at `offset`. Client ids whose
+    /// last line has left the log are forgotten once they outnumber the log's
+    /// entries: a line sent again that late cannot be told from a new one anyway.
+    fn remember(&mut self, client_id: &str, id: u64, offset: u64) {
+        match self.accepted.get_mut(client_id) {
             Some(last) => *last = (id, offset),
             None => {
                 let first = self.log.first();
                 if self.accepted.len() >= 64 + 2 * (self.log.head() + 1 - first) as usize {
                     self.accepted.retain(|_, last| last.1 >= first);
                 }
-                self.accepted.insert(session.into(), (id, offset));
+                self.accepted.insert(client_id.into(), (id, offset));
             }
         }
     }

@@ -12,9 +12,9 @@
 //!   lives. A new epoch means the log began again and offsets start over: memory
 //!   begins again when the room empties here; Redis when it lost the room's keys
 //!   (a restart without persistence, `FLUSHALL`, or a day without traffic).
-//! - **The repeated-id rule.** A line sent with its client session and line id is
-//!   logged only if the id is above the last one logged for that session in that
-//!   room; otherwise it is a duplicate, answered with the first time's offset when
+//! - **The repeated-id rule.** A line sent with its client id and line id is
+//!   logged only if the id is above the last one logged under that client id in
+//!   that room; otherwise it is a duplicate, answered with the first time's offset when
 //!   the id is that last one, without one when it is older ([`repeat_of`]). The
 //!   last id is remembered at least while that line is in the log (memory), or for
 //!   an hour (Redis).
@@ -167,7 +167,7 @@ pub(crate) trait Store: Send + Sync + Debug {
 /// [`Fanout`] takes, so its own lock may be held while it delivers.
 pub(crate) trait RoomLog: Send + Sync + Debug {
     /// Logs `record`, which the room's [`Fanout`] then gets. With `line` (a client
-    /// session and line id) the repeated-id rule applies; with `presence`, the store
+    /// id and line id) the repeated-id rule applies; with `presence`, the store
     /// updates the room's members and may put their count in the record. The place
     /// in the room is fixed when this returns, whatever the caller awaits.
     fn append(
@@ -183,11 +183,21 @@ pub(crate) trait RoomLog: Send + Sync + Debug {
     /// Everyone in the room on every instance, sorted; `None` when this instance's
     /// members are everyone.
     fn members(&self) -> Later<Option<Vec<String>>>;
+    /// Lists a member who joined (or unlists one who left) without a notice, for a
+    /// store that keeps the room's members across instances; `None` when there is
+    /// nothing to wait for.
+    fn list(&self, change: Presence<'_>) -> Option<Later<()>>;
     /// The room vanished here; `last` is the leaving of its last member, for a store
-    /// that keeps presence across instances.
-    fn close(&self, last: Option<Presence<'_>>);
+    /// that keeps the members across instances, to log as a notice if `notice`.
+    fn close(&self, last: Option<Presence<'_>>, notice: bool);
     /// Bytes this log holds in this process.
     fn bytes(&self) -> usize;
+}
+
+/// Messages each room's log keeps, at most (memory) or about (Redis): the
+/// resume window, or the history if that is longer.
+pub(crate) fn window(config: &crate::config::ServerConfig) -> usize {
+    config.resume_window.max(config.history)
 }
 
 /// Locks `mutex`, going on with the data if a panic poisoned it: nothing under
@@ -198,8 +208,8 @@ pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, 
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The repeated-id rule, for a line `id` from a session whose last logged line was
-/// `last` (its id and offset): `None` to log it, or the answer to a repeat.
+/// The repeated-id rule, for a line `id` under a client id whose last logged line
+/// was `last` (its id and offset): `None` to log it, or the answer to a repeat.
 /// Redis keeps the same rule in its publish script, where it must be atomic.
 pub(crate) fn repeat_of(last: Option<(u64, u64)>, id: u64) -> Option<Published> {
     let (last_id, last_offset) = last?;

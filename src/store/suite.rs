@@ -191,7 +191,7 @@ pub(crate) async fn a_repeated_line_id_is_a_duplicate(subject: Subject) {
     assert_eq!(append(&*log, "b", Some(("s", 2))).await, again(Some(2)));
     assert_eq!(append(&*log, "a", Some(("s", 1))).await, again(None));
     assert_eq!(append(&*log, "c", Some(("s", 3))).await, logged(3));
-    // Another session's ids are its own, and a line without an id is always new.
+    // Another client id's ids are its own, and a line without an id is always new.
     assert_eq!(append(&*log, "d", Some(("t", 1))).await, logged(4));
     assert_eq!(append(&*log, "e", None).await, logged(5));
     assert_eq!(log.head().await.expect("head").head, 5);

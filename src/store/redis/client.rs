@@ -136,8 +136,8 @@ impl Keys {
         }
     }
 
-    fn accepted(&self, session: &str) -> String {
-        format!("{}:acc:{session}", self.prefix)
+    fn accepted(&self, client_id: &str) -> String {
+        format!("{}:acc:{client_id}", self.prefix)
     }
 }
 
@@ -369,7 +369,7 @@ impl RedisLog {
     ) -> impl Future<Output = redis::RedisResult<(Epoch, Published)>> + Send + 'static {
         let keys = Keys::of(room);
         let (accepted, id) = match line {
-            Some((session, id)) => (keys.accepted(session), id.to_string()),
+            Some((client_id, id)) => (keys.accepted(client_id), id.to_string()),
             None => (keys.accepted("-"), String::new()),
         };
         let (op, member) = match presence {
@@ -488,6 +488,20 @@ impl RedisLog {
             invocation.arg(member);
         }
         let _: i64 = invocation.invoke_async(&mut self.manager.clone()).await?;
+        Ok(())
+    }
+
+    /// Takes `member` of `room` (this instance's) off the room's list at once, as a
+    /// leave without a presence notice does.
+    ///
+    /// # Errors
+    /// Redis's error.
+    pub(crate) async fn unlist(&self, room: &str, member: &str) -> redis::RedisResult<()> {
+        let _: i64 = redis::cmd("ZREM")
+            .arg(Keys::of(room).who)
+            .arg(member)
+            .query_async(&mut self.manager.clone())
+            .await?;
         Ok(())
     }
 

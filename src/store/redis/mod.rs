@@ -241,7 +241,23 @@ impl RoomLog for RedisRoom {
         })
     }
 
-    fn close(&self, last: Option<Presence<'_>>) {
+    fn list(&self, change: Presence<'_>) -> Option<Later<()>> {
+        let (room, inner) = (Arc::clone(&self.room), Arc::clone(&self.inner));
+        let (listed, member) = match change {
+            Presence::Join(id, who) => (true, member(inner.instance, id, who)),
+            Presence::Leave(id, who) => (false, member(inner.instance, id, who)),
+        };
+        Some(Box::pin(async move {
+            let done = if listed {
+                inner.log.heartbeat(&room.name, &[member]).await
+            } else {
+                inner.log.unlist(&room.name, &member).await
+            };
+            done.map_err(|e| inner.went_down(&e.to_string()))
+        }))
+    }
+
+    fn close(&self, last: Option<Presence<'_>>, notice: bool) {
         let name = &self.room.name;
         {
             let mut rooms = lock(&self.inner.rooms);
@@ -250,14 +266,23 @@ impl RoomLog for RedisRoom {
             }
         }
         self.inner.log.unsubscribe(name);
-        // Leaving is said through Redis, to every instance: it takes a round trip,
-        // so it happens after the session is gone.
-        if let (Some(Presence::Leave(_, who)), Ok(runtime)) =
-            (last, tokio::runtime::Handle::try_current())
-        {
-            let record = Record::presence(who, false, 0);
-            let done = self.inner.append(name, &record, None, last);
-            runtime.spawn(done);
+        // Leaving is said through Redis, to every instance (without a notice, only
+        // `/who`'s list hears of it): it takes a round trip, so it happens after
+        // the session is gone.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        match last {
+            Some(leave @ Presence::Leave(_, who)) if notice => {
+                let record = Record::presence(who, false, 0);
+                runtime.spawn(self.inner.append(name, &record, None, Some(leave)));
+            }
+            Some(leave) => {
+                if let Some(unlisted) = self.list(leave) {
+                    runtime.spawn(unlisted);
+                }
+            }
+            None => {}
         }
     }
 
@@ -417,6 +442,7 @@ async fn came_back(inner: &Inner) {
             };
             let Some(last) = batch.last() else { break };
             after = last.offset;
+            inner.metrics.redis_recovered.increment(batch.len() as u64);
             for logged in &batch {
                 ingest(inner, room, logged).await;
             }
