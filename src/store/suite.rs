@@ -140,6 +140,32 @@ pub(crate) async fn offsets_count_from_one_without_gaps(subject: Subject) {
     assert_eq!(recorder.offsets(3).await, [1, 2, 3]);
 }
 
+pub(crate) async fn appends_from_many_tasks_are_handed_over_in_offset_order(subject: Subject) {
+    let (log, recorder) = open(&subject, "r").await;
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let log = Arc::clone(&log);
+            tokio::spawn(async move {
+                let mut offsets = Vec::new();
+                for _ in 0..100 {
+                    let published = append(&*log, "x", None).await.expect("append");
+                    offsets.push(published.offset.expect("an offset"));
+                }
+                offsets
+            })
+        })
+        .collect();
+    let mut given = Vec::new();
+    for task in tasks {
+        let offsets = task.await.expect("the task ends");
+        assert!(offsets.is_sorted(), "a task's lines in its order");
+        given.extend(offsets);
+    }
+    given.sort_unstable();
+    assert_eq!(given, (1..=400).collect::<Vec<_>>(), "each offset once");
+    assert_eq!(recorder.offsets(400).await, given, "handed over in order");
+}
+
 pub(crate) async fn reads_start_after_the_offset_and_stop_at_the_limit(subject: Subject) {
     let (log, _recorder) = open(&subject, "r").await;
     assert_eq!(read(&*log, 0, 10).await, (0, vec![]));
@@ -316,6 +342,7 @@ macro_rules! stores {
             use super::*;
             stores!(@each $make, [$(#[$attr])*],
                 offsets_count_from_one_without_gaps,
+                appends_from_many_tasks_are_handed_over_in_offset_order,
                 reads_start_after_the_offset_and_stop_at_the_limit,
                 the_oldest_go_first_beyond_the_bounds,
                 a_repeated_line_id_is_a_duplicate,
@@ -328,7 +355,7 @@ macro_rules! stores {
         $(stores!(@one $make, $attrs, $test);)*
     };
     (@one $make:path, [$(#[$attr:meta])*], $test:ident) => {
-        #[tokio::test]
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         $(#[$attr])*
         async fn $test() {
             super::$test($make(BOUNDS).await).await;
