@@ -14,14 +14,14 @@ use tokio_websockets::{CloseCode, Message};
 use super::backoff::Backoff;
 use super::connect::{Connection, connect};
 use super::render::render;
-use super::session::{Session, Shown};
-use super::upgrade::Protocol;
+use super::resume::{ResumeState, Shown};
 use super::url::display_url;
 use crate::config::ClientConfig;
+use crate::protocol::Format;
 use crate::protocol::structured::ServerFrame;
 use crate::{Error, Result, protocol};
 
-/// How a chat session ended without an error.
+/// How a chat ended without an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ending {
     /// Our input ended (or we were asked to quit) and we closed with 1000.
@@ -95,7 +95,7 @@ impl fmt::Display for Event {
     }
 }
 
-/// Whether `result` of a connection attempt or session is worth another attempt:
+/// Whether `result` of a connection attempt or a chat is worth another attempt:
 /// the server was not reachable, the connection was lost, the server (or a proxy in
 /// front of it: 502, 504) was unavailable, or it closed with a code that says "come
 /// back later".
@@ -170,19 +170,19 @@ where
 {
     let url = display_url(&config.url);
     let mut input = Input::new(input);
-    let mut session = Session::new();
+    let mut resume = ResumeState::new();
     let mut backoff = Backoff::new(config.reconnect_min, config.reconnect_max);
     let mut was_up = false;
     let mut failed = false;
     tokio::pin!(quit);
     loop {
-        let params = session.params(config.name.as_deref());
+        let params = resume.params(config.name.as_deref());
         let attempt = tokio::select! {
             attempt = connect(config, &params) => attempt,
             () = &mut quit => return Ok(Ending::InputClosed),
         };
         let result = match attempt {
-            Ok((ws, protocol)) => {
+            Ok((ws, format)) => {
                 if failed {
                     report(Event::Connected {
                         url: url.clone(),
@@ -195,7 +195,7 @@ where
                     ws,
                     config,
                     output: &mut output,
-                    session: (protocol == Protocol::Structured).then_some(&mut session),
+                    resume: (format == Format::Structured).then_some(&mut resume),
                     report: &mut report,
                 };
                 conversation.run(&mut input, quit.as_mut()).await
@@ -230,7 +230,7 @@ struct Conversation<'a, W, R> {
     config: &'a ClientConfig,
     output: &'a mut W,
     /// Our side of the structured protocol; `None` with a classic server.
-    session: Option<&'a mut Session>,
+    resume: Option<&'a mut ResumeState>,
     report: &'a mut R,
 }
 
@@ -246,7 +246,7 @@ where
         tokio::pin!(quit);
         // Lines the server has not acknowledged go again, first: it shows each once.
         let unacknowledged = self
-            .session
+            .resume
             .as_ref()
             .map(|s| s.unacknowledged())
             .unwrap_or_default();
@@ -261,8 +261,8 @@ where
                 line = input.recv() => match line {
                     Some(line) if line.is_empty() => {}
                     Some(line) => {
-                        let frame = match &mut self.session {
-                            Some(session) => session.send(&line),
+                        let frame = match &mut self.resume {
+                            Some(resume) => resume.send(&line),
                             None => line,
                         };
                         self.ws.send(Message::text(frame)).await.map_err(|e| self.lost(e))?;
@@ -283,7 +283,7 @@ where
         // and print what arrives until the server answers.
         let close_timeout = self.config.close_timeout;
         let settle = async {
-            while self.session.as_ref().is_some_and(|s| !s.settled()) {
+            while self.resume.as_ref().is_some_and(|s| !s.settled()) {
                 let message = self.ws.next().await;
                 if let Some(ending) = self.take(message).await? {
                     return Ok(Some(ending));
@@ -345,10 +345,10 @@ where
     /// ending if `message` is a close frame.
     async fn show(&mut self, message: &Message) -> Result<Option<Ending>> {
         if let Some(text) = message.as_text() {
-            let line = match &mut self.session {
+            let line = match &mut self.resume {
                 None => Shown::Line(text.to_owned()),
-                Some(session) => match ServerFrame::parse(text) {
-                    Ok(frame) => session.receive(frame),
+                Some(resume) => match ServerFrame::parse(text) {
+                    Ok(frame) => resume.receive(frame),
                     Err(e) => Shown::Report(format!("the server sent a frame we cannot read: {e}")),
                 },
             };

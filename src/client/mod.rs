@@ -8,8 +8,9 @@
 //! - `upgrade`: the HTTP upgrade request and the server's answer, refusals included.
 //! - `backoff`: the wait between reconnection attempts ([`Backoff`]).
 //! - `chat`: the chat loop and the reconnect loop around it ([`chat()`]).
-//! - `session`: what the client keeps across connections with the structured
-//!   protocol: its session id, its place in the room, the lines not yet acknowledged.
+//! - `resume`: what the client keeps across connections with the structured
+//!   protocol (`ResumeState`): its session id, its place in the room, the lines
+//!   not yet acknowledged.
 //! - `render`: how a received text is printed, and its colours.
 //! - `command`: the commands typed at the terminal (`/quit`, `/help`, `/who`).
 //! - `terminal`: the interactive terminal ([`Terminal`]) and the piped line reader
@@ -22,7 +23,7 @@ mod chat;
 mod command;
 mod connect;
 mod render;
-mod session;
+mod resume;
 mod terminal;
 mod upgrade;
 mod url;
@@ -33,5 +34,4 @@ pub use command::{Command, HELP, command, unknown_command_hint};
 pub use connect::{Connection, connect};
 pub use render::{render, use_color};
 pub use terminal::{Terminal, TerminalOutput, stdin_lines};
-pub use upgrade::Protocol;
 pub use url::{display_url, parse_url, request_target};

@@ -87,6 +87,16 @@ pub fn room_from_path(path: &str) -> Result<&str, String> {
     Ok(room)
 }
 
+/// The wire format a connection speaks, chosen at the upgrade: the server keeps a
+/// room's channel per format, the client reads and writes its frames by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// The [`classic`] text lines: for a client that asks for no subprotocol.
+    Classic,
+    /// The [`structured`] `broadcast-chat.v1` JSON frames.
+    Structured,
+}
+
 /// A room's epoch: a random id chosen when the room is created, so that offsets
 /// from a room that was since emptied and created again, or from a server that
 /// restarted, are never taken for this room's. Written as 16 hex digits.

@@ -23,7 +23,7 @@ pub(super) enum Shown {
 
 /// The client's side of the structured protocol, kept across connections.
 #[derive(Debug)]
-pub(super) struct Session {
+pub(super) struct ResumeState {
     /// Names this client to the server across its reconnections.
     id: String,
     /// The room's epoch and the last offset shown, once welcomed.
@@ -40,8 +40,8 @@ pub(super) struct Session {
     echo: bool,
 }
 
-impl Session {
-    /// A new session with a random id.
+impl ResumeState {
+    /// A new state with a random session id.
     pub(super) fn new() -> Self {
         let mut rng = fastrand::Rng::new();
         Self {
@@ -57,7 +57,7 @@ impl Session {
         }
     }
 
-    /// The query parameters of the next upgrade: the name, the session, and where
+    /// The query parameters of the next upgrade: the name, the session id, and where
     /// to resume once there is somewhere.
     pub(super) fn params(&self, name: Option<&str>) -> Vec<(&'static str, String)> {
         let mut params = Vec::with_capacity(4);
@@ -203,18 +203,18 @@ mod tests {
 
     #[test]
     fn the_welcome_shows_once_and_the_position_follows_the_messages() {
-        let mut session = Session::new();
-        let params = session.params(Some("alice"));
+        let mut resume = ResumeState::new();
+        let params = resume.params(Some("alice"));
         assert_eq!(params[0], ("name", "alice".to_owned()));
         assert_eq!(params[1].0, "session");
         assert_eq!(params.len(), 2, "nowhere to resume yet");
 
-        assert_eq!(session.receive(welcome(7, 40)), Shown::Line(WELCOME.into()));
+        assert_eq!(resume.receive(welcome(7, 40)), Shown::Line(WELCOME.into()));
         assert_eq!(
-            session.receive(message(7, 41, "hi \"you\"")),
+            resume.receive(message(7, 41, "hi \"you\"")),
             Shown::Line(r#"a@x: "hi \"you\"""#.into())
         );
-        let params = session.params(None);
+        let params = resume.params(None);
         assert_eq!(
             &params[1..],
             [
@@ -224,14 +224,14 @@ mod tests {
         );
 
         // Back on a new connection to the same room: no second welcome, same position.
-        assert_eq!(session.receive(welcome(7, 45)), Shown::Nothing);
-        assert_eq!(session.params(None)[2].1, "41");
+        assert_eq!(resume.receive(welcome(7, 45)), Shown::Nothing);
+        assert_eq!(resume.params(None)[2].1, "41");
         // A new epoch: the room began again; we go on from where it is.
-        assert_eq!(session.receive(welcome(8, 3)), Shown::Nothing);
-        assert_eq!(session.params(None)[2].1, "3");
-        session.receive(message(7, 99, "stale"));
+        assert_eq!(resume.receive(welcome(8, 3)), Shown::Nothing);
+        assert_eq!(resume.params(None)[2].1, "3");
+        resume.receive(message(7, 99, "stale"));
         assert_eq!(
-            session.params(None)[2].1,
+            resume.params(None)[2].1,
             "3",
             "another epoch's offsets are not ours"
         );
@@ -239,38 +239,32 @@ mod tests {
 
     #[test]
     fn lines_are_kept_until_acknowledged_and_sent_again_with_their_ids() {
-        let mut session = Session::new();
-        session.receive(welcome(1, 0));
+        let mut resume = ResumeState::new();
+        resume.receive(welcome(1, 0));
+        assert_eq!(resume.send("one"), r#"{"type":"send","id":1,"text":"one"}"#);
         assert_eq!(
-            session.send("one"),
-            r#"{"type":"send","id":1,"text":"one"}"#
-        );
-        assert_eq!(
-            session.send("/who"),
+            resume.send("/who"),
             r#"{"type":"who"}"#,
             "not a line for the room"
         );
+        assert_eq!(resume.send("two"), r#"{"type":"send","id":2,"text":"two"}"#);
+        assert!(!resume.settled());
+        assert_eq!(resume.receive(ack(1, 1)), Shown::Nothing);
         assert_eq!(
-            session.send("two"),
-            r#"{"type":"send","id":2,"text":"two"}"#
-        );
-        assert!(!session.settled());
-        assert_eq!(session.receive(ack(1, 1)), Shown::Nothing);
-        assert_eq!(
-            session.unacknowledged(),
+            resume.unacknowledged(),
             [r#"{"type":"send","id":2,"text":"two"}"#]
         );
-        session.receive(ack(2, 2));
-        assert!(session.unacknowledged().is_empty());
-        assert!(!session.settled(), "our own line has not come back yet");
-        session.receive(message(1, 1, "one"));
-        session.receive(message(1, 2, "two"));
-        assert!(session.settled());
+        resume.receive(ack(2, 2));
+        assert!(resume.unacknowledged().is_empty());
+        assert!(!resume.settled(), "our own line has not come back yet");
+        resume.receive(message(1, 1, "one"));
+        resume.receive(message(1, 2, "two"));
+        assert!(resume.settled());
     }
 
     #[test]
     fn only_an_incomplete_recovery_is_shown() {
-        let mut session = Session::new();
+        let mut resume = ResumeState::new();
         let recovered = |complete, text: Option<&'static str>| {
             ServerFrame::Recovered(Recovered {
                 complete,
@@ -279,9 +273,9 @@ mod tests {
                 text: text.map(Into::into),
             })
         };
-        assert_eq!(session.receive(recovered(true, None)), Shown::Nothing);
+        assert_eq!(resume.receive(recovered(true, None)), Shown::Nothing);
         assert_eq!(
-            session.receive(recovered(
+            resume.receive(recovered(
                 false,
                 Some("* you missed 2 messages while you were away")
             )),
