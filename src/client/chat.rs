@@ -170,7 +170,7 @@ where
 {
     let url = display_url(&config.url);
     let mut input = Input::new(input);
-    let mut resume = ResumeState::new();
+    let mut resume = ResumeState::new()?;
     let mut backoff = Backoff::new(config.reconnect_min, config.reconnect_max);
     let mut was_up = false;
     let mut failed = false;

@@ -5,10 +5,13 @@
 
 use std::collections::VecDeque;
 
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+
 use crate::protocol::structured::{ClientFrame, ServerFrame};
 use crate::protocol::{
     AFTER_PARAM, EPOCH_PARAM, Epoch, NAME_PARAM, SESSION_PARAM, WELCOME, WHO_COMMAND, classic,
 };
+use crate::{Error, Result};
 
 /// What to do with a frame the server sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,20 +44,25 @@ pub(super) struct ResumeState {
 }
 
 impl ResumeState {
-    /// A new state with a random session id.
-    pub(super) fn new() -> Self {
-        let mut rng = fastrand::Rng::new();
-        Self {
-            id: std::iter::repeat_with(|| rng.alphanumeric())
-                .take(16)
-                .collect(),
+    /// A new state with a random session id: 96 bits from the operating system's
+    /// random source, so that no two clients' ids meet (lines are recognised by
+    /// session and id, a collision would hide one client's lines as repeats of
+    /// another's), in 16 characters of base64url.
+    ///
+    /// # Errors
+    /// [`Error::Random`] when the random source fails.
+    pub(super) fn new() -> Result<Self> {
+        let mut bytes = [0u8; 12];
+        getrandom::fill(&mut bytes).map_err(Error::Random)?;
+        Ok(Self {
+            id: URL_SAFE_NO_PAD.encode(bytes),
             position: None,
             next_line: 1,
             unacked: VecDeque::new(),
             acked_offset: 0,
             welcomed: false,
             echo: true,
-        }
+        })
     }
 
     /// The query parameters of the next upgrade: the name, the session id, and where
@@ -202,8 +210,22 @@ mod tests {
     }
 
     #[test]
+    fn session_ids_are_random_and_pass_the_servers_rule() {
+        let ids: Vec<String> = (0..2)
+            .map(|_| ResumeState::new().expect("a random id").id)
+            .collect();
+        for id in &ids {
+            assert_eq!(id.len(), 16, "{id}");
+            let query = format!("session={id}");
+            let params = crate::protocol::Params::parse(Some(&query)).expect("a valid id");
+            assert_eq!(params.session, Some(id.as_str()));
+        }
+        assert_ne!(ids[0], ids[1]);
+    }
+
+    #[test]
     fn the_welcome_shows_once_and_the_position_follows_the_messages() {
-        let mut resume = ResumeState::new();
+        let mut resume = ResumeState::new().expect("a random id");
         let params = resume.params(Some("alice"));
         assert_eq!(params[0], ("name", "alice".to_owned()));
         assert_eq!(params[1].0, "session");
@@ -239,7 +261,7 @@ mod tests {
 
     #[test]
     fn lines_are_kept_until_acknowledged_and_sent_again_with_their_ids() {
-        let mut resume = ResumeState::new();
+        let mut resume = ResumeState::new().expect("a random id");
         resume.receive(welcome(1, 0));
         assert_eq!(resume.send("one"), r#"{"type":"send","id":1,"text":"one"}"#);
         assert_eq!(
@@ -264,7 +286,7 @@ mod tests {
 
     #[test]
     fn only_an_incomplete_recovery_is_shown() {
-        let mut resume = ResumeState::new();
+        let mut resume = ResumeState::new().expect("a random id");
         let recovered = |complete, text: Option<&'static str>| {
             ServerFrame::Recovered(Recovered {
                 complete,
