@@ -101,6 +101,9 @@ pub(crate) struct Newcomer<'a> {
     pub(crate) session: Option<&'a str>,
     /// Where a returning client left off.
     pub(crate) resume: Option<Resume>,
+    /// How many of the room's last logged messages a newcomer asked for, instead
+    /// of the server's `--history`.
+    pub(crate) history: Option<u64>,
 }
 
 /// How a resumption went, decided at the join.

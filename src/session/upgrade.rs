@@ -73,6 +73,7 @@ where
             format,
             session: params.session,
             resume: params.resume,
+            history: params.history,
         };
         let joined = shared.hub.join(newcomer).await.map_err(|e| {
             let reason = match e {
