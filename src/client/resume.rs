@@ -7,9 +7,11 @@ use std::collections::VecDeque;
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 
-use crate::protocol::structured::{ClientFrame, ServerFrame};
+use super::ending::Refusal;
+use crate::protocol::structured::{ClientFrame, ErrorCode, NoticeKind, ServerFrame};
 use crate::protocol::{
-    AFTER_PARAM, EPOCH_PARAM, Epoch, NAME_PARAM, SESSION_PARAM, WELCOME, WHO_COMMAND, classic,
+    AFTER_PARAM, EPOCH_PARAM, Epoch, HISTORY_PARAM, NAME_PARAM, SESSION_PARAM, WELCOME,
+    WHO_COMMAND, classic,
 };
 use crate::{Error, Result};
 
@@ -22,6 +24,19 @@ pub(super) enum Shown {
     Report(String),
     /// Nothing to show.
     Nothing,
+}
+
+/// Where the client starts in its room on its first connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Start {
+    /// Where the room is (plus the server's `--history`, if it has one).
+    #[default]
+    Live,
+    /// The room's last N logged messages first (`--history N`, sent as `?history=N`).
+    History(u64),
+    /// Everything after this offset of this epoch (`--epoch`, `--after`): the
+    /// protocol's resume, as if the client had been there.
+    After(Epoch, u64),
 }
 
 /// The client's side of the structured protocol, kept across connections.
@@ -41,6 +56,10 @@ pub(super) struct ResumeState {
     welcomed: bool,
     /// Whether our own lines come back to us.
     echo: bool,
+    /// The history to ask for while the client has no position yet.
+    history: Option<u64>,
+    /// The first line the server refused, if any.
+    refused: Option<Refusal>,
 }
 
 impl ResumeState {
@@ -51,17 +70,25 @@ impl ResumeState {
     ///
     /// # Errors
     /// [`Error::Random`] when the random source fails.
-    pub(super) fn new() -> Result<Self> {
+    pub(super) fn new(start: Start) -> Result<Self> {
         let mut bytes = [0u8; 12];
         getrandom::fill(&mut bytes).map_err(Error::Random)?;
         Ok(Self {
             id: URL_SAFE_NO_PAD.encode(bytes),
-            position: None,
+            position: match start {
+                Start::After(epoch, after) => Some((epoch, after)),
+                _ => None,
+            },
             next_line: 1,
             unacked: VecDeque::new(),
             acked_offset: 0,
             welcomed: false,
             echo: true,
+            history: match start {
+                Start::History(n) => Some(n),
+                _ => None,
+            },
+            refused: None,
         })
     }
 
@@ -73,9 +100,13 @@ impl ResumeState {
             params.push((NAME_PARAM, name.to_owned()));
         }
         params.push((SESSION_PARAM, self.id.clone()));
-        if let Some((epoch, after)) = self.position {
-            params.push((EPOCH_PARAM, epoch.to_string()));
-            params.push((AFTER_PARAM, after.to_string()));
+        match (self.position, self.history) {
+            (Some((epoch, after)), _) => {
+                params.push((EPOCH_PARAM, epoch.to_string()));
+                params.push((AFTER_PARAM, after.to_string()));
+            }
+            (None, Some(history)) => params.push((HISTORY_PARAM, history.to_string())),
+            (None, None) => {}
         }
         params
     }
@@ -105,6 +136,32 @@ impl ResumeState {
     pub(super) fn settled(&self) -> bool {
         let seen = self.position.map_or(0, |(_, last)| last);
         self.unacked.is_empty() && (!self.echo || seen >= self.acked_offset)
+    }
+
+    /// The first line the server refused, if it refused one.
+    pub(super) fn refusal(&self) -> Option<&Refusal> {
+        self.refused.as_ref()
+    }
+
+    /// The oldest line not acknowledged yet, as `line 2 ("hi")`.
+    pub(super) fn first_unacknowledged(&self) -> Option<String> {
+        let (id, text) = self.unacked.front()?;
+        Some(format!("line {id} ({text:?})"))
+    }
+
+    /// Notes that the server refused a line for `reason`. The protocol does not say
+    /// which: the server answers a connection's frames in order, so it is the oldest
+    /// one not acknowledged.
+    fn refuse(&mut self, reason: &str) {
+        if self.refused.is_none()
+            && let Some((id, text)) = self.unacked.front()
+        {
+            self.refused = Some(Refusal {
+                line: *id,
+                text: text.clone(),
+                reason: reason.to_owned(),
+            });
+        }
     }
 
     /// Takes a frame from the server and says what to show of it.
@@ -137,6 +194,9 @@ impl ResumeState {
                 if let (Some(epoch), Some(offset)) = (notice.epoch, notice.offset) {
                     self.seen(epoch, offset);
                 }
+                if notice.kind == NoticeKind::SlowDown {
+                    self.refuse(&notice.text);
+                }
                 Shown::Line(notice.text.into_owned())
             }
             ServerFrame::Recovered(recovered) => match recovered.text {
@@ -144,6 +204,10 @@ impl ResumeState {
                 _ => Shown::Nothing,
             },
             ServerFrame::Ack(ack) => {
+                // Acks come in order: an older line still waiting was dropped.
+                if self.unacked.front().is_some_and(|(id, _)| *id < ack.id) {
+                    self.refuse("the server dropped it");
+                }
                 while self.unacked.front().is_some_and(|(id, _)| *id <= ack.id) {
                     self.unacked.pop_front();
                 }
@@ -152,7 +216,14 @@ impl ResumeState {
                 }
                 Shown::Nothing
             }
-            ServerFrame::Error(error) => Shown::Report(format!("the server says: {}", error.text)),
+            ServerFrame::Error(error) => {
+                // Our frames are well formed: an error answers a send (a read-only
+                // token, say), except the one about where we asked to resume.
+                if error.code != ErrorCode::BadOffset {
+                    self.refuse(&error.text);
+                }
+                Shown::Report(format!("the server says: {}", error.text))
+            }
         }
     }
 
@@ -178,6 +249,7 @@ fn frame(id: u64, line: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::structured::ErrorCode;
     use crate::protocol::structured::{Ack, ChatMessage, Recovered, Welcome};
 
     fn welcome(epoch: u64, offset: u64) -> ServerFrame<'static> {
@@ -212,7 +284,7 @@ mod tests {
     #[test]
     fn session_ids_are_random_and_pass_the_servers_rule() {
         let ids: Vec<String> = (0..2)
-            .map(|_| ResumeState::new().expect("a random id").id)
+            .map(|_| ResumeState::new(Start::Live).expect("a random id").id)
             .collect();
         for id in &ids {
             assert_eq!(id.len(), 16, "{id}");
@@ -225,7 +297,7 @@ mod tests {
 
     #[test]
     fn the_welcome_shows_once_and_the_position_follows_the_messages() {
-        let mut resume = ResumeState::new().expect("a random id");
+        let mut resume = ResumeState::new(Start::Live).expect("a random id");
         let params = resume.params(Some("alice"));
         assert_eq!(params[0], ("name", "alice".to_owned()));
         assert_eq!(params[1].0, "session");
@@ -261,7 +333,7 @@ mod tests {
 
     #[test]
     fn lines_are_kept_until_acknowledged_and_sent_again_with_their_ids() {
-        let mut resume = ResumeState::new().expect("a random id");
+        let mut resume = ResumeState::new(Start::Live).expect("a random id");
         resume.receive(welcome(1, 0));
         assert_eq!(resume.send("one"), r#"{"type":"send","id":1,"text":"one"}"#);
         assert_eq!(
@@ -284,9 +356,70 @@ mod tests {
         assert!(resume.settled());
     }
 
+    fn error(code: ErrorCode, text: &str) -> ServerFrame<'_> {
+        ServerFrame::Error(crate::protocol::structured::ErrorFrame {
+            code,
+            text: text.into(),
+        })
+    }
+
+    #[test]
+    fn a_refusal_names_the_oldest_line_not_acknowledged() {
+        let mut resume = ResumeState::new(Start::Live).expect("a random id");
+        resume.receive(welcome(1, 0));
+        resume.send("one");
+        resume.send("two");
+        resume.receive(ack(1, 1));
+        assert_eq!(resume.refusal(), None);
+        resume.receive(error(ErrorCode::BadOffset, "beyond the room's last one"));
+        assert_eq!(resume.refusal(), None, "about where we resumed, not a line");
+        resume.receive(error(ErrorCode::BadFrame, "read-only"));
+        assert_eq!(
+            resume.refusal(),
+            Some(&Refusal {
+                line: 2,
+                text: "two".into(),
+                reason: "read-only".into()
+            })
+        );
+
+        // A line acknowledged past an older one means the older one was dropped.
+        let mut resume = ResumeState::new(Start::Live).expect("a random id");
+        resume.receive(welcome(1, 0));
+        resume.send("one");
+        resume.send("two");
+        assert_eq!(
+            resume.first_unacknowledged().as_deref(),
+            Some("line 1 (\"one\")")
+        );
+        resume.receive(ack(2, 1));
+        assert_eq!(resume.refusal().map(|r| r.line), Some(1));
+        assert_eq!(resume.first_unacknowledged(), None);
+    }
+
+    #[test]
+    fn the_start_asks_for_history_or_resumes_from_the_given_offset() {
+        let resume = ResumeState::new(Start::History(50)).expect("a random id");
+        assert_eq!(resume.params(None)[1..], [("history", "50".to_owned())]);
+        let mut resume = ResumeState::new(Start::History(50)).expect("a random id");
+        resume.receive(welcome(7, 40));
+        assert_eq!(
+            resume.params(None)[1..],
+            [
+                ("epoch", "0000000000000007".to_owned()),
+                ("after", "40".to_owned())
+            ],
+            "once welcomed, a reconnect resumes instead"
+        );
+        let mut resume = ResumeState::new(Start::After(Epoch(7), 12)).expect("a random id");
+        assert_eq!(resume.params(None)[2].1, "12");
+        resume.receive(welcome(7, 40));
+        assert_eq!(resume.params(None)[2].1, "12", "the server replays from 12");
+    }
+
     #[test]
     fn only_an_incomplete_recovery_is_shown() {
-        let mut resume = ResumeState::new().expect("a random id");
+        let mut resume = ResumeState::new(Start::Live).expect("a random id");
         let recovered = |complete, text: Option<&'static str>| {
             ServerFrame::Recovered(Recovered {
                 complete,
