@@ -121,15 +121,15 @@ async fn a_timeout_exits_3_saying_what_it_waited_for() {
         "--count",
         "1",
         "--timeout",
-        "300ms",
+        "2s",
     ])
     .await;
     assert_eq!(run.code, Some(3), "{:?}", run.stderr);
-    assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+    assert!(started.elapsed() >= std::time::Duration::from_secs(2));
     assert_eq!(run.stdout, ["From server: Welcome to chat! Type a message"]);
     assert_eq!(
         run.stderr,
-        ["error: timed out after 300ms waiting for 1 more message (--count 1)"]
+        ["error: timed out after 2s waiting for 1 more message (--count 1)"]
     );
 
     // A server that accepts the connection and never answers the upgrade.
@@ -174,8 +174,8 @@ async fn json_prints_every_frame_as_the_server_sent_it() {
     let alice_who = welcome["you"].as_str().expect("who").to_owned();
     // Offsets so far: 1 alice joined, 2 "hello".
 
-    // A newcomer with history, a question and a line: welcome, the history, its own
-    // join, the answer, the ack, its line.
+    // A newcomer with history, a question and a line: the welcome, the history, its
+    // own join, the answer, the ack, its line.
     let first = frames(
         &run(&[
             "--url",
@@ -198,20 +198,34 @@ async fn json_prints_every_frame_as_the_server_sent_it() {
         m.sort();
         m
     };
+    // The room's frames come in offset order; the answers to bob alone (the who
+    // notice, the ack) in their own order, between them wherever they happen.
+    let (logged, answers): (Vec<Value>, Vec<Value>) = first[1..]
+        .iter()
+        .cloned()
+        .partition(|frame| frame.get("epoch").is_some());
     assert_eq!(
-        first,
+        first[0],
+        json!({"type": "welcome", "text": "Welcome to chat! Type a message", "room": "ops",
+               "epoch": epoch, "offset": 2, "you": bob_who, "echo": true})
+    );
+    assert_eq!(
+        logged,
         [
-            json!({"type": "welcome", "text": "Welcome to chat! Type a message", "room": "ops",
-                   "epoch": epoch, "offset": 2, "you": bob_who, "echo": true}),
             json!({"type": "message", "room": "ops", "epoch": epoch, "offset": 2,
                    "from": alice_who, "text": "hello"}),
             json!({"type": "notice", "kind": "joined", "text": format!("* {bob_who} joined (2 here)"),
                    "room": "ops", "epoch": epoch, "offset": 3, "who": bob_who, "here": 2}),
+            json!({"type": "message", "room": "ops", "epoch": epoch, "offset": 4,
+                   "from": bob_who, "text": "hi"}),
+        ]
+    );
+    assert_eq!(
+        answers,
+        [
             json!({"type": "notice", "kind": "who", "text": format!("* 2 here: {}", members.join(", ")),
                    "members": members}),
             json!({"type": "ack", "id": 1, "offset": 4}),
-            json!({"type": "message", "room": "ops", "epoch": epoch, "offset": 4,
-                   "from": bob_who, "text": "hi"}),
         ]
     );
 
@@ -350,50 +364,56 @@ async fn completions(binary: &str, shell: &str) -> String {
     String::from_utf8(output.stdout).expect("UTF-8")
 }
 
-/// Whether `shell` is installed; says so when it is not, and fails under CI.
-fn have(shell: &str) -> bool {
-    let found = std::process::Command::new(shell)
-        .args(["-c", "exit 0"])
+/// Whether `program` is installed; says so when it is not, and fails under CI.
+fn have(program: &str) -> bool {
+    let found = std::process::Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
     if !found {
         assert!(
             std::env::var_os("CI").is_none(),
-            "{shell} is not installed, and CI must run every test"
+            "{program} is not installed, and CI must run every test"
         );
-        eprintln!("skipping the {shell} completions check: {shell} not found on PATH");
+        eprintln!("skipping what needs {program}: it is not on PATH");
     }
     found
 }
 
-#[tokio::test]
-async fn completions_for_both_binaries_are_valid_for_their_shells() {
+/// Checks both binaries' completions for `shell` with the shell itself (parsing,
+/// not running them); skips, saying so, where the shell is not installed.
+async fn check_completions(shell: &str) {
     for binary in [env!("CARGO_BIN_EXE_server"), env!("CARGO_BIN_EXE_client")] {
-        for shell in ["bash", "zsh", "fish"] {
-            let script = completions(binary, shell).await;
-            assert!(script.contains("--help"), "{shell}: {script}");
-            if !have(shell) {
-                continue;
-            }
-            let path = std::env::temp_dir().join(format!(
-                "broadcast-chat-completions-{}-{shell}",
-                std::process::id()
-            ));
-            std::fs::write(&path, &script).expect("write the script");
-            // Each shell's own syntax check: parse without running.
-            let check = match shell {
-                "fish" => vec!["--no-execute".to_owned()],
-                _ => vec!["-n".to_owned()],
-            };
-            let status = std::process::Command::new(shell)
-                .args(&check)
-                .arg(&path)
-                .status()
-                .expect("run the shell");
-            let _ = std::fs::remove_file(&path);
-            assert!(status.success(), "{binary} completions {shell}: {script}");
+        let script = completions(binary, shell).await;
+        assert!(script.contains("--help"), "{shell}: {script}");
+        if !have(shell) {
+            return;
         }
+        let path = std::env::temp_dir().join(format!(
+            "broadcast-chat-completions-{}-{shell}",
+            std::process::id()
+        ));
+        std::fs::write(&path, &script).expect("write the script");
+        let check = if shell == "fish" {
+            "--no-execute"
+        } else {
+            "-n"
+        };
+        let status = std::process::Command::new(shell)
+            .arg(check)
+            .arg(&path)
+            .status()
+            .expect("run the shell");
+        let _ = std::fs::remove_file(&path);
+        assert!(status.success(), "{binary} completions {shell}: {script}");
     }
+}
+
+#[tokio::test]
+async fn bash_completions_of_both_binaries_parse_and_name_the_flags() {
+    check_completions("bash").await;
     let client = completions(env!("CARGO_BIN_EXE_client"), "bash").await;
     for flag in [
         "--json",
@@ -405,6 +425,17 @@ async fn completions_for_both_binaries_are_valid_for_their_shells() {
     ] {
         assert!(client.contains(flag), "{flag}");
     }
+    assert!(client.contains("completions") && client.contains("man"));
+}
+
+#[tokio::test]
+async fn zsh_completions_of_both_binaries_parse() {
+    check_completions("zsh").await;
+}
+
+#[tokio::test]
+async fn fish_completions_of_both_binaries_parse() {
+    check_completions("fish").await;
 }
 
 #[tokio::test]
@@ -468,4 +499,88 @@ async fn the_flags_and_a_subcommand_do_not_mix() {
         stderr.starts_with("error: the subcommand 'man' cannot be used with '--json'"),
         "{stderr}"
     );
+}
+
+/// The commands of the README's Scripting example, each with the lines it prints.
+fn readme_examples() -> Vec<(String, Vec<String>)> {
+    let readme = include_str!("../README.md");
+    let section = &readme[readme
+        .find("\n## Scripting\n")
+        .expect("a Scripting section")..];
+    let block = section
+        .split("```console\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n```").next())
+        .expect("a console block");
+    let mut examples: Vec<(String, Vec<String>)> = Vec::new();
+    for line in block.lines() {
+        match (line.strip_prefix("$ "), examples.last_mut()) {
+            (Some(command), _) => examples.push((command.to_owned(), Vec::new())),
+            (None, Some((_, output))) => output.push(line.to_owned()),
+            (None, None) => panic!("output before any command: {line}"),
+        }
+    }
+    examples
+}
+
+/// `line` with the port of every `127.0.0.1:` address made `PORT`: they differ per run.
+fn without_ports(line: &str) -> String {
+    let mut out = String::new();
+    let mut rest = line;
+    while let Some(at) = rest.find("127.0.0.1:") {
+        let (before, after) = rest.split_at(at + "127.0.0.1:".len());
+        out.push_str(before);
+        out.push_str("PORT");
+        rest = after.trim_start_matches(|c: char| c.is_ascii_digit());
+    }
+    out.push_str(rest);
+    out
+}
+
+#[tokio::test]
+async fn the_readme_scripting_examples_print_what_it_shows() {
+    let examples = readme_examples();
+    assert!(examples.len() >= 5, "{examples:?}");
+    let server = Server::start(&[]).await;
+    // Alice, named, has said her line and stays, so the room keeps its log.
+    let (_alice, _) = member(
+        &format!("{}/?name=alice", server.url()),
+        &["build 41 passed"],
+    )
+    .await;
+    // `client` in the examples is this build's binary.
+    let bin = std::env::temp_dir().join(format!("broadcast-chat-readme-{}", std::process::id()));
+    std::fs::create_dir_all(&bin).expect("a folder");
+    let link = bin.join("client");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_client"), &link).expect("link the client");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    for (command, expected) in examples {
+        if command.contains("| jq ") && !have("jq") {
+            continue;
+        }
+        let output = tokio::process::Command::new("sh")
+            .args(["-c", &command])
+            .env("PATH", &path)
+            .env("CHAT_URL", server.url())
+            .env_remove("CHAT_TOKEN")
+            .env_remove("CHAT_NAME")
+            .stdin(Stdio::null())
+            .output();
+        let output = timeout(WAIT, output)
+            .await
+            .expect("in time")
+            .expect("run sh");
+        let printed: Vec<String> = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(without_ports)
+            .collect();
+        let expected: Vec<String> = expected.iter().map(|l| without_ports(l)).collect();
+        assert_eq!(printed, expected, "{command}: {output:?}");
+    }
+    let _ = std::fs::remove_dir_all(&bin);
 }
