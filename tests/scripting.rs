@@ -487,7 +487,7 @@ async fn man_pages_name_the_program_and_every_flag() {
 }
 
 #[tokio::test]
-async fn the_flags_and_a_subcommand_do_not_mix() {
+async fn flags_that_do_not_mix_are_usage_errors() {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_client"))
         .args(["--json", "man"])
         .stdin(Stdio::null())
@@ -499,6 +499,18 @@ async fn the_flags_and_a_subcommand_do_not_mix() {
         stderr.starts_with("error: the subcommand 'man' cannot be used with '--json'"),
         "{stderr}"
     );
+    for args in [
+        &["--after", "5"][..],
+        &["--send", "x", "--listen"],
+        &["--timeout", "soon"],
+    ] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_client"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run");
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {output:?}");
+    }
 }
 
 /// The commands of the README's Scripting example, each with the lines it prints.
