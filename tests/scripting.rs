@@ -150,6 +150,64 @@ async fn a_timeout_exits_3_saying_what_it_waited_for() {
     );
 }
 
+/// A server that speaks the structured protocol, welcomes one client and then
+/// acknowledges nothing: its URL, and the task that holds the connection.
+async fn server_that_never_acknowledges() -> (String, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("ws://{}", listener.local_addr().expect("address"));
+    let task = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.expect("accept");
+        let mut tcp = BufReader::new(tcp);
+        let mut key = String::new();
+        loop {
+            let mut line = String::new();
+            tcp.read_line(&mut line).await.expect("request");
+            if let Some(value) = line.strip_prefix("Sec-WebSocket-Key: ") {
+                key = value.trim().to_owned();
+            }
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let accept = broadcast_chat::protocol::accept_key(&key);
+        let answer = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Protocol: broadcast-chat.v1\r\n\r\n"
+        );
+        tcp.write_all(answer.as_bytes()).await.expect("answer");
+        let mut ws = tokio_websockets::ServerBuilder::new().serve(tcp.into_inner());
+        let welcome = json!({"type": "welcome", "text": "Welcome to chat! Type a message",
+            "room": "", "epoch": "00000000000000ab", "offset": 0, "you": "x", "echo": true});
+        send(&mut ws, &welcome.to_string()).await;
+        // Read (and answer pings, and the close) until the client goes.
+        read_to_end(&mut ws).await;
+    });
+    (url, task)
+}
+
+#[tokio::test]
+async fn a_line_never_acknowledged_times_out_with_3_and_ctrl_c_still_ends_the_wait() {
+    let (url, _server) = server_that_never_acknowledges().await;
+    let run = run(&["--url", &url, "--send", "deploy done", "--timeout", "1s"]).await;
+    assert_eq!(run.code, Some(3), "{:?}", run.stderr);
+    assert_eq!(
+        run.stderr,
+        ["error: timed out after 1s waiting for the acknowledgement of line 1 (\"deploy done\")"]
+    );
+
+    // Without --timeout it waits for the acknowledgement; Ctrl-C ends the wait.
+    let (url, _server) = server_that_never_acknowledges().await;
+    let client = Client::start(&["--url", &url, "--send", "x"]);
+    client
+        .stdout
+        .wait_for("From server: Welcome to chat! Type a message")
+        .await;
+    signal(&client.child, "INT");
+    let run = finish(client).await;
+    assert_eq!(run.code, Some(0), "{:?}", run.stderr);
+}
+
 #[tokio::test]
 async fn an_unreachable_server_exits_1_in_one_line() {
     let port = free_port();
