@@ -1,12 +1,16 @@
 //! Several server instances sharing rooms through a real Redis (`redis-server`, run
 //! by each test on a free port without persistence): one order for everyone,
 //! presence across instances, an outage and a Redis restart, an instance that dies
-//! under its clients. Skipped, saying so, where `redis-server` is not installed.
+//! under its clients. Ignored, saying so in the summary, where `redis-server` is not
+//! on `PATH`.
 
 mod common;
 
 use common::*;
 use serde_json::{Value, json};
+
+/// What an instance logs when it loses Redis.
+const REDIS_DOWN: &str = "Redis is out of reach: rooms go on locally, unlogged, until it is back";
 
 /// Sends a structured `send` frame.
 async fn say(ws: &mut Ws, id: u64, text: &str) {
@@ -41,29 +45,25 @@ async fn next_line(ws: &mut Ws) -> String {
 }
 
 /// A Redis of the test's own and two instances sharing it, each started with
-/// `flags` besides `--redis-url`; `None` (the test skipped, saying why) without
-/// `redis-server`.
-async fn two_instances(test: &str, flags: &[&str]) -> Option<(RedisServer, Server, Server)> {
-    let redis = RedisServer::start(test).await?;
+/// `flags` besides `--redis-url`.
+async fn two_instances(flags: &[&str]) -> (RedisServer, Server, Server) {
+    let redis = RedisServer::start().await;
     let url = redis.url();
     let args: Vec<&str> = ["--redis-url", url.as_str()]
         .into_iter()
         .chain(flags.iter().copied())
         .collect();
     let (a, b) = (Server::start(&args).await, Server::start(&args).await);
-    Some((redis, a, b))
+    (redis, a, b)
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt-get install redis-server)"
+)]
 async fn two_instances_deliver_every_message_once_in_one_order() {
-    let Some((_redis, a, b)) = two_instances(
-        "two_instances_deliver_every_message_once_in_one_order",
-        &["--max-rate", "0"],
-    )
-    .await
-    else {
-        return;
-    };
+    let (_redis, a, b) = two_instances(&["--max-rate", "0"]).await;
     let (mut a1, _) = connect_structured(&format!("{}/rust?name=a1", a.url())).await;
     let (mut a2, _) = connect_structured(&format!("{}/rust", a.url())).await;
     let (mut b1, _) = connect_structured(&format!("{}/rust?name=b1", b.url())).await;
@@ -119,12 +119,12 @@ async fn two_instances_deliver_every_message_once_in_one_order() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt-get install redis-server)"
+)]
 async fn who_and_presence_span_instances() {
-    let Some((_redis, a, b)) =
-        two_instances("who_and_presence_span_instances", &["--presence"]).await
-    else {
-        return;
-    };
+    let (_redis, a, b) = two_instances(&["--presence"]).await;
     let mut alice = connect(&format!("{}/rust?name=alice", a.url())).await;
     let alice_who = format!("alice@{:?}", local_addr(&alice));
     assert_eq!(
@@ -159,15 +159,12 @@ async fn who_and_presence_span_instances() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt-get install redis-server)"
+)]
 async fn a_redis_outage_keeps_local_chat_going_and_a_restart_is_said() {
-    let Some((redis, a, b)) = two_instances(
-        "a_redis_outage_keeps_local_chat_going_and_a_restart_is_said",
-        &["--max-rate", "0"],
-    )
-    .await
-    else {
-        return;
-    };
+    let (redis, a, b) = two_instances(&["--max-rate", "0"]).await;
     let port = redis.port;
     let mut alice = connect(&format!("{}/r?name=alice", a.url())).await;
     let mut ann = connect(&format!("{}/r?name=ann", a.url())).await;
@@ -182,7 +179,7 @@ async fn a_redis_outage_keeps_local_chat_going_and_a_restart_is_said() {
     for ws in [&mut alice, &mut ann, &mut bob] {
         assert_eq!(recv_text(ws).await, degraded);
     }
-    a.stderr.wait_for("Redis is out of reach").await;
+    a.stderr.wait_for_event(REDIS_DOWN).await;
     let health = raw_exchange(a.addr(), b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(
         health.ends_with("{\"status\":\"degraded\",\"connections\":2,\"redis\":\"down\"}\n"),
@@ -215,19 +212,16 @@ async fn a_redis_outage_keeps_local_chat_going_and_a_restart_is_said() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt-get install redis-server)"
+)]
 async fn clients_of_a_dead_instance_resume_on_the_other_and_lose_nothing() {
-    let Some((_redis, a, b)) = two_instances(
-        "clients_of_a_dead_instance_resume_on_the_other_and_lose_nothing",
-        &["--max-rate", "0"],
-    )
-    .await
-    else {
-        return;
-    };
+    let (_redis, a, b) = two_instances(&["--max-rate", "0"]).await;
     // The proxy plays the load balancer in front of both.
     let proxy = Proxy::start(a.addr()).await;
     let mut client = Client::start(&["--url", &proxy.url(), "--reconnect"]);
-    client.stdout.wait_for("Welcome").await;
+    client.welcomed().await;
     let mut talker = connect(&b.url()).await;
     let tag = format!("{:?}", local_addr(&talker));
     let say_all = |range: std::ops::Range<u32>| range.map(|i| format!("m{i}"));
@@ -245,7 +239,10 @@ async fn clients_of_a_dead_instance_resume_on_the_other_and_lose_nothing() {
         assert_eq!(recv_text(&mut talker).await, tagged(&talker, &text));
     }
     client.stdout.wait_for("\"m99\"").await;
-    client.stderr.wait_for("reconnected to").await;
+    client
+        .stderr
+        .wait_for_line(&format!("reconnected to {}", proxy.url()))
+        .await;
     client.close_stdin();
     assert_eq!(client.wait().await.code(), Some(0));
 
@@ -273,7 +270,7 @@ async fn an_unusable_redis_url_is_a_one_line_error_and_exit_1() {
     for url in [unreachable.as_str(), "not-a-url"] {
         let output = tokio::time::timeout(
             WAIT,
-            tokio::process::Command::new(env!("CARGO_BIN_EXE_server"))
+            server_command()
                 .args(["--port", "0", "--redis-url", url])
                 .output(),
         )
@@ -297,19 +294,16 @@ async fn an_unusable_redis_url_is_a_one_line_error_and_exit_1() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt-get install redis-server)"
+)]
 async fn a_room_everyone_joined_during_an_outage_delivers_once_redis_is_back() {
-    let Some((redis, a, b)) = two_instances(
-        "a_room_everyone_joined_during_an_outage_delivers_once_redis_is_back",
-        &["--max-rate", "0"],
-    )
-    .await
-    else {
-        return;
-    };
+    let (redis, a, b) = two_instances(&["--max-rate", "0"]).await;
     let port = redis.port;
     redis.kill().await;
-    a.stderr.wait_for("Redis is out of reach").await;
-    b.stderr.wait_for("Redis is out of reach").await;
+    a.stderr.wait_for_event(REDIS_DOWN).await;
+    b.stderr.wait_for_event(REDIS_DOWN).await;
 
     // A room nobody was in before the outage, with a member on each instance.
     let mut alice = connect(&format!("{}/fresh?name=alice", a.url())).await;
@@ -338,12 +332,12 @@ async fn a_room_everyone_joined_during_an_outage_delivers_once_redis_is_back() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt-get install redis-server)"
+)]
 async fn a_joiner_during_an_outage_gets_the_epoch_the_room_follows() {
-    let Some(redis) =
-        RedisServer::start("a_joiner_during_an_outage_gets_the_epoch_the_room_follows").await
-    else {
-        return;
-    };
+    let redis = RedisServer::start().await;
     let args = ["--redis-url", &redis.url(), "--max-rate", "0"];
     let a = Server::start(&args).await;
     let (mut first, welcome) = connect_structured(&format!("{}/rust", a.url())).await;
@@ -354,7 +348,7 @@ async fn a_joiner_during_an_outage_gets_the_epoch_the_room_follows() {
     );
 
     redis.kill().await;
-    a.stderr.wait_for("Redis is out of reach").await;
+    a.stderr.wait_for_event(REDIS_DOWN).await;
     // A newcomer during the outage is told the epoch of the room's log in Redis,
     // the one its members' offsets count in, so it can resume there later.
     let (_second, joined) = connect_structured(&format!("{}/rust", a.url())).await;

@@ -5,9 +5,7 @@
 mod common;
 
 use common::*;
-use futures_util::SinkExt;
 use serde_json::{Value, json};
-use tokio_websockets::Message;
 
 async fn send_json(ws: &mut Ws, frame: &Value) {
     send(ws, &frame.to_string()).await;
@@ -179,12 +177,6 @@ async fn bad_frames_get_an_error_frame_and_nobody_else_notices() {
         next_not_ack_or_message(&mut bad).await,
         json!({"type": "ack", "id": 3, "duplicate": true})
     );
-    // A binary frame is as bad as ever: 1003, for the sender alone.
-    bad.send(Message::binary(bytes::Bytes::from_static(b"\x00")))
-        .await
-        .expect("send");
-    assert_eq!(recv_close(&mut bad).await.0, 1003);
-
     // The bystander heard "once" once, and chats on.
     let once = recv_text(&mut bystander).await;
     assert!(once.ends_with(": \"once\""), "{once}");
