@@ -347,6 +347,40 @@ async fn json_prints_every_frame_as_the_server_sent_it() {
 }
 
 #[tokio::test]
+async fn json_wraps_a_classic_servers_lines_and_says_what_it_cannot_promise() {
+    // A bare WebSocket server, which chooses no subprotocol.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("ws://{}", listener.local_addr().expect("address"));
+    let client = Client::start(&["--url", &url, "--json", "--listen", "--count", "1"]);
+    let (tcp, _) = timeout(WAIT, listener.accept())
+        .await
+        .expect("the client connects in time")
+        .expect("accept");
+    let (_request, mut ws) = timeout(WAIT, tokio_websockets::ServerBuilder::new().accept(tcp))
+        .await
+        .expect("upgrade in time")
+        .expect("upgrade");
+    for line in [
+        "Welcome to chat! Type a message",
+        r#"127.0.0.1:5: "hi \"you\"""#,
+    ] {
+        send(&mut ws, line).await;
+    }
+    let reader = tokio::spawn(async move { read_to_end(&mut ws).await });
+    let run = finish(client).await;
+    assert_eq!(run.code, Some(0), "{:?}", run.stderr);
+    assert_eq!(
+        frames(&run),
+        [
+            json!({"type": "line", "text": "Welcome to chat! Type a message"}),
+            json!({"type": "line", "text": r#"127.0.0.1:5: "hi \"you\"""#}),
+        ]
+    );
+    assert_eq!(run.stderr, [broadcast_chat::client::CLASSIC_PROMISE]);
+    let _ = reader.await;
+}
+
+#[tokio::test]
 async fn listen_and_count_print_exactly_n_messages_and_send_nothing() {
     let server = Server::start(&[]).await;
     let (mut alice, welcome) = member(&server.url(), &[]).await;
