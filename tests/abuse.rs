@@ -94,6 +94,11 @@ async fn a_lagging_classic_client_gets_every_message_from_the_log_and_stays() {
         (0..200).collect::<Vec<u64>>(),
         "every one, in order"
     );
+    // The metrics say so: a lag or more, messages sent from the log, none missed.
+    let metrics = metrics(&server).await;
+    assert!(metrics("chat_lag_events_total") >= 1.0);
+    assert!(metrics("chat_messages_replayed_total") >= 1.0);
+    assert_eq!(metrics("chat_messages_missed_total"), 0.0);
 
     // Still connected: it goes on receiving.
     send(&mut laggard, "still here").await;
@@ -115,6 +120,20 @@ async fn a_client_further_behind_than_the_log_is_told_the_exact_count() {
         "every message is either delivered or counted as missed"
     );
     assert!(received.is_sorted(), "in order: {received:?}");
+    // The metrics count what it was told it missed, exactly.
+    let metrics = metrics(&server).await;
+    assert!(metrics("chat_lag_events_total") >= 1.0);
+    assert_eq!(metrics("chat_messages_missed_total"), missed as f64);
+}
+
+/// The server's metrics, as a function from a sample's name to its value.
+async fn metrics(server: &Server) -> impl Fn(&str) -> f64 {
+    let text = raw_exchange(server.addr(), b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    move |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    }
 }
 
 #[tokio::test]

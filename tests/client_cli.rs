@@ -49,6 +49,14 @@ async fn piped_input_is_sent_and_the_client_exits_zero() {
     assert_eq!(client.wait().await.code(), Some(0));
     let stderr = client.stderr.complete().await;
     assert!(stderr.is_empty(), "{stderr:?}");
+    // `echo hi | client` prints its own line before it closes.
+    assert_eq!(
+        client.stdout.complete().await,
+        [
+            format!("From server: {WELCOME}"),
+            format!("From server: {line}"),
+        ]
+    );
 }
 
 #[tokio::test]

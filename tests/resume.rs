@@ -189,3 +189,54 @@ async fn a_client_away_longer_than_the_log_reaches_is_told_how_many_it_missed() 
         .collect();
     assert_eq!(printed_from(&lines, &tag), expected);
 }
+
+#[tokio::test]
+async fn a_classic_client_resumes_with_epoch_and_after() {
+    let server = Server::start(&["--max-rate", "0", "--resume-window", "3"]).await;
+    let (_watcher, welcome) = connect_structured(&format!("{}/rust", server.url())).await;
+    let epoch = welcome["epoch"].as_str().expect("an epoch").to_owned();
+    let mut talker = connect(&format!("{}/rust", server.url())).await;
+    say(&mut talker, (1..=5).map(|i| format!("m{i}"))).await;
+    // The log holds offsets 3 to 5.
+    let lines = |range: std::ops::RangeInclusive<u32>| -> Vec<String> {
+        range.map(|i| tagged(&talker, &format!("m{i}"))).collect()
+    };
+    let missed = "* you missed 2 messages while you were away".to_owned();
+    let restarted =
+        "* the room was restarted while you were away: messages sent meanwhile may be lost"
+            .to_owned();
+    let cases = [
+        (format!("epoch={epoch}&after=3"), lines(4..=5)),
+        (format!("epoch={epoch}&after=5"), vec![]),
+        (
+            format!("epoch={epoch}&after=0"),
+            [lines(3..=5), vec![missed]].concat(),
+        ),
+        (
+            "epoch=0000000000000001&after=4".to_owned(),
+            [lines(3..=5), vec![restarted]].concat(),
+        ),
+    ];
+    let mut returning = Vec::new();
+    for (query, expected) in cases {
+        returning.push((
+            connect(&format!("{}/rust?{query}", server.url())).await,
+            query,
+            expected,
+        ));
+    }
+    // Then live traffic: a line said now is the first after each replay.
+    let live = "live".to_owned();
+    say(&mut talker, [live.clone()]).await;
+    for (mut back, query, expected) in returning {
+        let mut got = Vec::new();
+        loop {
+            let line = recv_text(&mut back).await;
+            if line == tagged(&talker, &live) {
+                break;
+            }
+            got.push(line);
+        }
+        assert_eq!(got, expected, "{query}");
+    }
+}

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_websockets::{CloseCode, Limits, Message, ServerBuilder, WebSocketStream};
 use tracing::{debug, info};
 
-use crate::hub::Joined;
+use crate::hub::{Joined, Recovery};
 use crate::metrics::{Outcome, Reason};
 use crate::state::ConnectionGuard;
 use frames::Frames;
@@ -184,6 +184,11 @@ async fn serve<S>(
         // What the log let go while we replayed is part of what the returning client
         // missed (for a newcomer, a gap in the history, which it was not there for).
         let lost = outbox.catch_up(&mut ws, &membership, head, false).await?;
+        // What the log no longer held at the join is counted here, what it let go
+        // during the replay by the catch-up.
+        if let Some(Recovery::Missed(missed)) = recovery {
+            metrics.missed.increment(missed);
+        }
         if let Some(recovered) = recovery
             .map(|r| r.and_missed(lost))
             .and_then(|r| frames.recovered(r))

@@ -17,14 +17,26 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts one on a free port.
     pub async fn start() -> RedisServer {
-        Self::start_at(free_port()).await
+        Self::start_with(&[]).await
+    }
+
+    /// Starts one on a free port with extra `redis-server` arguments (e.g.
+    /// `--requirepass`).
+    pub async fn start_with(args: &[&str]) -> RedisServer {
+        Self::start_at_with(free_port(), args).await
     }
 
     /// Starts one on `port` (e.g. the port of one that was killed).
     pub async fn start_at(port: u16) -> RedisServer {
+        Self::start_at_with(port, &[]).await
+    }
+
+    /// Starts one on `port` with extra `redis-server` arguments.
+    pub async fn start_at_with(port: u16, args: &[&str]) -> RedisServer {
         let mut child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
