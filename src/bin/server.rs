@@ -5,13 +5,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use broadcast_chat::cli::Tool;
 use broadcast_chat::config::parse_duration;
 use broadcast_chat::{
     DEFAULT_HOST, DEFAULT_PORT, SHARED_BUFFER, SHARED_WRITE_DELAY, Secret, ServerConfig, server,
     tls,
 };
-use clap::Parser;
 use clap::builder::TypedValueParser;
+use clap::{CommandFactory, Parser};
 
 /// The server's allocator. Every WebSocket connection gets an 8 KiB read buffer
 /// from tokio-websockets that an idle client never fills; glibc's malloc writes
@@ -24,8 +25,10 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// A WebSocket broadcast chat server: every text message goes to every client.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(name = "server", version, args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    tool: Option<Tool>,
     /// Address to listen on (0.0.0.0 for every interface).
     #[arg(long, value_name = "ADDRESS", env = "CHAT_HOST", default_value = DEFAULT_HOST)]
     host: String,
@@ -190,6 +193,9 @@ impl Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(tool) = &cli.tool {
+        return tool.run(Cli::command());
+    }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if cli.threads > 0 {
         runtime.worker_threads(cli.threads);

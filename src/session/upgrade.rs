@@ -116,6 +116,7 @@ where
         format,
         client_id: params.client_id,
         resume: params.resume,
+        history: params.history,
     };
     let joined = shared.hub.join(newcomer).await.map_err(|e| {
         let reason = match e {
