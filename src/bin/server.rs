@@ -252,6 +252,8 @@ async fn serve(cli: Cli) -> ExitCode {
     if let Some(Ok(addr)) = server.metrics_addr() {
         tracing::info!(%addr, "serving /metrics");
     }
+    // Before the readiness line: a signal sent as soon as it is read is handled.
+    let shutdown = server::shutdown_signal();
     match server::local_addr(&listener) {
         Ok(addr) => println!("Listening on port {}", addr.port()),
         Err(e) => {
@@ -259,7 +261,7 @@ async fn serve(cli: Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    match server.serve(listener, server::shutdown_signal()).await {
+    match server.serve(listener, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
