@@ -124,6 +124,15 @@ pub enum Error {
         reason: String,
     },
 
+    /// The key for signed tokens (`--auth-key`, `server token --key`) is unusable.
+    #[error("cannot use the key in {path}: {reason}")]
+    AuthKey {
+        /// The key file, as given.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// The server wants a token and ours was missing or wrong (HTTP 401).
     #[error("{}", if *.sent { "the server refused the token (401)" } else { "the server requires a token (401): pass --token or set CHAT_TOKEN" })]
     Unauthorized {

@@ -7,6 +7,8 @@
 //! a stuck peer is noticed and closed, and every network wait has a bound.
 //!
 //! # Layout
+//! - [`auth`]: signed tokens (JWTs): their claims, keys, minting, and the limit on
+//!   failed authentications.
 //! - [`config`]: every limit and timeout, with defaults ([`ServerConfig`], [`ClientConfig`]).
 //! - [`protocol`]: the wire format: tagging, names and rooms, notices, close reasons.
 //! - `handshake`: the HTTP upgrade, done by hand so a refusal is a proper HTTP answer.
@@ -23,6 +25,7 @@
 //!
 //! Data flows one way: socket → session → hub → every session → socket.
 
+pub mod auth;
 pub mod client;
 pub mod config;
 mod error;
