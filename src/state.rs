@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+use crate::auth::FailureLimit;
 use crate::config::ServerConfig;
 use crate::hub::{Hub, SenderId};
 use crate::metrics::{Metrics, Now};
@@ -22,6 +23,8 @@ pub(crate) struct Shared {
     /// instances sharing rooms through Redis (they tell a sender's own messages
     /// apart, and a connection's line ids apart).
     next_id: AtomicU64,
+    /// Failed authentications per source address, for the 429 limit.
+    pub(crate) auth_failures: FailureLimit,
     /// Open connections, counted from accept to the end of their task. Changed only
     /// by [`ConnectionGuard`].
     connections: AtomicUsize,
@@ -34,6 +37,7 @@ impl Shared {
             hub,
             metrics,
             tls: config.tls.clone().map(tokio_rustls::TlsAcceptor::from),
+            auth_failures: FailureLimit::new(config.max_auth_failures),
             config,
             // Counting up from a random start in the lower half: never SERVER, never
             // wrapping, and two instances' ranges meet with odds of one in billions.

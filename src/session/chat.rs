@@ -18,16 +18,37 @@ use super::outbox::{self, Outbox, Wrote};
 use super::{Dropped, End, bounded};
 use crate::hub::{Delivery, Format, Membership, Published, Submitted};
 use crate::limits::{RateLimit, Verdict};
-use crate::protocol::structured::ClientFrame;
-use crate::protocol::{self, WHO_COMMAND};
+use crate::protocol::structured::{ClientFrame, ErrorCode};
+use crate::protocol::{self, WHO_COMMAND, classic};
 use crate::state::ConnectionGuard;
 
 /// Most lines a session has on their way to the room (with Redis) before it reads
 /// no more of its client's frames until one is through.
 const MAX_PENDING: usize = 64;
 
+/// Far enough ahead to stand for "never", for a timer that must exist.
+const NEVER: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 86_400);
+
 /// Lines on their way to the room, in the order sent, with their ids.
 type Pending = FuturesOrdered<Pin<Box<dyn Future<Output = (Option<u64>, Published)> + Send>>>;
+
+/// What the client's signed token lets it do, decided at the upgrade: the token
+/// is never looked at again.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Rights {
+    /// Whether its lines reach the room (false: read-only).
+    pub(super) may_send: bool,
+    /// When its token expires; the session is closed with 4001 then.
+    pub(super) expires: Option<Instant>,
+}
+
+impl Rights {
+    /// Everything, for good: no signed token.
+    pub(super) const ALL: Rights = Rights {
+        may_send: true,
+        expires: None,
+    };
+}
 
 /// One session's chat.
 pub(super) struct Chat<'a> {
@@ -37,6 +58,8 @@ pub(super) struct Chat<'a> {
     pub(super) guard: &'a ConnectionGuard,
     /// Frames in the client's format.
     pub(super) frames: Frames,
+    /// What its token lets it do.
+    pub(super) rights: Rights,
 }
 
 impl Chat<'_> {
@@ -76,6 +99,11 @@ impl Chat<'_> {
         // Lines on their way to the room (with Redis), oldest first: the session
         // reads on meanwhile, up to a bound, and acknowledges each in order.
         let mut pending = Pending::new();
+        // One timer for the token's expiry, never reset.
+        let expires = self.rights.expires;
+        let mut expiry = pin!(tokio::time::sleep_until(
+            expires.unwrap_or_else(|| Instant::now() + NEVER)
+        ));
 
         loop {
             // A rest does not keep back the client's own line: its copy is how a
@@ -134,6 +162,11 @@ impl Chat<'_> {
                 Some((id, published)) = pending.next(), if !pending.is_empty() => {
                     self.published(ws, id, published).await
                 }
+                () = &mut expiry, if expires.is_some() => {
+                    // Told first, so that the client knows not to come back with it.
+                    let _ = bounded(config.write_timeout, ws.send(self.frames.expired())).await;
+                    return End::Expired;
+                }
                 () = &mut keepalive => {
                     keepalive.as_mut().reset(Instant::now() + config.ping_interval);
                     if heard {
@@ -170,8 +203,14 @@ impl Chat<'_> {
                 let who = self.frames.who(&self.membership.members().await);
                 return self.reply(ws, Some(who)).await;
             }
+            Format::Classic if !self.rights.may_send => Err(self
+                .frames
+                .error(ErrorCode::ReadOnly, classic::READ_ONLY_TEXT)),
             Format::Classic => Ok((None, std::borrow::Cow::Borrowed(text))),
             Format::Structured => match ClientFrame::parse(text) {
+                Ok(ClientFrame::Send { .. }) if !self.rights.may_send => Err(self
+                    .frames
+                    .error(ErrorCode::ReadOnly, classic::READ_ONLY_TEXT)),
                 Ok(ClientFrame::Send { id, text }) => Ok((Some(id), text)),
                 Ok(ClientFrame::Who) => Err(self.frames.who(&self.membership.members().await)),
                 Err(bad) => Err(self.frames.error(bad.code, &bad.text)),

@@ -3,6 +3,7 @@
 //! client's frames into the hub and writes the hub's messages ([`outbox`]), and a
 //! bounded close.
 
+pub(crate) mod admit;
 mod chat;
 mod frames;
 mod outbox;
@@ -22,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_websockets::{CloseCode, Limits, Message, ServerBuilder, WebSocketStream};
 use tracing::{debug, info};
 
+use crate::auth;
 use crate::hub::Joined;
 use crate::metrics::{Outcome, Reason};
 use crate::state::ConnectionGuard;
@@ -41,6 +43,8 @@ enum End {
     ProtocolError(tokio_websockets::Error),
     /// The connection is gone or stuck: nothing more can be sent.
     Dropped(Dropped),
+    /// The client's signed token expired: closed with 4001 ([`auth::CLOSE_EXPIRED`]).
+    Expired,
 }
 
 /// Why a connection was given up without a close handshake.
@@ -72,6 +76,7 @@ impl End {
             End::Close(code, _) if *code == CloseCode::GOING_AWAY => Reason::Shutdown,
             End::Close(code, _) if *code == CloseCode::POLICY_VIOLATION => Reason::Flood,
             End::Close(..) | End::ProtocolError(_) => Reason::Protocol,
+            End::Expired => Reason::Expired,
             End::ClosedByClient => Reason::ClientClosed,
             End::Dropped(Dropped::Lost) => Reason::Lost,
             End::Dropped(Dropped::WriteTimeout) => Reason::WriteTimeout,
@@ -137,7 +142,7 @@ async fn serve<S>(
     ))
     .await;
     // Joined the room during the upgrade, so the receiver saw everything since.
-    let Some((joined, format)) = upgraded else {
+    let Some((joined, format, rights)) = upgraded else {
         return;
     };
     let Joined {
@@ -198,6 +203,7 @@ async fn serve<S>(
                 membership: &membership,
                 guard,
                 frames,
+                rights,
             };
             session.run(&mut ws, &mut rx, &mut outbox).await
         }
@@ -212,6 +218,7 @@ async fn serve<S>(
         End::Dropped(dropped) => dropped.text().to_owned(),
         End::ClosedByClient => "closed by client".to_owned(),
         End::ProtocolError(e) => format!("protocol error: {e}"),
+        End::Expired => auth::REASON_EXPIRED.to_owned(),
     };
     close(&mut ws, end, config.close_timeout).await;
     info!(%addr, reason, clients = guard.open() - 1, "disconnected");
@@ -247,6 +254,9 @@ where
     let handshake = async {
         if let End::Close(code, reason) = end {
             ws.send(Message::close(Some(code), reason)).await?;
+        } else if let End::Expired = end {
+            let code = CloseCode::try_from(auth::CLOSE_EXPIRED).ok();
+            ws.send(Message::close(code, auth::REASON_EXPIRED)).await?;
         } else if matches!(end, End::Dropped(_)) {
             return Ok(());
         }

@@ -1,5 +1,5 @@
 //! The upgrade: read the request, answer plain requests (the health check, the web
-//! page), admit (token, origin), read the room and the query, negotiate the wire
+//! page), admit (token, origin: [`super::admit`]), read the room and the query, negotiate the wire
 //! format, join.
 
 use std::net::SocketAddr;
@@ -10,7 +10,9 @@ use tokio::time::{Instant, timeout, timeout_at};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::config::ServerConfig;
+use super::admit::{admit, check_room_and_name};
+use super::chat::Rights;
+use crate::auth;
 use crate::handshake::{self, Failure, Incoming, Reply};
 use crate::hub::{Format, JoinError, Joined, Newcomer};
 use crate::metrics::Outcome as Counted;
@@ -20,8 +22,8 @@ use crate::web;
 
 /// What a request turned out to be.
 enum Outcome {
-    /// A WebSocket in this format, joined to its room.
-    Chat(Joined, Format),
+    /// A WebSocket in this format, joined to its room, with its token's rights.
+    Chat(Joined, Format, Rights),
     /// A plain request, answered with this.
     Answer(Reply),
 }
@@ -29,13 +31,17 @@ enum Outcome {
 /// Reads and answers the upgrade request by `deadline`, joining the room it
 /// names. `None` when the connection got an HTTP answer instead, or failed;
 /// either is logged here.
+///
+/// With `--auth-key`, the token decides the name (its `sub`, the whole tag: two
+/// connections of one person are tagged alike) and the rooms; the client's session
+/// id is bound to that name, so that one person's line ids cannot touch another's.
 pub(super) async fn upgrade<S>(
     stream: &mut S,
     addr: SocketAddr,
     guard: &ConnectionGuard,
     shutdown: &CancellationToken,
     deadline: Instant,
-) -> Option<(Joined, Format)>
+) -> Option<(Joined, Format, Rights)>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -53,14 +59,33 @@ where
             }
             Incoming::Metrics => return Ok(Outcome::Answer(metrics_reply(shared))),
             Incoming::Page(page) => {
-                let reply = web::answer(&page, || admit(&page.headers, config));
+                let reply = web::answer(&page, || {
+                    admit(&page.headers, addr.ip(), shared).map(|who| who.map(|who| who.name))
+                });
                 return Ok(Outcome::Answer(reply));
             }
         };
-        admit(&request.headers, config).map_err(Failure::Refused)?;
+        let identity = admit(&request.headers, addr.ip(), shared).map_err(Failure::Refused)?;
         let bad_request = |reason| Failure::Refused(Reply::new(StatusCode::BAD_REQUEST, reason));
         let room = protocol::room_from_path(&request.path).map_err(bad_request)?;
         let params = Params::parse(request.query.as_deref()).map_err(bad_request)?;
+        let (who, session, rights) = match &identity {
+            None => (
+                classic::sender(params.name, addr),
+                params.session.map(str::to_owned),
+                Rights::ALL,
+            ),
+            Some(identity) => {
+                check_room_and_name(identity, room, params.name).map_err(Failure::Refused)?;
+                let rights = Rights {
+                    may_send: identity.may_send,
+                    expires: Some(Instant::now() + identity.remaining(auth::now_secs())),
+                };
+                // Names cannot hold ':', so no two names share a session key.
+                let session = params.session.map(|id| format!("{}:{id}", identity.name));
+                (identity.name.clone(), session, rights)
+            }
+        };
         let format = if request.offers(SUBPROTOCOL) {
             Format::Structured
         } else {
@@ -69,9 +94,9 @@ where
         let newcomer = Newcomer {
             room,
             id: shared.next_id(),
-            who: classic::sender(params.name, addr),
+            who,
             format,
-            session: params.session,
+            session: session.as_deref(),
             resume: params.resume,
         };
         let joined = shared.hub.join(newcomer).await.map_err(|e| {
@@ -83,7 +108,7 @@ where
         })?;
         let subprotocol = (format == Format::Structured).then_some(SUBPROTOCOL);
         handshake::accept(&mut *stream, &request, subprotocol).await?;
-        Ok::<_, Failure>(Outcome::Chat(joined, format))
+        Ok::<_, Failure>(Outcome::Chat(joined, format, rights))
     };
     let outcome = tokio::select! {
         () = shutdown.cancelled() => return None,
@@ -91,9 +116,9 @@ where
     };
     let counted = &shared.metrics;
     let reply = match outcome {
-        Ok(Ok(Outcome::Chat(joined, format))) => {
+        Ok(Ok(Outcome::Chat(joined, format, rights))) => {
             counted.connection(Counted::Upgraded);
-            return Some((joined, format));
+            return Some((joined, format, rights));
         }
         Ok(Ok(Outcome::Answer(reply))) => {
             counted.connection(Counted::Answered);
@@ -118,44 +143,6 @@ where
     };
     let _ = timeout(config.close_timeout, handshake::respond(stream, &reply)).await;
     None
-}
-
-/// Decides whether an upgrade request with these headers may join: the token (as
-/// `Authorization: Bearer` or a `bearer.` subprotocol entry), then the origin (one
-/// listed with `--allow-origin`, or the server's own, whose page it is).
-fn admit(headers: &http::HeaderMap, config: &ServerConfig) -> Result<(), Reply> {
-    if let Some(token) = &config.token
-        && !handshake::presented_tokens(headers).any(|presented| token.matches(&presented))
-    {
-        return Err(Reply::new(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong token",
-        ));
-    }
-    if !config.allowed_origins.is_empty()
-        && let Some(origin) = headers.get(http::header::ORIGIN)
-    {
-        let origin = origin.to_str().unwrap_or_default().trim_end_matches('/');
-        let scheme = if config.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        let own = headers
-            .get(http::header::HOST)
-            .and_then(|host| host.to_str().ok())
-            .map(|host| format!("{scheme}://{host}"));
-        if !config
-            .allowed_origins
-            .iter()
-            .map(|allowed| allowed.trim_end_matches('/'))
-            .chain(own.as_deref())
-            .any(|allowed| allowed.eq_ignore_ascii_case(origin))
-        {
-            return Err(Reply::new(StatusCode::FORBIDDEN, "origin not allowed"));
-        }
-    }
-    Ok(())
 }
 
 /// The metrics, in the Prometheus text format.

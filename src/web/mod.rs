@@ -70,8 +70,12 @@ const FILES: [File; 3] = [
 /// The answer to a plain request for the page or one of its files: the page at a
 /// room's path (400 with the rule for a path that is not a room), a file under
 /// `/_/` (404 for a name that is none), or the admission check, which `admit`
-/// decides.
-pub(crate) fn answer(request: &PageRequest, admit: impl FnOnce() -> Result<(), Reply>) -> Reply {
+/// decides: `204`, or with a signed token `200` and the name it gives
+/// (`{"name":"alice"}`), which the page then joins with.
+pub(crate) fn answer(
+    request: &PageRequest,
+    admit: impl FnOnce() -> Result<Option<String>, Reply>,
+) -> Reply {
     let Some(name) = request.path.strip_prefix(FILES_PREFIX) else {
         return match protocol::room_from_path(&request.path) {
             Ok(_) => serve(&PAGE, request),
@@ -80,7 +84,11 @@ pub(crate) fn answer(request: &PageRequest, admit: impl FnOnce() -> Result<(), R
     };
     if name == AUTH_FILE {
         return match admit() {
-            Ok(()) => Reply::empty(StatusCode::NO_CONTENT),
+            Ok(None) => Reply::empty(StatusCode::NO_CONTENT),
+            Ok(Some(name)) => Reply::json(
+                StatusCode::OK,
+                serde_json::json!({ "name": name }).to_string(),
+            ),
             Err(refusal) => refusal,
         };
     }
@@ -211,7 +219,12 @@ mod tests {
             path: "/_/auth".to_owned(),
             headers: http::HeaderMap::new(),
         };
-        assert_eq!(answer(&request, || Ok(())).status, StatusCode::NO_CONTENT);
+        assert_eq!(answer(&request, || Ok(None)).status, StatusCode::NO_CONTENT);
+        let named = answer(&request, || Ok(Some("alice".into())));
+        assert_eq!(
+            (named.status, named.body.as_ref()),
+            (StatusCode::OK, r#"{"name":"alice"}"#)
+        );
     }
 
     #[test]
