@@ -11,7 +11,8 @@
 //!   failed authentications.
 //! - [`config`]: every limit and timeout, with defaults ([`ServerConfig`], [`ClientConfig`]).
 //! - [`protocol`]: the wire format: tagging, names and rooms, notices, close reasons.
-//! - `handshake`: the HTTP upgrade, done by hand so a refusal is a proper HTTP answer.
+//! - `handshake`: HTTP/1.1 by hand: the request head, the WebSocket upgrade, answers.
+//! - `route`: every HTTP endpoint in one table, and the plain requests' answers.
 //! - `hub`: the fan-out: rooms, each a `tokio::sync::broadcast` channel with its
 //!   members and history.
 //! - `limits`: the per-client message rate limit.
@@ -25,6 +26,7 @@
 //!
 //! Data flows one way: socket → session → hub → every session → socket.
 
+mod admit;
 pub mod auth;
 pub mod client;
 pub mod config;
@@ -34,6 +36,7 @@ mod hub;
 mod limits;
 mod metrics;
 pub mod protocol;
+mod route;
 pub mod server;
 mod session;
 mod state;

@@ -16,6 +16,7 @@ use crate::handshake::{self, Reply};
 use crate::hub::Hub;
 use crate::hub::redis::RedisLog;
 use crate::metrics::Metrics;
+use crate::route::{self, Listener, Route};
 use crate::state::{ConnectionGuard, Shared};
 use crate::{Error, Result, session};
 
@@ -116,20 +117,24 @@ impl Server {
 /// Serves `/metrics` (and nothing else) on the `--metrics-listen` address.
 async fn serve_metrics(listener: TcpListener, shared: Arc<Shared>) {
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
+        let Ok((mut stream, addr)) = listener.accept().await else {
             tokio::time::sleep(ACCEPT_BACKOFF).await;
             continue;
         };
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
             let limit = shared.config.handshake_timeout;
-            let reply = match tokio::time::timeout(limit, handshake::read_request(&mut stream))
-                .await
+            let read = match tokio::time::timeout(limit, handshake::read_request(&mut stream)).await
             {
-                Ok(Ok(handshake::Incoming::Metrics)) => session::metrics_reply(&shared),
-                Ok(Err(handshake::Failure::Refused(reply))) => reply,
-                Ok(_) => Reply::new(http::StatusCode::NOT_FOUND, "only /metrics is served here"),
+                Ok(read) => read,
                 Err(_) => return,
+            };
+            let reply = match read.map(|request| route::route(request, Listener::Metrics)) {
+                Ok(Ok(Route::Plain(plain))) => route::answer(plain, &shared, addr.ip()),
+                Ok(Err(refusal)) | Err(handshake::Failure::Refused(refusal)) => refusal,
+                // `route` refuses upgrades here; a connection that broke is told
+                // too, in case it still reads.
+                Ok(Ok(Route::Chat(_))) | Err(handshake::Failure::Io(_)) => route::metrics_only(),
             };
             let _ = tokio::time::timeout(limit, handshake::respond(&mut stream, &reply)).await;
         });

@@ -3,7 +3,6 @@
 //! client's frames into the hub and writes the hub's messages ([`outbox`]), and a
 //! bounded close.
 
-pub(crate) mod admit;
 mod chat;
 mod frames;
 mod outbox;
@@ -29,7 +28,6 @@ use crate::metrics::{Outcome, Reason};
 use crate::state::ConnectionGuard;
 use frames::Frames;
 use outbox::Outbox;
-pub(crate) use upgrade::metrics_reply;
 
 /// Why a session ended; decides how the connection is closed and what is logged.
 #[derive(Debug)]

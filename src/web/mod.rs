@@ -1,12 +1,12 @@
 //! The chat in a browser: one page, served by the server itself at every room's
 //! path (`/rust` is the page of `rust`), with its script, style and icon under
 //! `/_/`, all embedded in the binary at build time. The page speaks the structured
-//! protocol; `chat.js` says how it joins, resumes and asks for the token.
+//! protocol; `chat.js` says how it joins, resumes and asks for the token. Which path
+//! is which is decided in `crate::route`.
 
 use http::StatusCode;
 
-use crate::handshake::{FILES_PREFIX, PageRequest, Reply};
-use crate::protocol;
+use crate::handshake::{self, Reply};
 
 /// What the page may load and do: its script, style and images from its own server
 /// only (no inline code, so injected markup runs nothing), connections to its own
@@ -16,19 +16,24 @@ pub(crate) const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src
      style-src 'self'; connect-src 'self'; img-src 'self'; base-uri 'none'; \
      form-action 'none'; frame-ancestors 'none'";
 
+/// Where the web page's own files are: a room's path has exactly one segment, so
+/// `/_/chat.js` can never be a room.
+pub(crate) const FILES_PREFIX: &str = "/_/";
+
 /// The name under `/_/` of the admission check: a plain GET answered as an upgrade
 /// with the same `Authorization` would be on the token and origin (204, 401 or
 /// 403). A browser cannot see why a WebSocket was refused; the page asks here.
 pub(crate) const AUTH_FILE: &str = "auth";
 
 /// A file of the page, embedded at build time.
-struct File {
+#[derive(Debug)]
+pub(crate) struct File {
     /// Its name under `/_/`; empty for the page itself.
-    name: &'static str,
+    pub(crate) name: &'static str,
     /// Its media type.
     content_type: &'static str,
     /// Its content.
-    body: &'static str,
+    pub(crate) body: &'static str,
     /// A hash of the content, computed at build time, for the `ETag`.
     hash: u64,
 }
@@ -50,7 +55,7 @@ impl File {
 }
 
 /// The page, served at every room's path.
-const PAGE: File = File::new("", "text/html; charset=utf-8", include_str!("chat.html"));
+pub(crate) const PAGE: File = File::new("", "text/html; charset=utf-8", include_str!("chat.html"));
 
 /// The page's files under `/_/`.
 const FILES: [File; 3] = [
@@ -67,45 +72,16 @@ const FILES: [File; 3] = [
     File::new("icon.svg", "image/svg+xml", include_str!("icon.svg")),
 ];
 
-/// The answer to a plain request for the page or one of its files: the page at a
-/// room's path (400 with the rule for a path that is not a room), a file under
-/// `/_/` (404 for a name that is none), or the admission check, which `admit`
-/// decides: `204`, or with a signed token `200` and the name it gives
-/// (`{"name":"alice"}`), which the page then joins with.
-pub(crate) fn answer(
-    request: &PageRequest,
-    admit: impl FnOnce() -> Result<Option<String>, Reply>,
-) -> Reply {
-    let Some(name) = request.path.strip_prefix(FILES_PREFIX) else {
-        return match protocol::room_from_path(&request.path) {
-            Ok(_) => serve(&PAGE, request),
-            Err(reason) => Reply::new(StatusCode::BAD_REQUEST, reason),
-        };
-    };
-    if name == AUTH_FILE {
-        return match admit() {
-            Ok(None) => Reply::empty(StatusCode::NO_CONTENT),
-            Ok(Some(name)) => Reply::json(
-                StatusCode::OK,
-                serde_json::json!({ "name": name }).to_string(),
-            ),
-            Err(refusal) => refusal,
-        };
-    }
-    match FILES.iter().find(|file| file.name == name) {
-        Some(file) => serve(file, request),
-        None => Reply::new(
-            StatusCode::NOT_FOUND,
-            format!("no such file {:?}", request.path),
-        ),
-    }
+/// The page's file named `name` (under `/_/`), if there is one.
+pub(crate) fn file(name: &str) -> Option<&'static File> {
+    FILES.iter().find(|file| file.name == name)
 }
 
 /// `file` with the page's headers, or `304 Not Modified` (same headers, no body)
 /// when the browser's copy is this one.
-fn serve(file: &File, request: &PageRequest) -> Reply {
+pub(crate) fn serve(file: &File, headers: &http::HeaderMap) -> Reply {
     let etag = file.etag();
-    let fresh = crate::handshake::list(&request.headers, http::header::IF_NONE_MATCH)
+    let fresh = handshake::list(headers, http::header::IF_NONE_MATCH)
         .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag);
     let reply = if fresh {
         Reply::empty(StatusCode::NOT_MODIFIED)
@@ -140,33 +116,21 @@ const fn fnv1a(bytes: &[u8]) -> u64 {
 mod tests {
     use super::*;
 
-    fn get(path: &str, headers: &[(&'static str, &str)]) -> Reply {
+    fn get(file: &File, headers: &[(&'static str, &str)]) -> Reply {
         let mut map = http::HeaderMap::new();
         for (name, value) in headers {
             map.append(*name, value.parse().expect("a header value"));
         }
-        let request = PageRequest {
-            path: path.to_owned(),
-            headers: map,
-        };
-        answer(&request, || {
-            Err(Reply::new(
-                StatusCode::UNAUTHORIZED,
-                "missing or wrong token",
-            ))
-        })
+        serve(file, &map)
     }
 
     #[test]
-    fn every_room_path_gets_the_page_with_its_policy() {
-        for path in ["/", "/rust", "/rust/"] {
-            let reply = get(path, &[]);
-            assert_eq!(reply.status, StatusCode::OK, "{path}");
-            assert_eq!(reply.body, PAGE.body);
-            assert_eq!(
-                reply.header("Content-Type"),
-                Some("text/html; charset=utf-8")
-            );
+    fn the_page_and_its_files_go_with_their_policy() {
+        for file in FILES.iter().chain([&PAGE]) {
+            let reply = get(file, &[]);
+            assert_eq!(reply.status, StatusCode::OK, "{}", file.name);
+            assert_eq!(reply.body, file.body);
+            assert_eq!(reply.header("Content-Type"), Some(file.content_type));
             assert_eq!(
                 reply.header("Content-Security-Policy"),
                 Some(CONTENT_SECURITY_POLICY)
@@ -174,57 +138,30 @@ mod tests {
             assert_eq!(reply.header("X-Content-Type-Options"), Some("nosniff"));
             assert_eq!(reply.header("Cache-Control"), Some("no-cache"));
         }
-        let reply = get("/a b", &[]);
-        assert_eq!(reply.status, StatusCode::BAD_REQUEST);
-        assert!(
-            reply.body.starts_with("invalid room name \"a b\""),
-            "{reply:?}"
-        );
-    }
-
-    #[test]
-    fn files_are_served_by_name_and_others_are_not_found() {
-        assert_eq!(get("/_/chat.js", &[]).body, FILES[0].body);
         assert_eq!(
-            get("/_/chat.css", &[]).header("Content-Type"),
+            file("chat.css").map(|f| f.content_type),
             Some("text/css; charset=utf-8")
         );
         assert_eq!(
-            get("/_/icon.svg", &[]).header("Content-Type"),
+            file("icon.svg").map(|f| f.content_type),
             Some("image/svg+xml")
         );
-        let missing = get("/_/chat.jsx", &[]);
-        assert_eq!(missing.status, StatusCode::NOT_FOUND);
-        assert_eq!(missing.body, "no such file \"/_/chat.jsx\"");
+        assert!(file("chat.jsx").is_none());
+        assert!(file("").is_none(), "the page is no file under /_/");
     }
 
     #[test]
     fn a_current_copy_gets_304_without_a_body() {
         let etag = FILES[0].etag();
         for header in [etag.clone(), format!("\"other\", W/{etag}"), "*".to_owned()] {
-            let reply = get("/_/chat.js", &[("if-none-match", &header)]);
+            let reply = get(&FILES[0], &[("if-none-match", &header)]);
             assert_eq!(reply.status, StatusCode::NOT_MODIFIED, "{header}");
             assert_eq!(reply.body, "");
             assert_eq!(reply.header("ETag"), Some(etag.as_str()));
             assert_eq!(reply.header("Content-Type"), None);
         }
-        let stale = get("/_/chat.js", &[("if-none-match", "\"0000000000000000\"")]);
+        let stale = get(&FILES[0], &[("if-none-match", "\"0000000000000000\"")]);
         assert_eq!(stale.status, StatusCode::OK);
-    }
-
-    #[test]
-    fn the_admission_check_answers_as_admit_decides() {
-        assert_eq!(get("/_/auth", &[]).status, StatusCode::UNAUTHORIZED);
-        let request = PageRequest {
-            path: "/_/auth".to_owned(),
-            headers: http::HeaderMap::new(),
-        };
-        assert_eq!(answer(&request, || Ok(None)).status, StatusCode::NO_CONTENT);
-        let named = answer(&request, || Ok(Some("alice".into())));
-        assert_eq!(
-            (named.status, named.body.as_ref()),
-            (StatusCode::OK, r#"{"name":"alice"}"#)
-        );
     }
 
     #[test]
