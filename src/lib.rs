@@ -36,6 +36,7 @@ mod hub;
 mod limits;
 mod metrics;
 pub mod protocol;
+mod publish;
 mod route;
 pub mod server;
 mod session;

@@ -12,6 +12,7 @@ use std::net::IpAddr;
 
 use crate::admit::admit;
 use crate::handshake::{self, Reply, Request, UpgradeRequest};
+use crate::publish::{self, PublishRequest};
 use crate::state::Shared;
 use crate::web::{self, AUTH_FILE, FILES_PREFIX};
 
@@ -28,6 +29,9 @@ pub(crate) enum Route {
     Chat(UpgradeRequest),
     /// A plain request, answered by [`answer`].
     Plain(Plain),
+    /// `POST /_/rooms/NAME/messages`: a line for the room, answered by
+    /// `crate::publish` once it is in the room's log.
+    Publish(PublishRequest),
 }
 
 /// A plain request: one HTTP answer, then the connection closes.
@@ -61,8 +65,25 @@ pub(crate) enum Listener {
 /// Decides what `request`, which came to `listener`, is for; a refusal is the
 /// answer to send.
 pub(crate) fn route(request: Request, listener: Listener) -> Result<Route, Reply> {
-    let route = if request.is_upgrade() {
+    let route = if request.method == Method::POST {
+        let Some(room) = publish::room_of(request.path()) else {
+            return Err(Reply::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "POST is for /_/rooms/NAME/messages; use GET to open a WebSocket",
+            ));
+        };
+        Route::Publish(PublishRequest {
+            room: room.to_owned(),
+            headers: request.headers,
+            rest: request.rest,
+        })
+    } else if request.is_upgrade() {
         Route::Chat(UpgradeRequest::new(request)?)
+    } else if publish::room_of(request.path()).is_some() {
+        return Err(Reply::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "use POST to publish to a room",
+        ));
     } else {
         let path = request.path();
         let plain = match (&request.method, path) {
@@ -203,7 +224,7 @@ mod tests {
     fn plain(path: &str, headers: &[(&'static str, &str)]) -> Result<Plain, u16> {
         match route(request(path, headers), Listener::Chat) {
             Ok(Route::Plain(plain)) => Ok(plain),
-            Ok(Route::Chat(_)) => panic!("{path} is no upgrade"),
+            Ok(Route::Chat(_) | Route::Publish(_)) => panic!("{path} is a plain GET"),
             Err(reply) => Err(reply.status.as_u16()),
         }
     }
@@ -218,12 +239,51 @@ mod tests {
         );
         match route(request(path, headers), Listener::Chat) {
             Ok(Route::Plain(plain)) => answer(plain, &shared, IpAddr::from([127, 0, 0, 1])),
-            Ok(Route::Chat(_)) => panic!("{path} is no upgrade"),
+            Ok(Route::Chat(_) | Route::Publish(_)) => panic!("{path} is a plain GET"),
             Err(reply) => reply,
         }
     }
 
     const CHROME: &str = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+
+    #[test]
+    fn a_post_is_for_the_publish_api_alone() {
+        let post = |path: &str, headers: &[(&'static str, &str)]| Request {
+            method: Method::POST,
+            rest: b"hi".to_vec(),
+            ..request(path, headers)
+        };
+        let Ok(Route::Publish(publish)) =
+            route(post("/_/rooms/rust/messages", &[]), Listener::Chat)
+        else {
+            panic!("not routed to the publish API");
+        };
+        assert_eq!(
+            (publish.room.as_str(), publish.rest.as_slice()),
+            ("rust", &b"hi"[..])
+        );
+        let upgrade = [
+            ("upgrade", "websocket"),
+            ("connection", "upgrade"),
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ];
+        for refused in [post("/rust", &[]), post("/", &upgrade)] {
+            let Err(reply) = route(refused, Listener::Chat) else {
+                panic!("routed");
+            };
+            assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
+            assert_eq!(
+                reply.body,
+                "POST is for /_/rooms/NAME/messages; use GET to open a WebSocket"
+            );
+        }
+        assert!(matches!(plain("/_/rooms/rust/messages", &[]), Err(405)));
+        assert!(matches!(
+            route(post("/_/rooms/rust/messages", &[]), Listener::Metrics),
+            Err(reply) if reply.status == StatusCode::NOT_FOUND
+        ));
+    }
 
     #[test]
     fn plain_http_gets_426_with_a_reason() {

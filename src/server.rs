@@ -132,9 +132,11 @@ async fn serve_metrics(listener: TcpListener, shared: Arc<Shared>) {
             let reply = match read.map(|request| route::route(request, Listener::Metrics)) {
                 Ok(Ok(Route::Plain(plain))) => route::answer(plain, &shared, addr.ip()),
                 Ok(Err(refusal)) | Err(handshake::Failure::Refused(refusal)) => refusal,
-                // `route` refuses upgrades here; a connection that broke is told
+                // `route` refuses upgrades and publishes here; a connection that broke is told
                 // too, in case it still reads.
-                Ok(Ok(Route::Chat(_))) | Err(handshake::Failure::Io(_)) => route::metrics_only(),
+                Ok(Ok(Route::Chat(_) | Route::Publish(_))) | Err(handshake::Failure::Io(_)) => {
+                    route::metrics_only()
+                }
             };
             let _ = tokio::time::timeout(limit, handshake::respond(&mut stream, &reply)).await;
         });

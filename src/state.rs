@@ -8,6 +8,7 @@ use crate::auth::FailureLimit;
 use crate::config::ServerConfig;
 use crate::hub::{Hub, SenderId};
 use crate::metrics::{Metrics, Now};
+use crate::publish::Publishers;
 
 /// The server's shared state, built once by `server::run` and read by every session.
 pub(crate) struct Shared {
@@ -25,6 +26,8 @@ pub(crate) struct Shared {
     next_id: AtomicU64,
     /// Failed authentications per source address, for the 429 limit.
     pub(crate) auth_failures: FailureLimit,
+    /// Each publisher's rate, for the publish API's 429.
+    pub(crate) publishers: Publishers,
     /// Open connections, counted from accept to the end of their task. Changed only
     /// by [`ConnectionGuard`].
     connections: AtomicUsize,
@@ -38,6 +41,7 @@ impl Shared {
             metrics,
             tls: config.tls.clone().map(tokio_rustls::TlsAcceptor::from),
             auth_failures: FailureLimit::new(config.max_auth_failures),
+            publishers: Publishers::default(),
             config,
             // Counting up from a random start in the lower half: never SERVER, never
             // wrapping, and two instances' ranges meet with odds of one in billions.

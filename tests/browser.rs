@@ -578,32 +578,18 @@ async fn a_minted_token_is_taken_by_the_page_which_joins_under_its_name() {
     let Some(driver) = Driver::start().await else {
         return;
     };
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("browser-auth-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("create temp dir");
-    let key = dir.join("chat.key");
-    std::fs::write(&key, "an HMAC secret of at least 32 bytes, for the page\n").expect("write key");
-    let key = key.display().to_string();
+    let key = tokens::secret(&tokens::key_dir("browser"), "chat.key", tokens::SECRET);
     let mint = |name: &str| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_server"))
-            .args([
-                "token",
-                "--key",
-                &key,
-                "--name",
-                name,
-                "--rooms",
-                "vault",
-                "--expires",
-                "1h",
-            ])
-            .output()
-            .expect("server token");
-        assert!(out.status.success());
-        String::from_utf8(out.stdout)
-            .expect("utf-8")
-            .trim_end()
-            .to_owned()
+        tokens::mint(&[
+            "--key",
+            &key,
+            "--name",
+            name,
+            "--rooms",
+            "vault",
+            "--expires",
+            "1h",
+        ])
     };
     let server = Server::start(&["--auth-key", &key]).await;
     let frank = command_line_client(&server, "/vault", &["--token", &mint("frank")]).await;

@@ -12,13 +12,13 @@ use tracing::{debug, info};
 
 use super::chat::Rights;
 use crate::admit::{admit, check_room_and_name};
-use crate::auth;
 use crate::handshake::{self, Failure, Reply, UpgradeRequest};
 use crate::hub::{Format, JoinError, Joined, Newcomer};
 use crate::metrics::Outcome;
 use crate::protocol::{self, Params, classic, structured::SUBPROTOCOL};
 use crate::route::{self, Listener, Route};
 use crate::state::{ConnectionGuard, Shared};
+use crate::{auth, publish};
 
 /// What a connection's request came to.
 enum Handled {
@@ -51,6 +51,9 @@ where
         match route::route(request, listener).map_err(Failure::Refused)? {
             Route::Chat(request) => join(&mut *stream, &request, addr, shared).await,
             Route::Plain(plain) => Ok(Handled::Answered(route::answer(plain, shared, addr.ip()))),
+            Route::Publish(request) => publish::publish(&mut *stream, request, addr.ip(), shared)
+                .await
+                .map(Handled::Answered),
         }
     };
     let handled = tokio::select! {

@@ -2,6 +2,8 @@
 //! their lines, and talk WebSocket to the server. Every wait has a timeout.
 #![allow(dead_code)] // Each test file uses its own subset.
 
+pub mod tokens;
+
 use std::net::SocketAddr;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
