@@ -26,9 +26,6 @@ use crate::state::ConnectionGuard;
 /// no more of its client's frames until one is through.
 const MAX_PENDING: usize = 64;
 
-/// Far enough ahead to stand for "never", for a timer that must exist.
-const NEVER: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 86_400);
-
 /// Lines on their way to the room, in the order sent, with their ids.
 type Pending = FuturesOrdered<Pin<Box<dyn Future<Output = (Option<u64>, Published)> + Send>>>;
 
@@ -99,11 +96,12 @@ impl Chat<'_> {
         // Lines on their way to the room (with Redis), oldest first: the session
         // reads on meanwhile, up to a bound, and acknowledges each in order.
         let mut pending = Pending::new();
-        // One timer for the token's expiry, never reset.
-        let expires = self.rights.expires;
-        let mut expiry = pin!(tokio::time::sleep_until(
-            expires.unwrap_or_else(|| Instant::now() + NEVER)
-        ));
+        // One timer for the token's expiry, never reset; boxed, and only with a
+        // signed token, so that other sessions' tasks are no bigger for it.
+        let mut expiry = self
+            .rights
+            .expires
+            .map(|at| Box::pin(tokio::time::sleep_until(at)));
 
         loop {
             // A rest does not keep back the client's own line: its copy is how a
@@ -162,7 +160,12 @@ impl Chat<'_> {
                 Some((id, published)) = pending.next(), if !pending.is_empty() => {
                     self.published(ws, id, published).await
                 }
-                () = &mut expiry, if expires.is_some() => {
+                () = async {
+                    match expiry.as_mut() {
+                        Some(expiry) => expiry.await,
+                        None => std::future::pending().await,
+                    }
+                }, if expiry.is_some() => {
                     // Told first, so that the client knows not to come back with it.
                     let _ = bounded(config.write_timeout, ws.send(self.frames.expired())).await;
                     return End::Expired;
