@@ -13,6 +13,7 @@ use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::time::Instant;
+use tracing::info;
 
 use crate::admit::{admit, not_allowed};
 use crate::config::ServerConfig;
@@ -148,6 +149,7 @@ pub(crate) async fn publish<S: AsyncRead + Unpin>(
     match shared.hub.publish(room, &identity.name, &text).await {
         Ok((epoch, offset)) => {
             shared.metrics.received.increment(1);
+            info!(%ip, from = %identity.name, room = %format_args!("/{room}"), offset, "published");
             let logged = Logged {
                 room,
                 epoch,
