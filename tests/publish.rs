@@ -102,6 +102,14 @@ async fn a_published_line_reaches_the_room_at_the_offset_it_is_answered_with() {
         recv_text(&mut classic).await,
         "deploy-bot: \"deployed v1.2\""
     );
+    let logged = server.stderr.wait_for_event("published").await;
+    for field in [
+        "from=deploy-bot",
+        "room=/rust",
+        &format!("offset={}", answer["offset"]),
+    ] {
+        assert!(logged.contains(field), "{field} in {logged}");
+    }
 
     let json_body = r#"{"text": "rolled \"back\"\nto v1.1"}"#;
     let (status, _, body) = exchange(
