@@ -121,6 +121,25 @@ async fn signed_tokens_decide_who_comes_in_and_under_which_name() {
         );
     }
 
+    // A token that never expires in the clock's terms is taken, and its session
+    // lives (no timer can be set that far).
+    let forever = {
+        use broadcast_chat::auth::{self, Claims, SigningKey};
+        let key = SigningKey::load(std::path::Path::new(&key)).expect("key");
+        let claims = Claims {
+            sub: "methuselah".into(),
+            exp: u64::MAX,
+            rooms: vec!["*".into()],
+            read_only: false,
+            publish: false,
+        };
+        auth::mint(&key, &claims).expect("token")
+    };
+    let mut old = connect_with(&server, "/", &forever, false).await;
+    assert_eq!(recv_text(&mut old).await, "Welcome to chat! Type a message");
+    send(&mut old, "still here").await;
+    assert_eq!(recv_text(&mut old).await, "methuselah: \"still here\"");
+
     // The command-line client says what the server said, in one line.
     let mut client = Client::start(&[
         "--url",

@@ -124,7 +124,8 @@ where
             check_room_and_name(identity, room, params.name).map_err(Failure::Refused)?;
             let rights = Rights {
                 may_send: identity.may_send,
-                expires: Some(Instant::now() + identity.remaining(auth::now_secs())),
+                // A time too far ahead for the clock is as good as never.
+                expires: Instant::now().checked_add(identity.remaining(auth::now_secs())),
             };
             // Names cannot hold ':', so no two names share a session key.
             let session = params.session.map(|id| format!("{}:{id}", identity.name));
