@@ -62,7 +62,7 @@ impl RateLimit {
         if self.rate <= 0.0 || self.tokens >= 1.0 {
             return Duration::ZERO;
         }
-        Duration::from_secs_f64((1.0 - self.tokens) / self.rate)
+        Duration::try_from_secs_f64((1.0 - self.tokens) / self.rate).unwrap_or(Duration::MAX)
     }
 
     /// Decides about a message that arrives at `now`.
