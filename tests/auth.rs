@@ -511,3 +511,44 @@ async fn a_key_the_server_cannot_use_is_one_line_and_exit_1() {
         )
     );
 }
+
+#[tokio::test]
+async fn server_token_says_in_one_line_what_it_cannot_sign() {
+    let dir = key_dir("mint-errors");
+    let key = secret(&dir, "chat.key", SECRET);
+    let missing = dir.join("missing.key").display().to_string();
+    // `server token --key KEY --expires 1h ARGS`: exit code, stdout, stderr.
+    let run = |key: &str, args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_server"))
+            .args(["token", "--key", key, "--expires", "1h"])
+            .args(args)
+            .output()
+            .expect("run server token");
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    assert_eq!(
+        run(&key, &["--name", "a b", "--rooms", "rust"]),
+        (
+            Some(1),
+            String::new(),
+            "error: invalid name \"a b\": use 1 to 32 letters, digits, '-', '_' or '.'\n".into()
+        )
+    );
+    let (code, out, err) = run(&key, &["--name", "alice", "--rooms", "a/b"]);
+    assert_eq!((code, out.as_str()), (Some(1), ""));
+    assert!(
+        err.starts_with("error: invalid room pattern \"a/b\""),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let (code, _, err) = run(&missing, &["--name", "alice", "--rooms", "*"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.starts_with(&format!("error: cannot use the key in {missing}: ")),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    // Without --rooms it is a usage error.
+    assert_eq!(run(&key, &["--name", "alice"]).0, Some(2));
+}
