@@ -1,7 +1,7 @@
 //! The publish API, `POST /_/rooms/NAME/messages`: a backend's line reaches the
 //! room's members tagged with its token's name, at the offset the `201` names;
 //! every refusal has its status and one line; with Redis the line reaches every
-//! instance.
+//! instance, and with Redis killed nothing is published (503).
 
 mod common;
 
@@ -303,4 +303,33 @@ async fn with_redis_a_line_published_on_one_instance_reaches_the_members_of_anot
     .await;
     assert_eq!(recv_json(&mut on_b).await["type"], "welcome");
     assert_eq!(next_message(&mut on_b).await["text"], "disk full on db-1");
+
+    // Redis gone: nothing is published, and the publisher is told to try again.
+    redis.kill().await;
+    let (status, _, body) = exchange(b.addr(), &post("ops", Some(&bot), None, "lost?")).await;
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        (
+            "HTTP/1.1 503 Service Unavailable",
+            "the shared log is out of reach; nothing was published, try again"
+        )
+    );
+    let degraded = "* the chat's shared log is out of reach: messages now reach only the people on this server, and are not kept";
+    let notice = loop {
+        let frame = recv_json(&mut on_b).await;
+        if frame["type"] == "notice" {
+            break frame;
+        }
+    };
+    assert_eq!(
+        (&notice["kind"], &notice["text"]),
+        (&json!("degraded"), &json!(degraded))
+    );
+    // On b the next thing its member hears is b's own members' chat, not "lost?".
+    send(
+        &mut on_b,
+        &json!({"type": "send", "id": 1, "text": "anyone?"}).to_string(),
+    )
+    .await;
+    assert_eq!(next_message(&mut on_b).await["text"], "anyone?");
 }
