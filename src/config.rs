@@ -158,6 +158,16 @@ pub struct ClientConfig {
     pub reconnect_min: Duration,
     /// The longest wait before connecting again.
     pub reconnect_max: Duration,
+    /// Whether to print the frames as they came, one JSON object a line, instead
+    /// of `From server:` lines.
+    pub json: bool,
+    /// End the chat once this many chat messages are printed.
+    pub count: Option<u64>,
+    /// Give up when the chat has not ended this long after it began (connecting,
+    /// acknowledgements, `count` included).
+    pub timeout: Option<Duration>,
+    /// Where to start in the room on the first connection.
+    pub start: crate::client::Start,
 }
 
 impl ClientConfig {
@@ -174,6 +184,10 @@ impl ClientConfig {
             reconnect: false,
             reconnect_min: Duration::from_millis(500),
             reconnect_max: Duration::from_secs(30),
+            json: false,
+            count: None,
+            timeout: None,
+            start: crate::client::Start::Live,
         }
     }
 }

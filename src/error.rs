@@ -147,6 +147,11 @@ pub enum Error {
     #[error("the token must be printable ASCII")]
     InvalidToken,
 
+    /// The operating system's random source failed (the client's session id is
+    /// drawn from it).
+    #[error("cannot draw a random session id from the operating system: {0}")]
+    Random(#[source] getrandom::Error),
+
     /// Writing to the local output (the terminal, a pipe) failed.
     #[error("cannot write output: {0}")]
     Output(#[source] io::Error),

@@ -21,6 +21,7 @@
 //! - [`tls`]: certificates for `wss://` on both sides, and how the client checks a server's.
 //! - `web`: the chat in a browser: the page the server serves, its files, their
 //!   headers.
+//! - [`cli`]: the `completions` and `man` subcommands both binaries share.
 //! - [`client`]: connect, the stdin/socket loop ([`client::chat`], with reconnects),
 //!   commands and the terminal mode.
 //!
@@ -28,6 +29,7 @@
 
 mod admit;
 pub mod auth;
+pub mod cli;
 pub mod client;
 pub mod config;
 mod error;

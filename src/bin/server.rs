@@ -6,13 +6,14 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use broadcast_chat::auth::{self, SigningKey};
+use broadcast_chat::cli::Tool;
 use broadcast_chat::config::parse_duration;
 use broadcast_chat::{
     DEFAULT_HOST, DEFAULT_PORT, SHARED_BUFFER, SHARED_WRITE_DELAY, Secret, ServerConfig, server,
     tls,
 };
 use clap::builder::TypedValueParser;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// The server's allocator. Every WebSocket connection gets an 8 KiB read buffer
 /// from tokio-websockets that an idle client never fills; glibc's malloc writes
@@ -25,7 +26,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// A WebSocket broadcast chat server: every text message goes to every client.
 #[derive(Debug, Parser)]
-#[command(version, args_conflicts_with_subcommands = true)]
+#[command(name = "server", version, args_conflicts_with_subcommands = true)]
 struct Cli {
     /// What to do instead of serving.
     #[command(subcommand)]
@@ -142,6 +143,9 @@ enum Command {
     /// Print a signed token for one person (or a backend), for servers run with
     /// --auth-key.
     Token(TokenArgs),
+    /// `completions` and `man`, as every binary has them.
+    #[command(flatten)]
+    Tool(Tool),
 }
 
 /// `server token`: the claims of the token to sign, and the key.
@@ -269,8 +273,10 @@ impl Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Token(args)) = &cli.command {
-        return token(args);
+    match &cli.command {
+        Some(Command::Token(args)) => return token(args),
+        Some(Command::Tool(tool)) => return tool.run(Cli::command()),
+        None => {}
     }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if cli.threads > 0 {

@@ -22,6 +22,8 @@ use tokio::sync::broadcast;
 use tokio_websockets::Message;
 
 use crate::config::ServerConfig;
+/// The wire format a session speaks; each has its own channel in a room.
+pub(crate) use crate::protocol::Format;
 use crate::protocol::{Epoch, Resume};
 use redis::RedisLog;
 use remote::Remote;
@@ -36,15 +38,6 @@ pub(crate) use room::Published;
 pub(crate) type SenderId = u64;
 /// The sender of the server's own notices (presence), which no-echo never hides.
 pub(crate) const SERVER: SenderId = 0;
-
-/// The wire format a session speaks; each has its own channel in a room.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Format {
-    /// The classic text lines.
-    Classic,
-    /// The `broadcast-chat.v1` JSON frames.
-    Structured,
-}
 
 /// One message on a room's channel (offset 0: not in the log). Cloning it is cheap: the frame is a
 /// reference-counted `Message` encoded once, whatever the number of receivers.
@@ -110,6 +103,9 @@ pub(crate) struct Newcomer<'a> {
     pub(crate) session: Option<&'a str>,
     /// Where a returning client left off.
     pub(crate) resume: Option<Resume>,
+    /// How many of the room's last logged messages a newcomer asked for, instead
+    /// of the server's `--history`.
+    pub(crate) history: Option<u64>,
 }
 
 /// How a resumption went, decided at the join.

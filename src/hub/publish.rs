@@ -72,6 +72,7 @@ mod tests {
             format: Format::Classic,
             session: None,
             resume: None,
+            history: None,
         };
         let mut rust = hub.join(newcomer("rust", 1)).await.expect("join");
         let mut lobby = hub.join(newcomer("", 2)).await.expect("join");

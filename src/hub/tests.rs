@@ -22,6 +22,7 @@ fn join(hub: &Arc<Hub>, room: &str, id: SenderId, resume: Option<Resume>) -> Joi
             format: Format::Classic,
             session: Some("s"),
             resume,
+            history: None,
         },
     )
     .expect("join")
@@ -100,6 +101,7 @@ fn max_rooms_is_enforced_but_existing_rooms_can_be_joined() {
             format: Format::Classic,
             session: None,
             resume: None,
+            history: None,
         },
     );
     assert_eq!(refused.err(), Some(JoinError::TooManyRooms));
@@ -208,6 +210,7 @@ fn closing_ends_every_channel_after_what_it_holds_and_refuses_newcomers() {
             format: Format::Classic,
             session: None,
             resume: None,
+            history: None,
         },
     );
     assert_eq!(refused.err(), Some(JoinError::ShuttingDown));
@@ -308,6 +311,7 @@ fn each_format_has_its_own_encoding_of_the_same_offsets() {
             format: Format::Structured,
             session: None,
             resume: None,
+            history: None,
         },
     )
     .expect("join");

@@ -144,6 +144,7 @@ where
         format,
         session: session.as_deref(),
         resume: params.resume,
+        history: params.history,
     };
     let joined = shared.hub.join(newcomer).await.map_err(|e| {
         let reason = match e {
