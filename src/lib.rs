@@ -10,14 +10,21 @@
 //! - [`auth`]: signed tokens (JWTs): their claims, keys, minting, and the limit on
 //!   failed authentications.
 //! - [`config`]: every limit and timeout, with defaults ([`ServerConfig`], [`ClientConfig`]).
-//! - [`protocol`]: the wire format: tagging, names and rooms, notices, close reasons.
+//! - `error`: the library's [`Error`], one enum.
+//! - [`protocol`]: the wire formats (classic lines, `broadcast-chat.v1` frames): tagging,
+//!   names and rooms, notices, close reasons.
 //! - `handshake`: HTTP/1.1 by hand: the request head, the WebSocket upgrade, answers.
 //! - `route`: every HTTP endpoint in one table, and the plain requests' answers.
-//! - `hub`: the fan-out: rooms, each a `tokio::sync::broadcast` channel with its
-//!   members and history.
+//! - `hub`: the fan-out: rooms, each with its members, its log (offsets, epoch) and
+//!   a `tokio::sync::broadcast` channel per wire format; Redis behind it, if used.
 //! - `limits`: the per-client message rate limit.
-//! - [`server`]: the accept loop and graceful shutdown ([`server::run`]).
-//! - `session`: one connection's task: read, broadcast, write, keepalive, close.
+//! - `metrics`: what the server counts, and `GET /metrics`.
+//! - `state`: what the sessions share with the accept loop: configuration, hub,
+//!   metrics, the connection count.
+//! - [`server`]: the accept loop and graceful shutdown ([`server::run`]); it starts a
+//!   session per connection.
+//! - `session`: one connection's task: the upgrade, the welcome and replay, the chat
+//!   loop (read, publish, write, write delay, keepalive), the close.
 //! - [`tls`]: certificates for `wss://` on both sides, and how the client checks a server's.
 //! - `web`: the chat in a browser: the page the server serves, its files, their
 //!   headers.

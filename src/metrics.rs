@@ -40,7 +40,7 @@ const LATENCY_BUCKETS: [u64; 12] = [
 
 /// How a connection ended up, once its first request was read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Outcome {
+pub(crate) enum ConnectionOutcome {
     /// Upgraded to a WebSocket and joined a room.
     Upgraded,
     /// Refused with an HTTP status (see `chat_refusals_total`).
@@ -53,22 +53,22 @@ pub(crate) enum Outcome {
     TimedOut,
 }
 
-impl Outcome {
-    const ALL: [Outcome; 5] = [
-        Outcome::Upgraded,
-        Outcome::Refused,
-        Outcome::Answered,
-        Outcome::Failed,
-        Outcome::TimedOut,
+impl ConnectionOutcome {
+    const ALL: [ConnectionOutcome; 5] = [
+        ConnectionOutcome::Upgraded,
+        ConnectionOutcome::Refused,
+        ConnectionOutcome::Answered,
+        ConnectionOutcome::Failed,
+        ConnectionOutcome::TimedOut,
     ];
 
     fn label(self) -> &'static str {
         match self {
-            Outcome::Upgraded => "upgraded",
-            Outcome::Refused => "refused",
-            Outcome::Answered => "answered",
-            Outcome::Failed => "failed",
-            Outcome::TimedOut => "timed_out",
+            ConnectionOutcome::Upgraded => "upgraded",
+            ConnectionOutcome::Refused => "refused",
+            ConnectionOutcome::Answered => "answered",
+            ConnectionOutcome::Failed => "failed",
+            ConnectionOutcome::TimedOut => "timed_out",
         }
     }
 }
@@ -127,7 +127,7 @@ const STATUSES: [u16; 9] = [400, 401, 403, 404, 405, 426, 431, 503, 505];
 pub(crate) struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
-    connections: [Counter; Outcome::ALL.len()],
+    connections: [Counter; ConnectionOutcome::ALL.len()],
     refusals: [Counter; STATUSES.len()],
     disconnections: [Counter; Reason::ALL.len()],
     /// Lines accepted from clients.
@@ -191,7 +191,7 @@ impl Metrics {
             recorder.describe_gauge(KeyName::from(name), unit, help.into());
             recorder.register_gauge(&Key::from_name(name), &METADATA)
         };
-        let connections = Outcome::ALL.map(|o| {
+        let connections = ConnectionOutcome::ALL.map(|o| {
             counter(
                 "chat_connections_total",
                 "Connections opened, by what became of them",
@@ -270,15 +270,15 @@ impl Metrics {
     }
 
     /// Counts a connection's outcome.
-    pub(crate) fn connection(&self, outcome: Outcome) {
-        if let Some(i) = Outcome::ALL.iter().position(|o| *o == outcome) {
+    pub(crate) fn connection(&self, outcome: ConnectionOutcome) {
+        if let Some(i) = ConnectionOutcome::ALL.iter().position(|o| *o == outcome) {
             self.connections[i].increment(1);
         }
     }
 
     /// Counts a refusal with `status` (and the connection's outcome).
     pub(crate) fn refused(&self, status: u16) {
-        self.connection(Outcome::Refused);
+        self.connection(ConnectionOutcome::Refused);
         match STATUSES.iter().position(|s| *s == status) {
             Some(i) => self.refusals[i].increment(1),
             // A status not listed is registered when first seen: refusals are rare.
@@ -465,7 +465,7 @@ mod tests {
         let metrics = Metrics::new();
         metrics.refused(401);
         metrics.refused(418);
-        metrics.connection(Outcome::Upgraded);
+        metrics.connection(ConnectionOutcome::Upgraded);
         metrics.disconnected(Reason::Lost);
         metrics.deliveries.add(3);
         metrics.latency.record(Duration::from_millis(2));

@@ -1,5 +1,6 @@
 //! What every session shares with the accept loop: the configuration, the hub, the
-//! connection count. Both `server` and `session` use it; neither imports the other.
+//! metrics, the connection count. `server` builds it and starts a `session` per
+//! connection; a session reads it here and never imports `server`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

@@ -47,7 +47,11 @@ impl InProcess {
 /// Opens a connection and upgrades it by hand, reading the answer's head and the
 /// welcome frame; returns the raw TCP stream, which nobody polls unless the test does.
 async fn raw_client(addr: std::net::SocketAddr) -> TcpStream {
-    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    upgraded(TcpStream::connect(addr).await.expect("connect")).await
+}
+
+/// Upgrades `tcp` by hand, reading the answer's head and the welcome frame.
+async fn upgraded(mut tcp: TcpStream) -> TcpStream {
     tcp.write_all(common::upgrade_request("/", "").as_bytes())
         .await
         .expect("request");
@@ -143,9 +147,17 @@ async fn send_raw(tcp: &mut TcpStream, text: &str) {
     tcp.write_all(&text_frame(text)).await.expect("send");
 }
 
-/// A short text frame as a client sends it: masked, with a zero mask.
+/// A text frame of at most 64 KiB as a client sends it: masked, with a zero mask.
 fn text_frame(text: &str) -> Vec<u8> {
-    let mut frame = vec![0x81, 0x80 | u8::try_from(text.len()).expect("a short text")];
+    let mut frame = vec![0x81];
+    match u8::try_from(text.len()) {
+        Ok(len) if len < 126 => frame.push(0x80 | len),
+        _ => {
+            frame.push(0x80 | 126);
+            let len = u16::try_from(text.len()).expect("at most 64 KiB");
+            frame.extend_from_slice(&len.to_be_bytes());
+        }
+    }
     frame.extend_from_slice(&[0, 0, 0, 0]);
     frame.extend_from_slice(text.as_bytes());
     frame
@@ -314,6 +326,76 @@ async fn the_write_delay_does_not_rest_after_catching_up_from_the_log() {
     send_raw(&mut sender, "after").await;
     expect_line(&mut reader, "after").await;
     assert_eq!(start.elapsed(), delay, "no rest after a catch-up");
+}
+
+/// The body of the answer to `GET path`.
+async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .expect("request");
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).await.expect("answer");
+    let (_, body) = answer.split_once("\r\n\r\n").expect("a body");
+    body.to_owned()
+}
+
+/// The open connections the health check counts (not its own).
+async fn open_connections(addr: std::net::SocketAddr) -> u64 {
+    let health: serde_json::Value =
+        serde_json::from_str(&get(addr, "/healthz").await).expect("JSON");
+    health["connections"].as_u64().expect("a count")
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_stops_reading_is_dropped_at_the_write_timeout() {
+    let write_timeout = Duration::from_secs(5);
+    let server = InProcess::start(ServerConfig {
+        write_timeout,
+        max_rate: 0.0,
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut sender = raw_client(server.addr).await;
+    // A client with a small receive window that reads nothing after its welcome.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("receive buffer");
+    let mut stuck = upgraded(socket.connect(server.addr).await.expect("connect")).await;
+    assert_eq!(open_connections(server.addr).await, 2);
+
+    // 8 MiB, twice what the kernel buffers for it: its session's write waits.
+    // No time passes while it goes through.
+    let start = Instant::now();
+    let payload = "x".repeat(60 * 1024);
+    for i in 0..140 {
+        let text = format!("{i} {payload}");
+        send_raw(&mut sender, &text).await;
+        expect_line(&mut sender, &text).await;
+    }
+    assert_eq!(start.elapsed(), Duration::ZERO);
+
+    // The write waits out the write timeout, to the millisecond, and no longer.
+    tokio::time::sleep(write_timeout - Duration::from_millis(1)).await;
+    assert_eq!(open_connections(server.addr).await, 2, "dropped too early");
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(open_connections(server.addr).await, 1, "not dropped");
+    assert_eq!(start.elapsed(), write_timeout);
+    let metrics = get(server.addr, "/metrics").await;
+    for line in [
+        "chat_disconnections_total{reason=\"write_timeout\"} 1",
+        "chat_disconnections_total{reason=\"keepalive\"} 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line:?} in\n{metrics}"
+        );
+    }
+
+    // Dropped, not closed: what reached its buffer is chat lines, then the end,
+    // with no close frame (the stream stops, a frame cut short perhaps).
+    let kinds = frames_until_closed(&mut stuck).await;
+    assert!(!kinds.is_empty(), "it was sent the lines it did not read");
+    assert!(kinds.iter().all(|kind| *kind == 0x81), "{kinds:x?}");
 }
 
 #[tokio::test(start_paused = true)]

@@ -290,7 +290,7 @@ mod tests {
             assert_eq!(id.len(), 16, "{id}");
             let query = format!("session={id}");
             let params = crate::protocol::Params::parse(Some(&query)).expect("a valid id");
-            assert_eq!(params.session, Some(id.as_str()));
+            assert_eq!(params.client_id, Some(id.as_str()));
         }
         assert_ne!(ids[0], ids[1]);
     }

@@ -34,8 +34,8 @@ impl Hub {
             id: newcomer.id,
             who: newcomer.who,
             format: newcomer.format,
-            session: match newcomer.session {
-                Some(session) => session.into(),
+            client_id: match newcomer.client_id {
+                Some(client_id) => client_id.into(),
                 None => format!("#{}", newcomer.id).into(),
             },
         };

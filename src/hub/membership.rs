@@ -30,13 +30,13 @@ impl Membership {
 
     /// Sends `text` to everyone in the room, this member included (sessions with
     /// no-echo leave their own out). A line with the client's `id` is sent once,
-    /// however often it is submitted in the client's session. In memory it is
+    /// however often it is submitted under the client's id. In memory it is
     /// published at once; with Redis its place in the room is fixed now and what
     /// became of it is known when Redis answers, so a session can have many lines
     /// on their way, in order. With Redis out of reach, it goes to this
     /// instance's members only, unlogged.
     pub(crate) fn submit(&self, text: &str, id: Option<u64>) -> Submitted {
-        let line = id.map(|id| (&*self.session, id));
+        let line = id.map(|id| (&*self.client_id, id));
         let Some(remote) = &self.hub.remote else {
             return Submitted::Done(self.room.publish(self.id, &self.who, text, line));
         };
@@ -111,7 +111,7 @@ impl Membership {
         &self.who
     }
 
-    /// This member's id, as it appears in [`Delivery::from`].
+    /// This member's id, as it appears in [`Delivery::from`](super::Delivery::from).
     pub(crate) fn id(&self) -> SenderId {
         self.id
     }

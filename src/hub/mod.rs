@@ -99,8 +99,9 @@ pub(crate) struct Newcomer<'a> {
     pub(crate) who: String,
     /// The wire format it speaks.
     pub(crate) format: Format,
-    /// The client's session id, the same across its reconnections, if it gave one.
-    pub(crate) session: Option<&'a str>,
+    /// The client's id (`session=` in the query), the same across its
+    /// reconnections, if it gave one.
+    pub(crate) client_id: Option<&'a str>,
     /// Where a returning client left off.
     pub(crate) resume: Option<Resume>,
     /// How many of the room's last logged messages a newcomer asked for, instead
@@ -163,9 +164,9 @@ pub(crate) struct Membership {
     /// How this member is tagged: `alice@127.0.0.1:53422` or the address alone.
     who: String,
     format: Format,
-    /// The client's session id, for recognising lines sent again; without one, the
-    /// connection's own key (`#` and its id, which no session id can be).
-    session: Box<str>,
+    /// The client's id, for recognising lines sent again; without one, the
+    /// connection's own key (`#` and its id, which no client id can be).
+    client_id: Box<str>,
 }
 
 /// What a session reads from the log when it catches up.

@@ -70,7 +70,7 @@ mod tests {
             id,
             who: format!("m{id}"),
             format: Format::Classic,
-            session: None,
+            client_id: None,
             resume: None,
             history: None,
         };

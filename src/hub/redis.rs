@@ -137,8 +137,8 @@ impl Keys {
         }
     }
 
-    fn accepted(&self, session: &str) -> String {
-        format!("{}:acc:{session}", self.prefix)
+    fn accepted(&self, client_id: &str) -> String {
+        format!("{}:acc:{client_id}", self.prefix)
     }
 }
 
@@ -391,7 +391,7 @@ impl RedisLog {
     ) -> impl Future<Output = redis::RedisResult<(Epoch, Published)>> + Send + 'static {
         let keys = Keys::of(room);
         let (accepted, id) = match line {
-            Some((session, id)) => (keys.accepted(session), id.to_string()),
+            Some((client_id, id)) => (keys.accepted(client_id), id.to_string()),
             None => (keys.accepted("-"), String::new()),
         };
         let (op, member) = match presence {

@@ -49,7 +49,7 @@ pub(super) struct RoomState {
     /// joiner has read where the room stands (until then, what Redis publishes is
     /// left to the joiner's replay).
     pub(super) synced: Option<(Epoch, u64)>,
-    /// The last line id accepted from each client session, with its offset, so
+    /// The last line id accepted from each client id, with its offset, so
     /// that a line sent again after a reconnect is recognised.
     accepted: HashMap<Box<str>, Accepted>,
     /// Channel capacity, for the channels made on first use.
@@ -60,7 +60,7 @@ pub(super) struct RoomState {
     structured_tx: Option<broadcast::Sender<Delivery>>,
 }
 
-/// The last line accepted from a client session.
+/// The last line accepted under a client id.
 #[derive(Debug, Clone, Copy)]
 struct Accepted {
     id: u64,
@@ -150,8 +150,8 @@ impl Room {
     }
 
     /// Logs a chat line from `from` (tagged `who`) and sends it to the room. With a
-    /// client `session` and line `id`, a line whose id is not above the last one
-    /// accepted from that session is a repeat and is not sent again.
+    /// `client_id` and line `id`, a line whose id is not above the last one
+    /// accepted under that client id is a repeat and is not sent again.
     pub(super) fn publish(
         &self,
         from: SenderId,
@@ -162,8 +162,8 @@ impl Room {
         // Made before the lock: the classic line does not depend on the offset.
         let classic = Message::text(classic::tag_from(who, text));
         let mut state = lock(&self.state);
-        if let Some((session, id)) = line
-            && let Some(last) = state.accepted.get(session)
+        if let Some((client_id, id)) = line
+            && let Some(last) = state.accepted.get(client_id)
             && id <= last.id
         {
             return Published {
@@ -182,8 +182,8 @@ impl Room {
             classic,
         );
         state.append(entry);
-        if let Some((session, id)) = line {
-            state.remember(session, id, offset);
+        if let Some((client_id, id)) = line {
+            state.remember(client_id, id, offset);
         }
         Published {
             offset: Some(offset),
@@ -237,8 +237,8 @@ impl RoomState {
     /// Notes that `session`'s line `id` went out at `offset`. Sessions whose last line
     /// has left the log are forgotten once they outnumber the log's entries: a line
     /// sent again that late cannot be told from a new one anyway.
-    fn remember(&mut self, session: &str, id: u64, offset: u64) {
-        match self.accepted.get_mut(session) {
+    fn remember(&mut self, client_id: &str, id: u64, offset: u64) {
+        match self.accepted.get_mut(client_id) {
             Some(last) => *last = Accepted { id, offset },
             None => {
                 let first = self.log.first();
@@ -246,7 +246,7 @@ impl RoomState {
                     self.accepted.retain(|_, last| last.offset >= first);
                 }
                 self.accepted
-                    .insert(session.into(), Accepted { id, offset });
+                    .insert(client_id.into(), Accepted { id, offset });
             }
         }
     }

@@ -20,7 +20,7 @@ fn join(hub: &Arc<Hub>, room: &str, id: SenderId, resume: Option<Resume>) -> Joi
             id,
             who: format!("m{id}"),
             format: Format::Classic,
-            session: Some("s"),
+            client_id: Some("s"),
             resume,
             history: None,
         },
@@ -99,7 +99,7 @@ fn max_rooms_is_enforced_but_existing_rooms_can_be_joined() {
             id: 2,
             who: "b".into(),
             format: Format::Classic,
-            session: None,
+            client_id: None,
             resume: None,
             history: None,
         },
@@ -208,7 +208,7 @@ fn closing_ends_every_channel_after_what_it_holds_and_refuses_newcomers() {
             id: 2,
             who: "b".into(),
             format: Format::Classic,
-            session: None,
+            client_id: None,
             resume: None,
             history: None,
         },
@@ -229,7 +229,7 @@ fn a_room_that_empties_begins_again_with_a_new_epoch() {
 }
 
 #[test]
-fn a_line_sent_again_by_the_same_session_goes_out_once() {
+fn a_line_sent_again_under_the_same_client_id_goes_out_once() {
     let hub = hub(ServerConfig::default());
     let mut a = join(&hub, "", 1, None);
     let once = |id| {
@@ -263,7 +263,7 @@ fn a_line_sent_again_by_the_same_session_goes_out_once() {
             duplicate: true
         }
     );
-    // The same session on a new connection (a reconnect) is recognised too.
+    // The same client id on a new connection (a reconnect) is recognised too.
     let b = join(&hub, "", 2, None);
     let again = futures_util::FutureExt::now_or_never(b.membership.publish("hi", Some(2)));
     assert_eq!(
@@ -309,7 +309,7 @@ fn each_format_has_its_own_encoding_of_the_same_offsets() {
             id: 2,
             who: "m2".into(),
             format: Format::Structured,
-            session: None,
+            client_id: None,
             resume: None,
             history: None,
         },

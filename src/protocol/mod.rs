@@ -26,13 +26,15 @@ pub const REASON_BYE: &str = "bye";
 
 /// Longest name or room name, in characters.
 pub const MAX_NAME_LEN: usize = 32;
-/// Longest client session id, in characters.
+/// Longest client id ([`SESSION_PARAM`]), in characters.
 pub const MAX_SESSION_LEN: usize = 64;
 
 /// The query parameter that carries a client's name: `ws://host:2000/room?name=alice`.
 pub const NAME_PARAM: &str = "name";
-/// The query parameter that names a client's session across its reconnections, so
-/// that a line it sends again is recognised: `session=k3j4h5`.
+/// The query parameter with a client's id, the same across its reconnections, so
+/// that a line it sends again is recognised: `session=k3j4h5`. `session` is its
+/// name on the wire only: in the server's code the value is the client id, since
+/// a server's session is one connection's task.
 pub const SESSION_PARAM: &str = "session";
 /// The query parameter with the epoch of the room a client resumes.
 pub const EPOCH_PARAM: &str = "epoch";
@@ -152,8 +154,8 @@ pub struct Resume {
 pub struct Params<'a> {
     /// The client's name, checked with [`check_name`].
     pub name: Option<&'a str>,
-    /// The client's session id, the same across its reconnections.
-    pub session: Option<&'a str>,
+    /// The client's id ([`SESSION_PARAM`]), the same across its reconnections.
+    pub client_id: Option<&'a str>,
     /// Where a returning client left off.
     pub resume: Option<Resume>,
     /// How many of the room's last logged messages a newcomer asks for, instead
@@ -179,8 +181,8 @@ impl<'a> Params<'a> {
                     params.name = Some(value);
                 }
                 SESSION_PARAM => {
-                    check_session(value)?;
-                    params.session = Some(value);
+                    check_client_id(value)?;
+                    params.client_id = Some(value);
                 }
                 EPOCH_PARAM => epoch = Some(value.parse::<Epoch>()?),
                 AFTER_PARAM => {
@@ -218,12 +220,12 @@ impl<'a> Params<'a> {
     }
 }
 
-/// Checks a client session id: 1 to 64 letters, digits, `-` or `_`.
-fn check_session(session: &str) -> Result<(), String> {
+/// Checks a client id: 1 to 64 letters, digits, `-` or `_`.
+fn check_client_id(id: &str) -> Result<(), String> {
     let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_');
-    if session.is_empty() || session.len() > MAX_SESSION_LEN || !session.chars().all(ok) {
+    if id.is_empty() || id.len() > MAX_SESSION_LEN || !id.chars().all(ok) {
         return Err(format!(
-            "invalid session {session:?}: use 1 to {MAX_SESSION_LEN} letters, digits, '-' or '_'"
+            "invalid session {id:?}: use 1 to {MAX_SESSION_LEN} letters, digits, '-' or '_'"
         ));
     }
     Ok(())
@@ -281,7 +283,7 @@ mod tests {
         );
         let params =
             Params::parse(Some("session=k3j-4_h5&epoch=3f9a0c12d4e5b678&after=41")).expect("valid");
-        assert_eq!(params.session, Some("k3j-4_h5"));
+        assert_eq!(params.client_id, Some("k3j-4_h5"));
         assert_eq!(
             params.resume,
             Some(Resume {

@@ -1,5 +1,6 @@
-//! The chat loop: the client's frames go to the hub, the hub's messages to the
-//! client, a quiet client is pinged. Shutdown arrives through the room's channel,
+//! The chat loop: the client's frames go to the hub (through the rate limit), the
+//! hub's messages to the client (with the write delay, `write_delay.rs`), a quiet
+//! client is pinged (`keepalive.rs`). Shutdown arrives through the room's channel,
 //! which the hub closes: nothing else to poll on every wake-up.
 
 use std::future::Future;
@@ -14,7 +15,9 @@ use tokio::time::Instant;
 use tokio_websockets::{CloseCode, Message, WebSocketStream};
 
 use super::frames::Frames;
-use super::outbox::{self, Outbox, Wrote};
+use super::keepalive::{Keepalive, Tick};
+use super::outbox::{self, Outbox};
+use super::write_delay::WriteDelay;
 use super::{Dropped, End, bounded};
 use crate::hub::{Delivery, Format, Membership, Published, Submitted};
 use crate::limits::{RateLimit, Verdict};
@@ -56,13 +59,42 @@ pub(super) struct Chat<'a> {
     /// Frames in the client's format.
     pub(super) frames: Frames,
     /// What its token lets it do.
-    pub(super) rights: Rights,
+    rights: Rights,
+    /// The client's rate limit.
+    rate: RateLimit,
+    /// Lines on their way to the room (with Redis), oldest first: the session
+    /// reads on meanwhile, up to a bound, and acknowledges each in order.
+    pending: Pending,
 }
 
-impl Chat<'_> {
+impl<'a> Chat<'a> {
+    /// The chat of the client that `membership` and `guard` stand for, in `frames`,
+    /// with its token's `rights`.
+    pub(super) fn new(
+        membership: &'a Membership,
+        guard: &'a ConnectionGuard,
+        frames: Frames,
+        rights: Rights,
+    ) -> Self {
+        let config = &guard.shared().config;
+        Self {
+            membership,
+            guard,
+            frames,
+            rights,
+            rate: RateLimit::new(
+                config.max_rate,
+                config.max_burst,
+                config.flood_timeout,
+                Instant::now(),
+            ),
+            pending: Pending::new(),
+        }
+    }
+
     /// Runs until the client leaves, breaks the rules, or the server shuts down.
     pub(super) async fn run<S>(
-        &self,
+        mut self,
         ws: &mut WebSocketStream<S>,
         rx: &mut broadcast::Receiver<Delivery>,
         outbox: &mut Outbox<'_>,
@@ -71,93 +103,38 @@ impl Chat<'_> {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let config = &self.guard.shared().config;
-        let metrics = &self.guard.shared().metrics;
-        // One timer, made once and moved on at each tick.
-        let mut keepalive = pin!(tokio::time::sleep(config.ping_interval));
-        // Whether the client sent anything since the last tick, and whether a ping
-        // is waiting for an answer.
-        let (mut heard, mut ping_sent) = (false, false);
-        let mut rate = RateLimit::new(
-            config.max_rate,
-            config.max_burst,
-            config.flood_timeout,
-            Instant::now(),
-        );
-        // With a write delay, a write that comes within the delay of the session's
-        // last write (or of the end of its last rest) is followed by a rest: the
-        // channel is left alone until the delay is over, and what arrives meanwhile
-        // goes in one write. Writes further apart than the delay (a quiet chat) go
-        // at once and cost no timer.
-        let delay = config.write_delay;
-        let mut resting = pin!(tokio::time::sleep_until(Instant::now()));
-        let mut rest = false;
-        // When the session was last free to write: its last write, or its rest's end.
-        let mut free: Option<Instant> = None;
-        // Lines on their way to the room (with Redis), oldest first: the session
-        // reads on meanwhile, up to a bound, and acknowledges each in order.
-        let mut pending = Pending::new();
+        let mut keepalive = pin!(Keepalive::new(config.ping_interval));
+        let mut delay = pin!(WriteDelay::new(config.write_delay));
         // One timer for the token's expiry, never reset; boxed, and only with a
         // signed token, so that other sessions' tasks are no bigger for it.
         let mut expiry = self
             .rights
             .expires
             .map(|at| Box::pin(tokio::time::sleep_until(at)));
-
         loop {
             // A rest does not keep back the client's own line: its copy is how a
             // sender learns it went through, and a sender waiting on it waits the
             // whole room.
-            let listen = !rest || outbox.echo_due();
+            let listen = !delay.resting() || outbox.echo_due();
             // The client's frames first: a sender's line goes out before the session
             // writes what it has for its client, which keeps a busy room moving.
             // The channel cannot starve the client's frames (they come first), and
             // the frames cannot starve the channel: the rate limit ends a flood.
             let result = tokio::select! {
                 biased;
-                frame = ws.next(), if pending.len() < MAX_PENDING => {
-                    heard = true;
-                    match frame {
-                        Some(Ok(message)) => match message.as_text() {
-                            Some(text) => match rate.check(Instant::now()) {
-                                Verdict::Pass => self.take(ws, text, &mut pending, outbox).await,
-                                Verdict::Drop(Some((dropped, notice))) => {
-                                    metrics.rate_limited.increment(1);
-                                    let notice = self.frames.slowed_down(dropped, notice);
-                                    bounded(config.write_timeout, ws.send(notice)).await
-                                }
-                                Verdict::Drop(None) => {
-                                    metrics.rate_limited.increment(1);
-                                    Ok(())
-                                }
-                                Verdict::Close => return End::Close(CloseCode::POLICY_VIOLATION, protocol::REASON_FLOOD),
-                            },
-                            None if message.is_binary() => return End::Close(CloseCode::UNSUPPORTED_DATA, protocol::REASON_BINARY),
-                            None if message.is_close() => return End::ClosedByClient,
-                            // Pings and pongs only prove the client alive; the library answers pings.
-                            None => Ok(()),
-                        },
-                        Some(Err(tokio_websockets::Error::Io(_))) | None => return End::Dropped(Dropped::Lost),
-                        Some(Err(e)) => return End::ProtocolError(e),
-                    }
+                frame = ws.next(), if self.pending.len() < MAX_PENDING => {
+                    keepalive.as_mut().heard();
+                    self.frame(ws, frame, outbox).await
                 }
                 received = rx.recv(), if listen => match received {
                     Err(RecvError::Closed) => return outbox::channel_closed(),
-                    received => outbox.deliver(ws, rx, received, self.membership).await.map(|wrote| {
-                        if wrote != Wrote::Nothing && !delay.is_zero() {
-                            let now = Instant::now();
-                            rest = wrote == Wrote::Emptied && free.is_some_and(|free| now < free + delay);
-                            if rest {
-                                resting.as_mut().reset(now + delay);
-                            }
-                            free = Some(if rest { now + delay } else { now });
-                        }
-                    }),
+                    received => outbox
+                        .deliver(ws, rx, received, self.membership)
+                        .await
+                        .map(|wrote| delay.as_mut().wrote(wrote)),
                 },
-                () = &mut resting, if rest => {
-                    rest = false;
-                    Ok(())
-                }
-                Some((id, published)) = pending.next(), if !pending.is_empty() => {
+                () = delay.as_mut().rest(), if delay.resting() => Ok(()),
+                Some((id, published)) = self.pending.next(), if !self.pending.is_empty() => {
                     self.published(ws, id, published).await
                 }
                 () = async {
@@ -170,18 +147,11 @@ impl Chat<'_> {
                     let _ = bounded(config.write_timeout, ws.send(self.frames.expired())).await;
                     return End::Expired;
                 }
-                () = &mut keepalive => {
-                    keepalive.as_mut().reset(Instant::now() + config.ping_interval);
-                    if heard {
-                        (heard, ping_sent) = (false, false);
-                        Ok(())
-                    } else if ping_sent {
-                        return End::Dropped(Dropped::Keepalive);
-                    } else {
-                        ping_sent = true;
-                        bounded(config.write_timeout, ws.send(Message::ping(bytes::Bytes::new()))).await
-                    }
-                }
+                tick = keepalive.as_mut().tick() => match tick {
+                    Tick::Heard => Ok(()),
+                    Tick::Ping => self.reply(ws, Some(Message::ping(bytes::Bytes::new()))).await,
+                    Tick::Silent => return End::Dropped(Dropped::Keepalive),
+                },
             };
             if let Err(end) = result {
                 return end;
@@ -189,13 +159,58 @@ impl Chat<'_> {
         }
     }
 
+    /// Acts on what the client sent: a text frame goes through the rate limit; a
+    /// binary frame, a close or a broken connection ends the chat; pings and pongs
+    /// only prove the client alive (the library answers pings).
+    async fn frame<S>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+        frame: Option<Result<Message, tokio_websockets::Error>>,
+        outbox: &mut Outbox<'_>,
+    ) -> Result<(), End>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let message = match frame {
+            Some(Ok(message)) => message,
+            Some(Err(tokio_websockets::Error::Io(_))) | None => {
+                return Err(End::Dropped(Dropped::Lost));
+            }
+            Some(Err(e)) => return Err(End::ProtocolError(e)),
+        };
+        let Some(text) = message.as_text() else {
+            return if message.is_binary() {
+                Err(End::Close(
+                    CloseCode::UNSUPPORTED_DATA,
+                    protocol::REASON_BINARY,
+                ))
+            } else if message.is_close() {
+                Err(End::ClosedByClient)
+            } else {
+                Ok(())
+            };
+        };
+        match self.rate.check(Instant::now()) {
+            Verdict::Pass => self.take(ws, text, outbox).await,
+            Verdict::Drop(notice) => {
+                self.guard.shared().metrics.rate_limited.increment(1);
+                let notice =
+                    notice.map(|(dropped, notice)| self.frames.slowed_down(dropped, notice));
+                self.reply(ws, notice).await
+            }
+            Verdict::Close => Err(End::Close(
+                CloseCode::POLICY_VIOLATION,
+                protocol::REASON_FLOOD,
+            )),
+        }
+    }
+
     /// Acts on a text frame the rate limit let through: a line for the room, a
     /// question, or (structured) a frame that was not understood.
     async fn take<S>(
-        &self,
+        &mut self,
         ws: &mut WebSocketStream<S>,
         text: &str,
-        pending: &mut Pending,
         outbox: &mut Outbox<'_>,
     ) -> Result<(), End>
     where
@@ -226,15 +241,17 @@ impl Chat<'_> {
         outbox.expect_echo();
         match self.membership.submit(&text, id) {
             // While earlier lines are on their way, this one waits its turn.
-            Submitted::Done(published) if pending.is_empty() => {
+            Submitted::Done(published) if self.pending.is_empty() => {
                 self.published(ws, id, published).await
             }
             Submitted::Done(published) => {
-                pending.push_back(Box::pin(std::future::ready((id, published))));
+                self.pending
+                    .push_back(Box::pin(std::future::ready((id, published))));
                 Ok(())
             }
             Submitted::Later(published) => {
-                pending.push_back(Box::pin(async move { (id, published.await) }));
+                self.pending
+                    .push_back(Box::pin(async move { (id, published.await) }));
                 Ok(())
             }
         }
@@ -242,7 +259,7 @@ impl Chat<'_> {
 
     /// A line reached the room: counts it and, for a structured client, says so.
     async fn published<S>(
-        &self,
+        &mut self,
         ws: &mut WebSocketStream<S>,
         id: Option<u64>,
         published: Published,
@@ -258,7 +275,11 @@ impl Chat<'_> {
     }
 
     /// Writes `reply` to the client, if there is one.
-    async fn reply<S>(&self, ws: &mut WebSocketStream<S>, reply: Option<Message>) -> Result<(), End>
+    async fn reply<S>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+        reply: Option<Message>,
+    ) -> Result<(), End>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {

@@ -5,9 +5,12 @@
 
 mod chat;
 mod frames;
+mod keepalive;
 mod outbox;
 mod upgrade;
+mod write_delay;
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::pin;
@@ -24,7 +27,7 @@ use tracing::{debug, info};
 
 use crate::auth;
 use crate::hub::Joined;
-use crate::metrics::{Outcome, Reason};
+use crate::metrics::{ConnectionOutcome, Reason};
 use crate::state::ConnectionGuard;
 use frames::Frames;
 use outbox::Outbox;
@@ -68,6 +71,17 @@ impl Dropped {
 }
 
 impl End {
+    /// The reason as the log says it.
+    fn text(&self) -> Cow<'static, str> {
+        match self {
+            End::Close(_, reason) => Cow::Borrowed(reason),
+            End::Dropped(dropped) => Cow::Borrowed(dropped.text()),
+            End::ClosedByClient => Cow::Borrowed("closed by client"),
+            End::ProtocolError(e) => Cow::Owned(format!("protocol error: {e}")),
+            End::Expired => Cow::Borrowed(auth::REASON_EXPIRED),
+        }
+    }
+
     /// The reason the metrics count it under.
     fn reason(&self) -> Reason {
         match self {
@@ -106,11 +120,14 @@ pub(crate) async fn run(
         match accepted {
             Ok(Ok(stream)) => serve(stream, addr, &guard, &shutdown, deadline).await,
             Ok(Err(e)) => {
-                guard.shared().metrics.connection(Outcome::Failed);
+                guard.shared().metrics.connection(ConnectionOutcome::Failed);
                 debug!(%addr, error = %e, "TLS handshake failed");
             }
             Err(_) => {
-                guard.shared().metrics.connection(Outcome::TimedOut);
+                guard
+                    .shared()
+                    .metrics
+                    .connection(ConnectionOutcome::TimedOut);
                 info!(%addr, "handshake timed out");
             }
         }
@@ -163,8 +180,6 @@ async fn serve<S>(
         "connected"
     );
 
-    // The welcome, then what the log holds for us (history, or what a returning
-    // client missed), then how the resumption went, then live traffic.
     let frames = Frames(format);
     let metrics = &guard.shared().metrics;
     let mut outbox = Outbox::new(
@@ -175,55 +190,28 @@ async fn serve<S>(
         frames,
         metrics,
     );
-    let welcome = frames.welcome(
-        membership.room(),
-        epoch,
-        head,
-        membership.who(),
-        !config.no_echo,
-    );
-    let greeting = async {
-        bounded(config.write_timeout, ws.send(welcome)).await?;
-        // What the log let go while we replayed is part of what the returning client
-        // missed (for a newcomer, a gap in the history, which it was not there for).
-        let lost = outbox.catch_up(&mut ws, &membership, head, false).await?;
-        if let Some(recovered) = recovery
-            .map(|r| r.and_missed(lost))
-            .and_then(|r| frames.recovered(r))
-        {
-            bounded(config.write_timeout, ws.send(recovered)).await?;
-        }
-        Ok(())
-    };
+    let greeting = outbox.greet(&mut ws, &membership, head, recovery, config.no_echo);
     let end = match greeting.await {
         Ok(()) => {
-            let session = chat::Chat {
-                membership: &membership,
-                guard,
-                frames,
-                rights,
-            };
-            session.run(&mut ws, &mut rx, &mut outbox).await
+            chat::Chat::new(&membership, guard, frames, rights)
+                .run(&mut ws, &mut rx, &mut outbox)
+                .await
         }
         Err(end) => end,
     };
     drop(rx);
     drop(membership);
 
-    guard.shared().metrics.disconnected(end.reason());
-    let reason = match &end {
-        End::Close(_, reason) => (*reason).to_owned(),
-        End::Dropped(dropped) => dropped.text().to_owned(),
-        End::ClosedByClient => "closed by client".to_owned(),
-        End::ProtocolError(e) => format!("protocol error: {e}"),
-        End::Expired => auth::REASON_EXPIRED.to_owned(),
-    };
+    metrics.disconnected(end.reason());
+    let reason = end.text();
     close(&mut ws, end, config.close_timeout).await;
-    info!(%addr, reason, clients = guard.open() - 1, "disconnected");
+    info!(%addr, reason = &*reason, clients = guard.open() - 1, "disconnected");
 }
 
 /// Runs `write` for at most `limit`: a client whose writes stall that long is
 /// stuck, and one whose writes fail is gone; either way the session ends.
+/// Timed exactly on a paused clock by `tests/timeouts.rs`
+/// (`a_client_that_stops_reading_is_dropped_at_the_write_timeout`).
 ///
 /// Most writes finish on their first poll (the socket has room), so the timer is
 /// only set for a write that has to wait: a timer per write would cost more than

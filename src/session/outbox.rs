@@ -14,7 +14,7 @@ use tracing::debug;
 
 use super::frames::Frames;
 use super::{End, bounded};
-use crate::hub::{Delivery, Membership, SenderId, stamp};
+use crate::hub::{Delivery, Membership, Recovery, SenderId, stamp};
 use crate::metrics::Metrics;
 use crate::protocol::{self, Epoch};
 
@@ -284,6 +284,41 @@ impl<'a> Outbox<'a> {
         if let Step::Write(message) = self.step(delivery) {
             bounded(self.write_timeout, ws.send(message)).await?;
             self.metrics.deliveries.add(1);
+        }
+        Ok(())
+    }
+
+    /// Greets a client that just joined: the welcome, then what the log holds for
+    /// it after `replay_after` up to `head` (history, or what a returning client
+    /// missed), then how its resumption went, if it asked to resume. Live traffic
+    /// follows.
+    pub(super) async fn greet<S>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+        membership: &Membership,
+        head: u64,
+        recovery: Option<Recovery>,
+        no_echo: bool,
+    ) -> Result<(), End>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let welcome = self.frames.welcome(
+            membership.room(),
+            self.epoch,
+            head,
+            membership.who(),
+            !no_echo,
+        );
+        bounded(self.write_timeout, ws.send(welcome)).await?;
+        // What the log let go while we replayed is part of what the returning client
+        // missed (for a newcomer, a gap in the history, which it was not there for).
+        let lost = self.catch_up(ws, membership, head, false).await?;
+        if let Some(recovered) = recovery
+            .map(|r| r.and_missed(lost))
+            .and_then(|r| self.frames.recovered(r))
+        {
+            bounded(self.write_timeout, ws.send(recovered)).await?;
         }
         Ok(())
     }

@@ -14,7 +14,7 @@ use super::chat::Rights;
 use crate::admit::{admit, check_room_and_name};
 use crate::handshake::{self, Failure, Reply, UpgradeRequest};
 use crate::hub::{Format, JoinError, Joined, Newcomer};
-use crate::metrics::Outcome;
+use crate::metrics::ConnectionOutcome;
 use crate::protocol::{self, Params, classic, structured::SUBPROTOCOL};
 use crate::route::{self, Listener, Route};
 use crate::state::{ConnectionGuard, Shared};
@@ -63,11 +63,11 @@ where
     let metrics = &shared.metrics;
     let reply = match handled {
         Ok(Ok(Handled::Joined(joined, format, rights))) => {
-            metrics.connection(Outcome::Upgraded);
+            metrics.connection(ConnectionOutcome::Upgraded);
             return Some((joined, format, rights));
         }
         Ok(Ok(Handled::Answered(reply))) => {
-            metrics.connection(Outcome::Answered);
+            metrics.connection(ConnectionOutcome::Answered);
             debug!(%addr, status = reply.status.as_u16(), "answered");
             reply
         }
@@ -77,12 +77,12 @@ where
             reply
         }
         Ok(Err(Failure::Io(e))) => {
-            metrics.connection(Outcome::Failed);
+            metrics.connection(ConnectionOutcome::Failed);
             debug!(%addr, error = %e, "handshake failed");
             return None;
         }
         Err(_) => {
-            metrics.connection(Outcome::TimedOut);
+            metrics.connection(ConnectionOutcome::TimedOut);
             info!(%addr, "handshake timed out");
             return None;
         }
@@ -99,8 +99,8 @@ where
 /// in the format the client offers, and answers the upgrade.
 ///
 /// With `--auth-key`, the token decides the name (its `sub`, the whole tag: two
-/// connections of one person are tagged alike) and the rooms; the client's session
-/// id is bound to that name, so that one person's line ids cannot touch another's.
+/// connections of one person are tagged alike) and the rooms; the client id is
+/// bound to that name, so that one person's line ids cannot touch another's.
 async fn join<S>(
     stream: &mut S,
     request: &UpgradeRequest,
@@ -114,10 +114,10 @@ where
     let bad_request = |reason| Failure::Refused(Reply::new(StatusCode::BAD_REQUEST, reason));
     let room = protocol::room_from_path(&request.path).map_err(bad_request)?;
     let params = Params::parse(request.query.as_deref()).map_err(bad_request)?;
-    let (who, session, rights) = match &identity {
+    let (who, client_id, rights) = match &identity {
         None => (
             classic::sender(params.name, addr),
-            params.session.map(str::to_owned),
+            params.client_id.map(str::to_owned),
             Rights::ALL,
         ),
         Some(identity) => {
@@ -127,9 +127,9 @@ where
                 // A time too far ahead for the clock is as good as never.
                 expires: Instant::now().checked_add(identity.remaining(auth::now_secs())),
             };
-            // Names cannot hold ':', so no two names share a session key.
-            let session = params.session.map(|id| format!("{}:{id}", identity.name));
-            (identity.name.clone(), session, rights)
+            // Names cannot hold ':', so no two names share a client id.
+            let client_id = params.client_id.map(|id| format!("{}:{id}", identity.name));
+            (identity.name.clone(), client_id, rights)
         }
     };
     let format = if request.offers(SUBPROTOCOL) {
@@ -142,7 +142,7 @@ where
         id: shared.next_id(),
         who,
         format,
-        session: session.as_deref(),
+        client_id: client_id.as_deref(),
         resume: params.resume,
         history: params.history,
     };
