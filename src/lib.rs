@@ -15,6 +15,9 @@
 //!   names and rooms, notices, close reasons.
 //! - `handshake`: HTTP/1.1 by hand: the request head, the WebSocket upgrade, answers.
 //! - `route`: every HTTP endpoint in one table, and the plain requests' answers.
+//! - `admit`: who may come in: the failed-authentication limit, the token, the
+//!   origin, and a signed token's room and name.
+//! - `publish`: the publish API, `POST /_/rooms/NAME/messages`, for backends.
 //! - `hub`: the fan-out: rooms, each with its members, its log (offsets, epoch) and
 //!   a `tokio::sync::broadcast` channel per wire format; Redis behind it, if used.
 //! - `limits`: the per-client message rate limit.
