@@ -155,7 +155,7 @@ pub async fn run(
     Server::start(config).await?.serve(listener, shutdown).await
 }
 
-/// A URL with its password, if any, left out: `redis://:***@host:6379`.
+/// A URL with its user and password, if any, left out: `redis://***@host:6379`.
 fn redact(url: &str) -> String {
     match url
         .split_once("://")

@@ -2,30 +2,15 @@
 
 mod common;
 
+use std::time::{Duration, Instant};
+
 use bytes::Bytes;
 use common::*;
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio::time::timeout;
-use tokio_websockets::{ClientBuilder, Message};
-
-/// A WebSocket whose receive buffer is tiny, so that the server's writes to it
-/// back up as soon as it stops reading.
-async fn connect_small_window(server: &Server) -> Ws {
-    let socket = TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("set SO_RCVBUF");
-    let stream = timeout(WAIT, socket.connect(server.addr()))
-        .await
-        .expect("connect in time")
-        .expect("connect");
-    let uri: http::Uri = server.url().parse().expect("url");
-    let (ws, _) = timeout(WAIT, ClientBuilder::from_uri(uri).connect_on(stream))
-        .await
-        .expect("upgrade in time")
-        .expect("upgrade");
-    ws
-}
+use tokio_websockets::Message;
 
 /// Sends `count` messages of `size` bytes, each only after the previous one came
 /// back, so the sender itself never falls behind.
@@ -98,7 +83,10 @@ async fn a_lagging_classic_client_gets_every_message_from_the_log_and_stays() {
     .await;
     let (mut laggard, received, missed) = fall_behind(&server).await;
     // It did fall behind the channel (the session says so at debug level) ...
-    server.stderr.wait_for("catching up from the log").await;
+    server
+        .stderr
+        .wait_for_event("fell behind the channel; catching up from the log")
+        .await;
     // ... and lost nothing.
     assert_eq!(missed, 0, "nothing was reported missed");
     assert_eq!(
@@ -106,6 +94,11 @@ async fn a_lagging_classic_client_gets_every_message_from_the_log_and_stays() {
         (0..200).collect::<Vec<u64>>(),
         "every one, in order"
     );
+    // The metrics say so: a lag or more, messages sent from the log, none missed.
+    let metrics = metrics(&server).await;
+    assert!(metrics("chat_lag_events_total") >= 1.0);
+    assert!(metrics("chat_messages_replayed_total") >= 1.0);
+    assert_eq!(metrics("chat_messages_missed_total"), 0.0);
 
     // Still connected: it goes on receiving.
     send(&mut laggard, "still here").await;
@@ -127,17 +120,55 @@ async fn a_client_further_behind_than_the_log_is_told_the_exact_count() {
         "every message is either delivered or counted as missed"
     );
     assert!(received.is_sorted(), "in order: {received:?}");
+    // The metrics count what it was told it missed, exactly.
+    let metrics = metrics(&server).await;
+    assert!(metrics("chat_lag_events_total") >= 1.0);
+    assert_eq!(metrics("chat_messages_missed_total"), missed as f64);
+}
+
+/// The server's metrics, as a function from a sample's name to its value.
+async fn metrics(server: &Server) -> impl Fn(&str) -> f64 {
+    let text = raw_exchange(server.addr(), b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    move |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    }
 }
 
 #[tokio::test]
-async fn client_that_never_reads_does_not_stop_others_and_is_dropped() {
-    let server = Server::start(&["--write-timeout", "1s", "--max-rate", "0"]).await;
+async fn a_client_that_never_reads_costs_bounded_memory_stops_nobody_and_is_dropped() {
+    const TIMEOUT: Duration = Duration::from_secs(3);
+    // A close handshake, which it would never answer, would take --close-timeout
+    // more: long, so that trying one shows in the timing.
+    let server = Server::start(&[
+        "--buffer",
+        "64",
+        "--write-timeout",
+        "3s",
+        "--close-timeout",
+        "30s",
+        "--max-rate",
+        "0",
+    ])
+    .await;
     let mut stuck = connect_small_window(&server).await;
+    let stuck_addr = local_addr(&stuck).to_string();
     let mut sender = connect(&server.url()).await;
     let mut healthy = reader(connect(&server.url()).await);
+    let before = rss_kb(server.pid());
 
-    send_paced(&mut sender, 200, 32 * 1024).await;
-    for i in 0..200 {
+    // 1000 x 32 KiB = 32 MiB goes through while the stuck client reads nothing.
+    let started = Instant::now();
+    send_paced(&mut sender, 1000, 32 * 1024).await;
+    let sent = Instant::now();
+    let grown = rss_kb(server.pid()).saturating_sub(before);
+    // The channel holds 64 messages (2 MiB); the stuck session at most its write buffer.
+    assert!(
+        grown < 16 * 1024,
+        "server memory grew by {grown} kB while 32 MiB went past a stuck client"
+    );
+    for i in 0..1000 {
         let text = next(&mut healthy).await;
         assert!(
             text.contains(&format!("\"{i:06}x")),
@@ -145,24 +176,46 @@ async fn client_that_never_reads_does_not_stop_others_and_is_dropped() {
             &text[..40]
         );
     }
-    server.stderr.wait_for("write timed out").await;
-    // The stuck client's connection was cut: reading on ends without a close handshake.
-    read_to_end(&mut stuck).await;
+
+    // Dropped once a write to it waited the write timeout (timed exactly on a paused
+    // clock by a_client_that_stops_reading_is_dropped_at_the_write_timeout in
+    // tests/timeouts.rs): its writes stalled after `started` and before `sent`. The
+    // upper bound leaves a loaded machine seconds to spare.
+    let line = server
+        .stderr
+        .wait_for_event_with(
+            "disconnected",
+            &[("addr", &stuck_addr), ("reason", "write timed out")],
+        )
+        .await;
+    let dropped = server.stderr.arrival(&line);
+    assert!(
+        dropped >= started + TIMEOUT,
+        "dropped {:?} after the first write",
+        dropped - started
+    );
+    assert!(
+        dropped < sent + TIMEOUT + Duration::from_secs(5),
+        "dropped {:?} after the last write",
+        dropped.saturating_duration_since(sent)
+    );
+    // Its connection was cut: what the kernel held, then the end, no close frame.
+    assert_eq!(read_to_end(&mut stuck).await.close, None);
 
     send(&mut sender, "life goes on").await;
     assert_eq!(next(&mut healthy).await, tagged(&sender, "life goes on"));
 }
 
 /// Connects a client that misbehaves with `bad`, checks it is closed with `code`,
-/// and that two bystanders chat on undisturbed.
-async fn misbehave_and_expect_close(args: &[&str], bad: Message, code: u16) {
+/// and that two bystanders chat on undisturbed; returns the close frame's reason.
+async fn misbehave_and_expect_close(args: &[&str], bad: Message, code: u16) -> String {
     let server = Server::start(args).await;
     let mut alice = connect(&server.url()).await;
     let mut bob = connect(&server.url()).await;
     let mut bad_client = connect(&server.url()).await;
 
     let _ = bad_client.send(bad).await;
-    let (got, _reason) = recv_close(&mut bad_client).await;
+    let (got, reason) = recv_close(&mut bad_client).await;
     assert_eq!(got, code);
 
     send(&mut alice, "still chatting").await;
@@ -173,6 +226,7 @@ async fn misbehave_and_expect_close(args: &[&str], bad: Message, code: u16) {
         "bob got something else first"
     );
     assert_eq!(recv_text(&mut alice).await, expected);
+    reason
 }
 
 #[tokio::test]
@@ -186,30 +240,17 @@ async fn oversized_message_gets_1009_while_others_keep_chatting() {
 }
 
 #[tokio::test]
-async fn binary_message_gets_1003_while_others_keep_chatting() {
-    misbehave_and_expect_close(&[], Message::binary(Bytes::from_static(b"\x00\x01")), 1003).await;
+async fn binary_message_gets_1003_saying_to_send_text_while_others_keep_chatting() {
+    let reason =
+        misbehave_and_expect_close(&[], Message::binary(Bytes::from_static(b"\x00\x01")), 1003)
+            .await;
+    assert_eq!(reason, "binary messages are not supported; send text");
 }
 
 #[tokio::test]
 async fn invalid_utf8_gets_1007_while_others_keep_chatting() {
     // `Message::text` does not check its payload, so this sends a text frame of bad UTF-8.
     misbehave_and_expect_close(&[], Message::text(Bytes::from_static(b"ok \xff\xfe")), 1007).await;
-}
-
-#[tokio::test]
-async fn binary_close_reason_says_to_send_text() {
-    let server = Server::start(&[]).await;
-    let mut ws = connect(&server.url()).await;
-    ws.send(Message::binary(Bytes::from_static(b"x")))
-        .await
-        .expect("send");
-    assert_eq!(
-        recv_close(&mut ws).await,
-        (
-            1003,
-            "binary messages are not supported; send text".to_owned()
-        )
-    );
 }
 
 #[tokio::test]
@@ -250,7 +291,7 @@ async fn plain_http_garbage_and_stalled_handshakes_do_not_disturb_the_server() {
         rest.is_empty(),
         "a stalled handshake gets no answer: {rest:?}"
     );
-    server.stderr.wait_for("handshake timed out").await;
+    server.stderr.wait_for_event("handshake timed out").await;
 
     // Meanwhile chat goes on, for old and new clients.
     let mut bob = connect(&server.url()).await;
@@ -263,46 +304,55 @@ async fn silent_peer_is_dropped_by_keepalive_and_live_ones_stay() {
     let server = Server::start(&["--ping-interval", "300ms"]).await;
     // Never polled, so it never answers a ping: a half-open peer as far as the server can tell.
     let mut silent = connect(&server.url()).await;
-    // Always polled, so it answers pings, but never says anything itself.
-    let listener = connect(&server.url()).await;
-    let listener_addr = local_addr(&listener);
-    let mut heard = reader(listener);
+    let silent_addr = local_addr(&silent).to_string();
+    // Always polled, so it answers pings, but never says anything itself: it counts
+    // the server's pings as they come.
+    let mut listener = connect(&server.url()).await;
+    let (pings_tx, mut pings) = tokio::sync::watch::channel(0u32);
+    let (heard_tx, mut heard) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = listener.next().await {
+            if message.is_ping() {
+                pings_tx.send_modify(|n| *n += 1);
+            } else if let Some(text) = message.as_text() {
+                let _ = heard_tx.send(text.to_owned());
+            }
+        }
+    });
     let talker = connect(&server.url()).await;
     let talker_line = tagged(&talker, "are you there?");
     let (talk, _talker_rx) = chatter(talker);
 
-    server.stderr.wait_for("keepalive timed out").await;
-    let texts = read_to_end(&mut silent).await;
-    assert_eq!(
-        texts,
-        Vec::<String>::new(),
-        "only pings reached the silent peer after the welcome"
-    );
+    server
+        .stderr
+        .wait_for_event_with(
+            "disconnected",
+            &[("addr", &silent_addr), ("reason", "keepalive timed out")],
+        )
+        .await;
+    // Only pings reached it after the welcome, and no close frame: it would not read one.
+    assert_eq!(read_to_end(&mut silent).await, Ended::default());
 
-    // Several more intervals pass while the live clients stay: the server's pings
-    // went out and came back, and they are still here.
-    for round in 0..5 {
-        talk.send("are you there?".to_owned())
-            .expect("talker alive");
-        assert_eq!(next(&mut heard).await, talker_line, "round {round}");
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    }
+    // Five more intervals pass (five more pings to the quiet listener, each
+    // answered) while the live clients stay.
+    let seen = *pings.borrow();
+    timeout(WAIT, pings.wait_for(|n| *n >= seen + 5))
+        .await
+        .expect("pings in time")
+        .expect("listener alive");
+    talk.send("are you there?".to_owned())
+        .expect("talker alive");
+    assert_eq!(next(&mut heard).await, talker_line);
+    let log = server.stderr.all();
+    let dropped: Vec<_> = log
+        .iter()
+        .filter(|l| log_event(l) == Some("disconnected"))
+        .filter_map(|l| log_field(l, "addr"))
+        .collect();
     assert_eq!(
-        server
-            .stderr
-            .all()
-            .iter()
-            .filter(|l| l.contains("keepalive timed out"))
-            .count(),
-        1,
-        "only the silent peer was dropped"
-    );
-    assert!(
-        !server
-            .stderr
-            .all()
-            .iter()
-            .any(|l| l.contains(&listener_addr.to_string()) && log_event(l) == Some("disconnected"))
+        dropped,
+        [silent_addr],
+        "only the silent peer was dropped: {log:#?}"
     );
 }
 
@@ -363,12 +413,19 @@ async fn a_protocol_violation_gets_1002_and_others_keep_chatting() {
         .await
         .expect("closed in time")
         .expect("read");
-    // The welcome frame, then a close frame with 1002.
+    // The welcome frame (FIN, text, unmasked), then a close frame with 1002 and
+    // nothing after it.
+    let welcome = [&[0x81, WELCOME.len() as u8][..], WELCOME.as_bytes()].concat();
     let close = rest
-        .windows(4)
-        .position(|w| w[0] == 0x88 && w[2..4] == 1002u16.to_be_bytes())
-        .unwrap_or_else(|| panic!("no close frame with 1002 in {rest:?}"));
-    assert!(close > 0, "the welcome came first: {rest:?}");
+        .strip_prefix(&welcome[..])
+        .unwrap_or_else(|| panic!("the welcome did not come first: {rest:?}"));
+    assert!(
+        close.len() >= 4
+            && close[0] == 0x88
+            && usize::from(close[1]) == close.len() - 2
+            && close[2..4] == 1002u16.to_be_bytes(),
+        "not one close frame with 1002 after the welcome: {close:?}"
+    );
 
     send(&mut alice, "unbothered").await;
     assert_eq!(recv_text(&mut bob).await, tagged(&alice, "unbothered"));
@@ -381,6 +438,7 @@ async fn sigterm_exits_zero_even_when_a_client_never_answers_the_close() {
     let _deaf = connect(&server.url()).await;
     server.stderr.wait_for_event("connected").await;
     server.terminate();
-    // Its exact timing is checked with a paused clock in tests/timeouts.rs.
+    // Its exact timing is checked on a paused clock in tests/timeouts.rs
+    // (shutdown_ends_within_the_close_timeout_when_a_client_never_answers).
     assert_eq!(server.wait().await.code(), Some(0));
 }

@@ -12,10 +12,7 @@ use tokio_websockets::{Message, ServerBuilder};
 async fn client_sends_lines_and_prints_what_it_receives() {
     let server = Server::start(&[]).await;
     let mut client = Client::start(&["--url", &server.url()]);
-    client
-        .stdout
-        .wait_for("From server: Welcome to chat! Type a message")
-        .await;
+    client.welcomed().await;
     let mut other = connect(&server.url()).await;
 
     client.send_line("hi from the binary").await;
@@ -23,13 +20,13 @@ async fn client_sends_lines_and_prints_what_it_receives() {
     assert!(line.ends_with(": \"hi from the binary\""), "{line}");
     client
         .stdout
-        .wait_for(&format!("From server: {line}"))
+        .wait_for_line(&format!("From server: {line}"))
         .await;
 
     send(&mut other, "hi back").await;
     client
         .stdout
-        .wait_for(&format!("From server: {}", tagged(&other, "hi back")))
+        .wait_for_line(&format!("From server: {}", tagged(&other, "hi back")))
         .await;
     assert_eq!(
         client.stdout.all()[0],
@@ -52,6 +49,14 @@ async fn piped_input_is_sent_and_the_client_exits_zero() {
     assert_eq!(client.wait().await.code(), Some(0));
     let stderr = client.stderr.complete().await;
     assert!(stderr.is_empty(), "{stderr:?}");
+    // `echo hi | client` prints its own line before it closes.
+    assert_eq!(
+        client.stdout.complete().await,
+        [
+            format!("From server: {WELCOME}"),
+            format!("From server: {line}"),
+        ]
+    );
 }
 
 #[tokio::test]
@@ -73,7 +78,7 @@ async fn input_end_closes_with_1000_and_exits_zero() {
         .expect("send");
     client
         .stdout
-        .wait_for("From server: hello from a bare server")
+        .wait_for_line("From server: hello from a bare server")
         .await;
 
     client.close_stdin();
@@ -111,7 +116,7 @@ async fn invalid_url_is_a_usage_error() {
 async fn sigterm_closes_clients_with_1001_and_everyone_exits_zero() {
     let mut server = Server::start(&[]).await;
     let mut client = Client::start(&["--url", &server.url()]);
-    client.stdout.wait_for("Welcome").await;
+    client.welcomed().await;
     let mut ws = connect(&server.url()).await;
     server.stderr.wait_for_events("connected", 2).await;
 
@@ -134,7 +139,7 @@ async fn sigterm_closes_clients_with_1001_and_everyone_exits_zero() {
 async fn lost_connection_without_close_is_an_error_exit_1() {
     let server = Server::start(&[]).await;
     let mut client = Client::start(&["--url", &server.url()]);
-    client.stdout.wait_for("Welcome").await;
+    client.welcomed().await;
     signal(server.child_ref(), "KILL");
     assert_eq!(client.wait().await.code(), Some(1));
     let stderr = client.stderr.complete().await;
@@ -149,7 +154,7 @@ async fn lost_connection_without_close_is_an_error_exit_1() {
 async fn host_port_and_url_come_from_the_environment_too() {
     use tokio::io::AsyncBufReadExt;
     let port = free_port();
-    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_server"))
+    let mut server = server_command()
         .env("CHAT_HOST", "127.0.0.1")
         .env("CHAT_PORT", port.to_string())
         .stdout(std::process::Stdio::piped())
@@ -168,10 +173,7 @@ async fn host_port_and_url_come_from_the_environment_too() {
 
     let url = format!("ws://127.0.0.1:{port}");
     let mut client = Client::start_with_env(&[], &[("CHAT_URL", &url)]);
-    client
-        .stdout
-        .wait_for("From server: Welcome to chat! Type a message")
-        .await;
+    client.welcomed().await;
     client.close_stdin();
     assert_eq!(client.wait().await.code(), Some(0));
 }
@@ -181,7 +183,7 @@ async fn a_port_in_use_is_a_one_line_error_and_exit_1() {
     let server = Server::start(&[]).await;
     let output = timeout(
         WAIT,
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_server"))
+        server_command()
             .args(["--port", &server.port.to_string()])
             .output(),
     )

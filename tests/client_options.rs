@@ -59,7 +59,7 @@ async fn a_named_client_is_tagged_with_its_name() {
     let server = Server::start(&[]).await;
     let mut other = connect(&server.url()).await;
     let mut client = Client::start(&["--url", &server.url(), "--name", "alice"]);
-    client.stdout.wait_for("Welcome").await;
+    client.welcomed().await;
     client.send_line("hi").await;
     let line = loop {
         let line = recv_text(&mut other).await;
@@ -127,7 +127,7 @@ async fn piped_output_has_no_colour() {
     let server = Server::start(&[]).await;
     let mut other = connect(&server.url()).await;
     let mut client = Client::start(&["--url", &server.url()]);
-    client.stdout.wait_for("Welcome").await;
+    client.welcomed().await;
     send(&mut other, "plain").await;
     let line = client.stdout.wait_for("\"plain\"").await;
     assert_eq!(line, format!("From server: {}", tagged(&other, "plain")));

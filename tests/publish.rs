@@ -235,14 +235,12 @@ async fn a_published_line_reaches_the_room_at_the_offset_it_is_answered_with() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt-get install redis-server)"
+)]
 async fn with_redis_a_line_published_on_one_instance_reaches_the_members_of_another() {
-    let Some(redis) = RedisServer::start(
-        "with_redis_a_line_published_on_one_instance_reaches_the_members_of_another",
-    )
-    .await
-    else {
-        return;
-    };
+    let redis = RedisServer::start().await;
     let dir = key_dir("publish-redis");
     let key = secret(&dir, "chat.key", SECRET);
     let url = redis.url();

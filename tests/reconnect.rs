@@ -14,7 +14,7 @@ async fn reconnects_across_a_server_restart_and_sends_what_was_typed_meanwhile()
     let server = Server::start_at(port, &[]).await;
     let url = server.url();
     let mut client = Client::start(&["--url", &url, "--reconnect", "--name", "alice"]);
-    client.stdout.wait_for("Welcome").await;
+    client.welcomed().await;
 
     signal(server.child_ref(), "KILL");
     drop(server);
@@ -29,7 +29,7 @@ async fn reconnects_across_a_server_restart_and_sends_what_was_typed_meanwhile()
     let server = Server::start_at(port, &[]).await;
     client
         .stderr
-        .wait_for(&format!("reconnected to {url}"))
+        .wait_for_line(&format!("reconnected to {url}"))
         .await;
     // The new server's room is not the one the client left: it says so, once.
     client.stdout.wait_for(RESTARTED).await;
@@ -68,7 +68,7 @@ async fn reconnects_after_the_server_shuts_down_with_1001() {
     let mut server = Server::start_at(port, &[]).await;
     let url = server.url();
     let mut client = Client::start(&["--url", &url, "--reconnect"]);
-    client.stdout.wait_for("Welcome").await;
+    client.welcomed().await;
     server.stderr.wait_for_event("connected").await;
 
     server.terminate();
@@ -85,7 +85,7 @@ async fn reconnects_after_the_server_shuts_down_with_1001() {
     let _server = Server::start_at(port, &[]).await;
     client
         .stderr
-        .wait_for(&format!("reconnected to {url}"))
+        .wait_for_line(&format!("reconnected to {url}"))
         .await;
     client.stdout.wait_for(RESTARTED).await;
     client.close_stdin();
@@ -108,9 +108,12 @@ async fn retries_a_full_server_and_gets_in_when_a_place_frees_up() {
     );
 
     drop(occupant);
-    let connected = client.stderr.wait_for(&format!("connected to {url}")).await;
-    assert_eq!(connected, format!("connected to {url}"));
-    client.stdout.wait_for("Welcome").await;
+    // The whole line: "reconnected to ..." holds "connected to ...".
+    client
+        .stderr
+        .wait_for_line(&format!("connected to {url}"))
+        .await;
+    client.welcomed().await;
     client.close_stdin();
     assert_eq!(client.wait().await.code(), Some(0));
 }
@@ -127,8 +130,11 @@ async fn waits_for_a_server_that_is_not_up_yet() {
     );
 
     let server = Server::start_at(port, &[]).await;
-    client.stderr.wait_for(&format!("connected to {url}")).await;
-    client.stdout.wait_for("Welcome").await;
+    client
+        .stderr
+        .wait_for_line(&format!("connected to {url}"))
+        .await;
+    client.welcomed().await;
     let mut other = connect(&server.url()).await;
     server.stderr.wait_for_events("connected", 2).await;
     client.send_line("made it").await;
@@ -141,20 +147,40 @@ async fn waits_for_a_server_that_is_not_up_yet() {
 #[tokio::test]
 async fn input_end_or_ctrl_c_while_waiting_exits_zero_at_once() {
     let url = format!("ws://127.0.0.1:{}", free_port());
-    for stop in ["input end", "SIGINT"] {
-        let mut client = Client::start(&["--url", &url, "--reconnect"]);
-        // After a few attempts the wait is seconds long.
-        client.stderr.wait_for_count("retrying in", 3).await;
-        let asked = Instant::now();
-        match stop {
-            "input end" => client.close_stdin(),
-            _ => signal(&client.child, "INT"),
-        }
-        assert_eq!(client.wait().await.code(), Some(0), "{stop}");
-        assert!(
-            asked.elapsed() < Duration::from_millis(1500),
-            "{stop}: {:?}",
-            asked.elapsed()
-        );
+    let stops = ["input end", "SIGINT"].map(|stop| {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let mut client = Client::start(&["--url", &url, "--reconnect"]);
+            // After three attempts (0.5 s, 1 s, 2 s) the wait is 3 to 5 s long.
+            client.stderr.wait_for_count("retrying in", 4).await;
+            let asked = Instant::now();
+            let wait = retry_delay(&client.stderr.all()[3]);
+            match stop {
+                "input end" => client.close_stdin(),
+                _ => signal(&client.child, "INT"),
+            }
+            assert_eq!(client.wait().await.code(), Some(0), "{stop}");
+            // Waiting the wait out would take all of it; a second is ample for
+            // exiting, even on a loaded machine.
+            let took = asked.elapsed();
+            assert!(
+                took < wait - Duration::from_secs(1),
+                "{stop}: {took:?} of {wait:?}"
+            );
+            let attempts = client.stderr.complete().await.len();
+            assert_eq!(attempts, 4, "{stop}: no attempt after it");
+        })
+    });
+    for stop in stops {
+        stop.await.expect("the client stopped at once");
     }
+}
+
+/// The wait a `...; retrying in 3.1 s` line announces.
+fn retry_delay(line: &str) -> Duration {
+    line.rsplit_once("retrying in ")
+        .and_then(|(_, wait)| wait.strip_suffix(" s"))
+        .and_then(|secs| secs.parse().ok())
+        .map(Duration::from_secs_f64)
+        .unwrap_or_else(|| panic!("no wait in {line:?}"))
 }

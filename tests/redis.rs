@@ -1,69 +1,23 @@
 //! Several server instances sharing rooms through a real Redis (`redis-server`, run
-//! by each test on a free port without persistence): one order for everyone,
-//! presence across instances, an outage and a Redis restart, an instance that dies
-//! under its clients. Skipped, saying so, where `redis-server` is not installed.
+//! by each test on a free port without persistence): one order for everyone, a
+//! line sent again recognised on another instance, `/who` and presence across
+//! instances, an instance that dies under its clients, the Redis URL's password
+//! kept out of every output. Outages are in `tests/redis_outage.rs`. Ignored,
+//! saying so in the summary, where `redis-server` is not on `PATH`.
 
 mod common;
 
+use common::instances::*;
 use common::*;
-use serde_json::{Value, json};
-
-/// Sends a structured `send` frame.
-async fn say(ws: &mut Ws, id: u64, text: &str) {
-    send(
-        ws,
-        &json!({"type": "send", "id": id, "text": text}).to_string(),
-    )
-    .await;
-}
-
-/// The next `count` message frames' texts and offsets, passing over acks.
-async fn messages(ws: &mut Ws, count: usize) -> Vec<(u64, String)> {
-    let mut got = Vec::with_capacity(count);
-    while got.len() < count {
-        let frame: Value = recv_json(ws).await;
-        if frame["type"] == "message" {
-            let offset = frame["offset"].as_u64().expect("an offset");
-            got.push((offset, frame["text"].as_str().expect("a text").to_owned()));
-        }
-    }
-    got
-}
-
-/// The next text that is not a notice (a tagged line).
-async fn next_line(ws: &mut Ws) -> String {
-    loop {
-        let line = recv_text(ws).await;
-        if !line.starts_with("* ") {
-            return line;
-        }
-    }
-}
-
-/// A Redis of the test's own and two instances sharing it, each started with
-/// `flags` besides `--redis-url`; `None` (the test skipped, saying why) without
-/// `redis-server`.
-async fn two_instances(test: &str, flags: &[&str]) -> Option<(RedisServer, Server, Server)> {
-    let redis = RedisServer::start(test).await?;
-    let url = redis.url();
-    let args: Vec<&str> = ["--redis-url", url.as_str()]
-        .into_iter()
-        .chain(flags.iter().copied())
-        .collect();
-    let (a, b) = (Server::start(&args).await, Server::start(&args).await);
-    Some((redis, a, b))
-}
+use serde_json::json;
 
 #[tokio::test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt-get install redis-server)"
+)]
 async fn two_instances_deliver_every_message_once_in_one_order() {
-    let Some((_redis, a, b)) = two_instances(
-        "two_instances_deliver_every_message_once_in_one_order",
-        &["--max-rate", "0"],
-    )
-    .await
-    else {
-        return;
-    };
+    let (_redis, a, b) = two_instances(&["--max-rate", "0"]).await;
     let (mut a1, _) = connect_structured(&format!("{}/rust?name=a1", a.url())).await;
     let (mut a2, _) = connect_structured(&format!("{}/rust", a.url())).await;
     let (mut b1, _) = connect_structured(&format!("{}/rust?name=b1", b.url())).await;
@@ -119,12 +73,12 @@ async fn two_instances_deliver_every_message_once_in_one_order() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt-get install redis-server)"
+)]
 async fn who_and_presence_span_instances() {
-    let Some((_redis, a, b)) =
-        two_instances("who_and_presence_span_instances", &["--presence"]).await
-    else {
-        return;
-    };
+    let (_redis, a, b) = two_instances(&["--presence"]).await;
     let mut alice = connect(&format!("{}/rust?name=alice", a.url())).await;
     let alice_who = format!("alice@{:?}", local_addr(&alice));
     assert_eq!(
@@ -159,75 +113,16 @@ async fn who_and_presence_span_instances() {
 }
 
 #[tokio::test]
-async fn a_redis_outage_keeps_local_chat_going_and_a_restart_is_said() {
-    let Some((redis, a, b)) = two_instances(
-        "a_redis_outage_keeps_local_chat_going_and_a_restart_is_said",
-        &["--max-rate", "0"],
-    )
-    .await
-    else {
-        return;
-    };
-    let port = redis.port;
-    let mut alice = connect(&format!("{}/r?name=alice", a.url())).await;
-    let mut ann = connect(&format!("{}/r?name=ann", a.url())).await;
-    let mut bob = connect(&format!("{}/r?name=bob", b.url())).await;
-    send(&mut alice, "before").await;
-    for ws in [&mut alice, &mut ann, &mut bob] {
-        assert!(next_line(ws).await.ends_with(": \"before\""));
-    }
-
-    redis.kill().await;
-    let degraded = "* the chat's shared log is out of reach: messages now reach only the people on this server, and are not kept";
-    for ws in [&mut alice, &mut ann, &mut bob] {
-        assert_eq!(recv_text(ws).await, degraded);
-    }
-    a.stderr.wait_for("Redis is out of reach").await;
-    let health = raw_exchange(a.addr(), b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
-    assert!(
-        health.ends_with("{\"status\":\"degraded\",\"connections\":2,\"redis\":\"down\"}\n"),
-        "{health}"
-    );
-
-    // The same instance's members keep chatting; the other instance's do not hear it.
-    send(&mut alice, "during").await;
-    assert!(next_line(&mut ann).await.ends_with(": \"during\""));
-    assert!(next_line(&mut alice).await.ends_with(": \"during\""));
-
-    // Redis comes back empty (no persistence): the log begins again, and everyone
-    // is told both that it is back and that it was lost.
-    let _redis = RedisServer::start_at(port).await;
-    let restored = "* the chat's shared log is back: messages reach everyone and are kept again";
-    for ws in [&mut alice, &mut ann, &mut bob] {
-        assert_eq!(recv_text(ws).await, restored);
-    }
-    send(&mut alice, "after").await;
-    let lost = "* the room's log was lost and began again: messages sent meanwhile may be lost";
-    for ws in [&mut alice, &mut ann, &mut bob] {
-        assert_eq!(recv_text(ws).await, lost);
-        assert!(recv_text(ws).await.ends_with(": \"after\""));
-    }
-    let health = raw_exchange(a.addr(), b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
-    assert!(
-        health.ends_with("{\"status\":\"ok\",\"connections\":2,\"redis\":\"up\"}\n"),
-        "{health}"
-    );
-}
-
-#[tokio::test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt-get install redis-server)"
+)]
 async fn clients_of_a_dead_instance_resume_on_the_other_and_lose_nothing() {
-    let Some((_redis, a, b)) = two_instances(
-        "clients_of_a_dead_instance_resume_on_the_other_and_lose_nothing",
-        &["--max-rate", "0"],
-    )
-    .await
-    else {
-        return;
-    };
+    let (_redis, a, b) = two_instances(&["--max-rate", "0"]).await;
     // The proxy plays the load balancer in front of both.
     let proxy = Proxy::start(a.addr()).await;
     let mut client = Client::start(&["--url", &proxy.url(), "--reconnect"]);
-    client.stdout.wait_for("Welcome").await;
+    client.welcomed().await;
     let mut talker = connect(&b.url()).await;
     let tag = format!("{:?}", local_addr(&talker));
     let say_all = |range: std::ops::Range<u32>| range.map(|i| format!("m{i}"));
@@ -245,7 +140,10 @@ async fn clients_of_a_dead_instance_resume_on_the_other_and_lose_nothing() {
         assert_eq!(recv_text(&mut talker).await, tagged(&talker, &text));
     }
     client.stdout.wait_for("\"m99\"").await;
-    client.stderr.wait_for("reconnected to").await;
+    client
+        .stderr
+        .wait_for_line(&format!("reconnected to {}", proxy.url()))
+        .await;
     client.close_stdin();
     assert_eq!(client.wait().await.code(), Some(0));
 
@@ -273,7 +171,7 @@ async fn an_unusable_redis_url_is_a_one_line_error_and_exit_1() {
     for url in [unreachable.as_str(), "not-a-url"] {
         let output = tokio::time::timeout(
             WAIT,
-            tokio::process::Command::new(env!("CARGO_BIN_EXE_server"))
+            server_command()
                 .args(["--port", "0", "--redis-url", url])
                 .output(),
         )
@@ -297,70 +195,268 @@ async fn an_unusable_redis_url_is_a_one_line_error_and_exit_1() {
 }
 
 #[tokio::test]
-async fn a_room_everyone_joined_during_an_outage_delivers_once_redis_is_back() {
-    let Some((redis, a, b)) = two_instances(
-        "a_room_everyone_joined_during_an_outage_delivers_once_redis_is_back",
-        &["--max-rate", "0"],
-    )
-    .await
-    else {
-        return;
-    };
-    let port = redis.port;
-    redis.kill().await;
-    a.stderr.wait_for("Redis is out of reach").await;
-    b.stderr.wait_for("Redis is out of reach").await;
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt-get install redis-server)"
+)]
+async fn a_line_resent_on_another_instance_is_acked_duplicate_and_delivered_once() {
+    let (_redis, a, b) = two_instances(&["--max-rate", "0"]).await;
+    let (mut watcher, _) = connect_structured(&format!("{}/rust", b.url())).await;
+    let (mut on_a, welcome) = connect_structured(&format!("{}/rust?session=k3j4", a.url())).await;
+    say(&mut on_a, 1, "once").await;
+    let acked = frames_until(&mut on_a, "ack").await.pop();
+    assert_eq!(acked, Some(json!({"type": "ack", "id": 1, "offset": 1})));
+    assert_eq!(messages(&mut watcher, 1).await, [(1, "once".to_owned())]);
+    drop(on_a);
 
-    // A room nobody was in before the outage, with a member on each instance.
-    let mut alice = connect(&format!("{}/fresh?name=alice", a.url())).await;
-    let mut bob = connect(&format!("{}/fresh?name=bob", b.url())).await;
-    let _redis = RedisServer::start_at(port).await;
-    let restored = "* the chat's shared log is back: messages reach everyone and are kept again";
-    for ws in [&mut alice, &mut bob] {
-        assert_eq!(recv_text(ws).await, restored);
+    // The same session moves to B and sends the line again, as a client does that
+    // did not see the ack before its connection dropped.
+    let epoch = welcome["epoch"].as_str().expect("an epoch");
+    let (mut on_b, _) = connect_structured(&format!(
+        "{}/rust?session=k3j4&epoch={epoch}&after=0",
+        b.url()
+    ))
+    .await;
+    say(&mut on_b, 1, "once").await;
+    say(&mut on_b, 2, "twice?").await;
+    let frames = frames_until(&mut on_b, "recovered").await;
+    assert_eq!(frames.len(), 2, "the replay of offset 1, then: {frames:?}");
+    let mut acks = Vec::new();
+    while acks.len() < 2 {
+        let frame = recv_json(&mut on_b).await;
+        if frame["type"] == "ack" {
+            acks.push(frame);
+        }
     }
-
-    // Once Redis is back the room is shared again, both ways.
-    let (from_alice, from_bob) = (
-        format!("alice@{}: \"from a\"", local_addr(&alice)),
-        format!("bob@{}: \"from b\"", local_addr(&bob)),
+    assert_eq!(
+        acks,
+        [
+            json!({"type": "ack", "id": 1, "offset": 1, "duplicate": true}),
+            json!({"type": "ack", "id": 2, "offset": 2}),
+        ]
     );
-    send(&mut alice, "from a").await;
-    send(&mut bob, "from b").await;
-    let mut seen = Vec::new();
-    for ws in [&mut alice, &mut bob] {
-        seen.push([next_line(ws).await, next_line(ws).await]);
-    }
-    assert_eq!(seen[0], seen[1], "one order for both");
-    let mut lines = seen[0].clone();
-    lines.sort();
-    assert_eq!(lines, [from_alice, from_bob]);
+    assert_eq!(
+        messages(&mut watcher, 1).await,
+        [(2, "twice?".to_owned())],
+        "the resent line is not delivered again"
+    );
 }
 
 #[tokio::test]
-async fn a_joiner_during_an_outage_gets_the_epoch_the_room_follows() {
-    let Some(redis) =
-        RedisServer::start("a_joiner_during_an_outage_gets_the_epoch_the_room_follows").await
-    else {
-        return;
-    };
-    let args = ["--redis-url", &redis.url(), "--max-rate", "0"];
-    let a = Server::start(&args).await;
-    let (mut first, welcome) = connect_structured(&format!("{}/rust", a.url())).await;
-    say(&mut first, 1, "before").await;
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt-get install redis-server)"
+)]
+async fn a_dead_instances_members_leave_who_within_15_s() {
+    let (_redis, a, mut b) = two_instances(&["--presence"]).await;
+    let mut alice = connect(&format!("{}/rust?name=alice", a.url())).await;
+    let alice_who = format!("alice@{:?}", local_addr(&alice));
+    let bob = connect(&format!("{}/rust?name=bob", b.url())).await;
+    let bob_who = format!("bob@{:?}", local_addr(&bob));
+    let mut everyone = [alice_who.clone(), bob_who.clone()];
+    everyone.sort();
     assert_eq!(
-        messages(&mut first, 1).await,
-        vec![(1, "before".to_owned())]
+        recv_text(&mut alice).await,
+        format!("* {alice_who} joined (1 here)")
+    );
+    assert_eq!(
+        recv_text(&mut alice).await,
+        format!("* {bob_who} joined (2 here)")
+    );
+    send(&mut alice, "/who").await;
+    assert_eq!(
+        recv_text(&mut alice).await,
+        format!("* 2 here: {}", everyone.join(", "))
     );
 
-    redis.kill().await;
-    a.stderr.wait_for("Redis is out of reach").await;
-    // A newcomer during the outage is told the epoch of the room's log in Redis,
-    // the one its members' offsets count in, so it can resume there later.
-    let (_second, joined) = connect_structured(&format!("{}/rust", a.url())).await;
-    assert_eq!(
-        joined["epoch"], welcome["epoch"],
-        "{joined} against {welcome}"
+    // B dies without a word; A's /who drops bob once his listing expires.
+    signal(b.child_ref(), "KILL");
+    b.wait().await;
+    let killed = std::time::Instant::now();
+    let alone = format!("* 1 here: {alice_who}");
+    let promised = std::time::Duration::from_secs(15);
+    // Asked four times a second (within the default --max-rate): each answer is an
+    // exact event, and the bound is the promise plus one question's time.
+    let mut ask = tokio::time::interval(std::time::Duration::from_millis(250));
+    let answered = tokio::time::timeout(promised + std::time::Duration::from_secs(5), async {
+        loop {
+            ask.tick().await;
+            send(&mut alice, "/who").await;
+            if recv_text(&mut alice).await == alone {
+                return killed.elapsed();
+            }
+        }
+    })
+    .await
+    .expect("bob left /who in time");
+    assert!(
+        answered <= promised + std::time::Duration::from_secs(1),
+        "bob was listed {answered:?} after his instance died"
     );
-    assert_eq!(joined["offset"], 1, "{joined}");
+}
+
+/// Runs `server` with `args` and `env` to its exit, and returns its output.
+async fn run_server(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    tokio::time::timeout(
+        WAIT,
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_server"))
+            .args(args)
+            .env_remove("CHAT_REDIS_URL")
+            .envs(env.iter().copied())
+            .output(),
+    )
+    .await
+    .expect("exit in time")
+    .expect("run server")
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt-get install redis-server)"
+)]
+async fn a_password_in_the_redis_url_is_never_printed() {
+    // Redis with a password for the default user and a user of its own.
+    let auth = [
+        "--requirepass",
+        "s3cret",
+        "--user",
+        "user",
+        "on",
+        ">s3cret",
+        "~*",
+        "&*",
+        "+@all",
+    ];
+    let redis = RedisServer::start_with(&auth).await;
+    let port = redis.port;
+    let urls = [
+        format!("redis://:s3cret@127.0.0.1:{port}"),
+        format!("redis://user:s3cret@127.0.0.1:{port}"),
+    ];
+    let hidden = format!("redis://***@127.0.0.1:{port}");
+    let mut printed = Vec::new();
+    let mut servers = Vec::new();
+    for url in &urls {
+        // Debug logs too, the Redis crate's included.
+        let server = Server::start_with_env(&["--redis-url", url], &[("RUST_LOG", "debug")]).await;
+        let connected = server.stderr.wait_for_event("connected to Redis").await;
+        assert!(connected.ends_with(&format!("url={hidden}")), "{connected}");
+        let _ws = connect(&server.url()).await;
+        for path in ["/healthz", "/metrics"] {
+            let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+            let answer = raw_exchange(server.addr(), request.as_bytes()).await;
+            assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+            printed.push(answer);
+        }
+        servers.push((server, _ws));
+    }
+    // An outage and the way back, logged with their causes.
+    redis.kill().await;
+    for (server, _) in &servers {
+        server.stderr.wait_for_event(REDIS_DOWN).await;
+    }
+    let _redis = RedisServer::start_at_with(port, &auth).await;
+    for (server, _) in &servers {
+        server.stderr.wait_for_event(REDIS_BACK).await;
+    }
+    for (mut server, ws) in servers {
+        drop(ws);
+        server.terminate();
+        assert_eq!(server.wait().await.code(), Some(0));
+        printed.extend(server.stderr.complete().await);
+    }
+
+    // Errors at start: a wrong password, a Redis that is not there, a bad URL.
+    let unreachable = free_port();
+    for (url, shown) in [
+        (
+            format!("redis://:n0t-s3cret@127.0.0.1:{port}"),
+            hidden.clone(),
+        ),
+        (
+            format!("redis://user:s3cret@127.0.0.1:{unreachable}"),
+            format!("redis://***@127.0.0.1:{unreachable}"),
+        ),
+        (
+            "redis://user:s3cret@127.0.0.1:notaport".to_owned(),
+            "redis://***@127.0.0.1:notaport".to_owned(),
+        ),
+    ] {
+        let output = run_server(&["--port", "0", "--redis-url", &url], &[]).await;
+        assert_eq!(output.status.code(), Some(1), "{url}");
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(
+            stderr.contains(&format!("error: cannot use Redis at {shown}: ")),
+            "{stderr}"
+        );
+        printed.push(stderr);
+    }
+    // The help, with the URL in the environment.
+    let help = run_server(&["--help"], &[("CHAT_REDIS_URL", &urls[1])]).await;
+    assert_eq!(help.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    assert!(help.contains("CHAT_REDIS_URL"), "{help}");
+    printed.push(help);
+
+    for text in &printed {
+        assert!(!text.contains("s3cret"), "the password in:\n{text}");
+    }
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt-get install redis-server)"
+)]
+async fn who_spans_instances_without_presence_too() {
+    let (_redis, a, b) = two_instances(&[]).await;
+    let mut alice = connect(&format!("{}/rust?name=alice", a.url())).await;
+    let alice_who = format!("alice@{:?}", local_addr(&alice));
+    let bob = connect(&format!("{}/rust?name=bob", b.url())).await;
+    let bob_who = format!("bob@{:?}", local_addr(&bob));
+    // Listed as soon as they are in, not at the next heartbeat.
+    send(&mut alice, "/who").await;
+    let mut everyone = [alice_who.clone(), bob_who];
+    everyone.sort();
+    assert_eq!(
+        recv_text(&mut alice).await,
+        format!("* 2 here: {}", everyone.join(", "))
+    );
+
+    // Bob leaves: without a notice to wait for, ask until he is gone, well within
+    // the 15 s an entry lives without its instance renewing it.
+    drop(bob);
+    b.stderr.wait_for_event("disconnected").await;
+    let left = std::time::Instant::now();
+    let alone = format!("* 1 here: {alice_who}");
+    let mut ask = tokio::time::interval(std::time::Duration::from_millis(100));
+    tokio::time::timeout(WAIT, async {
+        loop {
+            ask.tick().await;
+            send(&mut alice, "/who").await;
+            if recv_text(&mut alice).await == alone {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("bob left /who in time");
+    assert!(
+        left.elapsed() < std::time::Duration::from_secs(5),
+        "bob was listed {:?} after he left",
+        left.elapsed()
+    );
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt-get install redis-server)"
+)]
+async fn sends_in_flight_through_redis_are_acked_once_each_in_order() {
+    let (_redis, a, _b) = two_instances(&["--max-rate", "0"]).await;
+    let (mut ws, _) = connect_structured(&format!("{}/rust?session=s1", a.url())).await;
+    // More than a session keeps on their way to Redis at once (64).
+    assert_acked_once_in_order(&mut ws, 200, 1).await;
 }

@@ -31,7 +31,7 @@ async fn a_cut_connection_resumes_and_every_message_shows_once_in_order() {
     let server = Server::start(&["--max-rate", "0"]).await;
     let proxy = Proxy::start(server.addr()).await;
     let mut client = Client::start(&["--url", &proxy.url(), "--reconnect"]);
-    client.stdout.wait_for("Welcome").await;
+    client.welcomed().await;
     let mut talker = connect(&server.url()).await;
     let tag = format!("{:?}", local_addr(&talker));
     let numbered = |range: std::ops::Range<u32>| range.map(|i| format!("m{i}"));
@@ -49,7 +49,10 @@ async fn a_cut_connection_resumes_and_every_message_shows_once_in_order() {
     proxy.set_down(false);
     say(&mut talker, numbered(200..300)).await;
     client.stdout.wait_for("\"m299\"").await;
-    client.stderr.wait_for("reconnected to").await;
+    client
+        .stderr
+        .wait_for_line(&format!("reconnected to {}", proxy.url()))
+        .await;
 
     client.close_stdin();
     assert_eq!(client.wait().await.code(), Some(0));
@@ -60,41 +63,99 @@ async fn a_cut_connection_resumes_and_every_message_shows_once_in_order() {
         !lines.iter().any(|l| l.starts_with("From server: * ")),
         "nothing to report: {lines:#?}"
     );
-    let welcomes = lines.iter().filter(|l| l.contains("Welcome")).count();
+    let welcomes = lines
+        .iter()
+        .filter(|l| **l == format!("From server: {WELCOME}"))
+        .count();
     assert_eq!(welcomes, 1, "the welcome is not shown again on a reconnect");
 }
 
-#[tokio::test]
-async fn a_line_typed_just_before_the_cut_arrives_once() {
+/// Every text in the room's log, oldest first: what a structured client resuming
+/// from before the first offset is replayed.
+async fn logged(server: &Server) -> Vec<String> {
+    let (_, welcome) = connect_structured(&server.url()).await;
+    let epoch = welcome["epoch"].as_str().expect("an epoch");
+    let head = welcome["offset"].as_u64().expect("an offset");
+    let resume = format!("{}/?epoch={epoch}&after=0", server.url());
+    let (mut replay, _) = connect_structured(&resume).await;
+    let mut texts = Vec::new();
+    for _ in 0..head {
+        let frame = recv_json(&mut replay).await;
+        assert_eq!(frame["type"], "message", "{frame}");
+        texts.push(frame["text"].as_str().expect("a text").to_owned());
+    }
+    texts
+}
+
+/// Where a cut catches a line typed just before it.
+#[derive(Clone, Copy, PartialEq)]
+enum Cut {
+    /// Still on its way to the server: only the client's resend can bring it.
+    BeforeTheServer,
+    /// Taken by the server, its acknowledgement and echo on their way back: the
+    /// server must recognise the resend.
+    BeforeTheAck,
+}
+
+/// A client types a line just before its connection is cut where `cut` says, comes
+/// back and types "after": the line is in the room's log once, reached Bob once and
+/// was shown once.
+async fn type_just_before_the_cut(cut: Cut) {
+    const LINE: &str = "just before the cut";
     let server = Server::start(&["--max-rate", "0"]).await;
     let proxy = Proxy::start(server.addr()).await;
     let mut client = Client::start(&["--url", &proxy.url(), "--reconnect", "--name", "alice"]);
-    client.stdout.wait_for("Welcome").await;
+    client.welcomed().await;
     let mut bob = connect(&server.url()).await;
 
-    // The server takes the line, but its acknowledgement and echo never reach the
-    // client: the connection is cut first. The client sends the line again when it
-    // is back, and the server recognises it.
-    proxy.hold_downstream(true);
-    client.send_line("just before the cut").await;
-    let first = recv_text(&mut bob).await;
-    assert!(first.ends_with(": \"just before the cut\""), "{first}");
+    let mut heard = Vec::new();
+    if cut == Cut::BeforeTheServer {
+        proxy.hold_upstream(true);
+        client.send_line(LINE).await;
+        proxy.wait_holding_upstream(LINE.len()).await;
+    } else {
+        proxy.hold_downstream(true);
+        client.send_line(LINE).await;
+        heard.push(recv_text(&mut bob).await);
+    }
+    // What the proxy held is lost in the cut.
     proxy.sever();
+    proxy.hold_upstream(false);
     proxy.hold_downstream(false);
-    client.stderr.wait_for("reconnected to").await;
+    client
+        .stderr
+        .wait_for_line(&format!("reconnected to {}", proxy.url()))
+        .await;
     client.send_line("after").await;
-    let next = recv_text(&mut bob).await;
-    assert!(next.ends_with(": \"after\""), "the line came again: {next}");
-
     client.stdout.wait_for("\"after\"").await;
+    assert_eq!(logged(&server).await, [LINE, "after"]);
+    while heard.len() < 2 {
+        heard.push(recv_text(&mut bob).await);
+    }
+    assert!(heard[0].ends_with(&format!(": {LINE:?}")), "{heard:?}");
+    assert!(
+        heard[1].ends_with(": \"after\""),
+        "the line came again: {heard:?}"
+    );
+
     client.close_stdin();
     assert_eq!(client.wait().await.code(), Some(0));
     let lines = client.stdout.complete().await;
     let shown = lines
         .iter()
-        .filter(|l| l.ends_with(": \"just before the cut\""))
+        .filter(|l| l.ends_with(&format!(": {LINE:?}")))
         .count();
     assert_eq!(shown, 1, "{lines:#?}");
+}
+
+#[tokio::test]
+async fn a_line_the_server_never_got_before_the_cut_is_sent_again_and_arrives_once() {
+    type_just_before_the_cut(Cut::BeforeTheServer).await;
+}
+
+#[tokio::test]
+async fn a_line_whose_acknowledgement_the_cut_lost_is_recognised_and_arrives_once() {
+    type_just_before_the_cut(Cut::BeforeTheAck).await;
 }
 
 #[tokio::test]
@@ -102,7 +163,7 @@ async fn a_client_away_longer_than_the_log_reaches_is_told_how_many_it_missed() 
     let server = Server::start(&["--max-rate", "0", "--resume-window", "20"]).await;
     let proxy = Proxy::start(server.addr()).await;
     let mut client = Client::start(&["--url", &proxy.url(), "--reconnect"]);
-    client.stdout.wait_for("Welcome").await;
+    client.welcomed().await;
     let mut talker = connect(&server.url()).await;
     say(&mut talker, ["before".to_owned()]).await;
     client.stdout.wait_for("\"before\"").await;
@@ -116,7 +177,7 @@ async fn a_client_away_longer_than_the_log_reaches_is_told_how_many_it_missed() 
     // 50 were said; the log keeps the last 20: 30 are lost, and the client says so.
     client
         .stdout
-        .wait_for("From server: * you missed 30 messages while you were away")
+        .wait_for_line("From server: * you missed 30 messages while you were away")
         .await;
     client.stdout.wait_for("\"away 49\"").await;
     client.close_stdin();
@@ -127,4 +188,55 @@ async fn a_client_away_longer_than_the_log_reaches_is_told_how_many_it_missed() 
         .chain((30..50).map(|i| format!("away {i}")))
         .collect();
     assert_eq!(printed_from(&lines, &tag), expected);
+}
+
+#[tokio::test]
+async fn a_classic_client_resumes_with_epoch_and_after() {
+    let server = Server::start(&["--max-rate", "0", "--resume-window", "3"]).await;
+    let (_watcher, welcome) = connect_structured(&format!("{}/rust", server.url())).await;
+    let epoch = welcome["epoch"].as_str().expect("an epoch").to_owned();
+    let mut talker = connect(&format!("{}/rust", server.url())).await;
+    say(&mut talker, (1..=5).map(|i| format!("m{i}"))).await;
+    // The log holds offsets 3 to 5.
+    let lines = |range: std::ops::RangeInclusive<u32>| -> Vec<String> {
+        range.map(|i| tagged(&talker, &format!("m{i}"))).collect()
+    };
+    let missed = "* you missed 2 messages while you were away".to_owned();
+    let restarted =
+        "* the room was restarted while you were away: messages sent meanwhile may be lost"
+            .to_owned();
+    let cases = [
+        (format!("epoch={epoch}&after=3"), lines(4..=5)),
+        (format!("epoch={epoch}&after=5"), vec![]),
+        (
+            format!("epoch={epoch}&after=0"),
+            [lines(3..=5), vec![missed]].concat(),
+        ),
+        (
+            "epoch=0000000000000001&after=4".to_owned(),
+            [lines(3..=5), vec![restarted]].concat(),
+        ),
+    ];
+    let mut returning = Vec::new();
+    for (query, expected) in cases {
+        returning.push((
+            connect(&format!("{}/rust?{query}", server.url())).await,
+            query,
+            expected,
+        ));
+    }
+    // Then live traffic: a line said now is the first after each replay.
+    let live = "live".to_owned();
+    say(&mut talker, [live.clone()]).await;
+    for (mut back, query, expected) in returning {
+        let mut got = Vec::new();
+        loop {
+            let line = recv_text(&mut back).await;
+            if line == tagged(&talker, &live) {
+                break;
+            }
+            got.push(line);
+        }
+        assert_eq!(got, expected, "{query}");
+    }
 }

@@ -188,22 +188,31 @@ async fn history_seam_has_no_gap_and_no_duplicate_under_traffic() {
     for _ in 0..100 {
         next(&mut alice_heard).await;
     }
+    // Where the log stood when Carol joined lies between the heads two structured
+    // clients are welcomed with just before and just after her (line i is at
+    // offset i + 1, so the head is how many lines had been said).
+    let head = async || connect_structured(&server.url()).await.1["offset"].as_u64();
+    let before = head().await.expect("an offset");
     let mut carol = connect(&server.url()).await;
+    let after = head().await.expect("an offset");
     let mut seen = Vec::new();
     while seen.len() < 200 {
         let line = recv_text(&mut carol).await;
         let number = line
             .strip_prefix(&alice_tag)
-            .and_then(|q| q.trim_matches('"').parse::<u32>().ok())
+            .and_then(|q| q.trim_matches('"').parse::<u64>().ok())
             .unwrap_or_else(|| panic!("unexpected line {line:?}"));
         seen.push(number);
     }
     talking.abort();
     let first = seen[0];
-    let expected: Vec<u32> = (first..first + 200).collect();
+    let expected: Vec<u64> = (first..first + 200).collect();
     assert_eq!(seen, expected, "history and live traffic must meet exactly");
-    // The first 50 were history: Carol joined after at least 100 had gone round.
-    assert!(first >= 50, "Carol got no full history: starts at {first}");
+    // The first 50 were history: the 50 said before she joined.
+    assert!(
+        (before..=after).contains(&(first + 50)),
+        "Carol's first line was {first}, joining when {before} to {after} had been said"
+    );
 }
 
 #[tokio::test]

@@ -1,5 +1,5 @@
-//! Who may join (token, origin, connection limit), TLS, flood control, churn and
-//! memory bounds: abuse costs only the abuser.
+//! Who may join (token, origin, connection limit), TLS, flood control and churn:
+//! abuse costs only the abuser.
 
 mod common;
 
@@ -11,9 +11,8 @@ use std::process::Stdio;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use tokio::process::Command;
 use tokio::time::timeout;
-use tokio_websockets::{ClientBuilder, Message};
+use tokio_websockets::Message;
 
 #[tokio::test]
 async fn token_is_required_and_checked() {
@@ -51,10 +50,7 @@ async fn token_is_required_and_checked() {
     );
 
     let mut right = Client::start_with_env(&["--url", &url], &[("CHAT_TOKEN", "s3cret-token")]);
-    right
-        .stdout
-        .wait_for("From server: Welcome to chat! Type a message")
-        .await;
+    right.welcomed().await;
     right.close_stdin();
     assert_eq!(right.wait().await.code(), Some(0));
 
@@ -63,7 +59,8 @@ async fn token_is_required_and_checked() {
     let log = server.stderr.complete().await;
     assert!(
         log.iter()
-            .any(|l| l.contains("refused") && l.contains("401")),
+            .any(|l| log_event(l) == Some("refused")
+                && log_field(l, "status").as_deref() == Some("401")),
         "{log:#?}"
     );
     assert!(
@@ -213,7 +210,7 @@ async fn flooding_client_gets_notices_then_1008_and_others_keep_their_latency() 
         "--max-burst",
         "5",
         "--flood-timeout",
-        "1s",
+        "3s",
     ])
     .await;
     let mut flooder = connect(&server.url()).await;
@@ -222,8 +219,12 @@ async fn flooding_client_gets_notices_then_1008_and_others_keep_their_latency() 
     let bystander_addr = local_addr(&bystander);
     let (probe, mut heard) = chatter(bystander);
 
-    // The flooder sends 200 messages a second until it is closed.
+    // The flooder sends 200 messages a second until it is closed, and says when
+    // the server first told it to slow down.
+    let (limited_tx, limited) = tokio::sync::oneshot::channel();
     let flood = tokio::spawn(async move {
+        let started = Instant::now();
+        let mut limited_tx = Some(limited_tx);
         let mut tick = tokio::time::interval(Duration::from_millis(5));
         let (mut notices, mut sent) = (Vec::new(), 0);
         loop {
@@ -231,33 +232,37 @@ async fn flooding_client_gets_notices_then_1008_and_others_keep_their_latency() 
                 _ = tick.tick() => {
                     sent += 1;
                     if flooder.send(Message::text(format!("flood {sent}"))).await.is_err() {
-                        break (notices, None);
+                        break (notices, None, started.elapsed());
                     }
                 }
                 message = flooder.next() => match message {
                     Some(Ok(m)) if m.is_close() => {
                         let (code, reason) = m.as_close().expect("close");
-                        break (notices, Some((u16::from(code), reason.to_owned())));
+                        let close = Some((u16::from(code), reason.to_owned()));
+                        break (notices, close, started.elapsed());
                     }
                     Some(Ok(m)) => {
                         if let Some(text) = m.as_text().filter(|t| t.starts_with("* ")) {
                             notices.push(text.to_owned());
+                            if let Some(tx) = limited_tx.take() {
+                                let _ = tx.send(());
+                            }
                         }
                     }
-                    _ => break (notices, None),
+                    _ => break (notices, None, started.elapsed()),
                 },
             }
         }
     });
 
-    // Meanwhile the bystander's messages, at a human pace within the limit, go
-    // round as fast as ever.
-    let mut slowest = Duration::ZERO;
-    let mut flood_seen = 0;
-    for i in 0..5 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let text = format!("probe {i}");
-        let sent = Instant::now();
+    // While it is held to the rate, the bystander's messages (within its own
+    // limit) go round as ever: each is back long before the flooder is closed.
+    timeout(WAIT, limited)
+        .await
+        .expect("the flooder was told to slow down in time")
+        .expect("flood task");
+    let mut flood_heard = Vec::new();
+    let mut round_trip = async |text: String| {
         probe.send(text.clone()).expect("bystander alive");
         let expected = format!("{bystander_addr:?}: {text:?}");
         loop {
@@ -265,14 +270,23 @@ async fn flooding_client_gets_notices_then_1008_and_others_keep_their_latency() 
             if line == expected {
                 break;
             }
-            if line.starts_with(&flooder_tag) {
-                flood_seen += 1;
+            if let Some(flood) = line.strip_prefix(&flooder_tag) {
+                flood_heard.push(flood.to_owned());
             }
         }
-        slowest = slowest.max(sent.elapsed());
+    };
+    // A human pace, within the rate without the burst (pacing, not a wait).
+    let mut pace = tokio::time::interval(Duration::from_millis(250));
+    for i in 0..4 {
+        pace.tick().await;
+        round_trip(format!("probe {i}")).await;
+        assert!(
+            !flood.is_finished(),
+            "probe {i} came back only after the flood"
+        );
     }
 
-    let (notices, close) = timeout(WAIT, flood)
+    let (notices, close, lasted) = timeout(WAIT, flood)
         .await
         .expect("flooder closed in time")
         .expect("flood task");
@@ -286,14 +300,26 @@ async fn flooding_client_gets_notices_then_1008_and_others_keep_their_latency() 
         notices[0].ends_with("dropped (the limit is 5 per second)"),
         "{notices:?}"
     );
-    // Only the burst and the rate got through: far fewer than were sent.
+    // Everything of the flooder's that got through is before this.
+    round_trip("after the flood".to_owned()).await;
+    let numbers: Vec<u32> = flood_heard
+        .iter()
+        .map(|f| {
+            f.trim_matches('"')
+                .strip_prefix("flood ")
+                .and_then(|n| n.parse().ok())
+        })
+        .map(|n| n.expect("a flood message"))
+        .collect();
+    // The burst: the first five at once, and not the sixth, sent 5 ms later.
+    assert_eq!(numbers.get(..5), Some(&[1, 2, 3, 4, 5][..]), "{numbers:?}");
+    assert!(numbers.get(5).is_some_and(|&n| n > 6), "{numbers:?}");
+    // Then the rate: about 5 a second for as long as the flood lasted.
+    let rate_allows = 5 + (5.0 * lasted.as_secs_f64()).ceil() as usize;
     assert!(
-        flood_seen <= 5 + 5 * 3,
-        "{flood_seen} flood messages got through"
-    );
-    assert!(
-        slowest < Duration::from_secs(1),
-        "a bystander's round trip took {slowest:?}"
+        (10..=rate_allows).contains(&numbers.len()),
+        "{} flood messages got through in {lasted:?}: {numbers:?}",
+        numbers.len()
     );
 }
 
@@ -389,44 +415,6 @@ async fn churn_of_a_thousand_connections_costs_the_chatters_nothing() {
     );
 }
 
-#[tokio::test]
-async fn stuck_client_costs_bounded_memory_and_is_dropped() {
-    let server =
-        Server::start(&["--buffer", "64", "--write-timeout", "5s", "--max-rate", "0"]).await;
-    let stuck = {
-        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-        socket.set_recv_buffer_size(4096).expect("rcvbuf");
-        let tcp = socket.connect(server.addr()).await.expect("connect");
-        let uri: http::Uri = server.url().parse().expect("url");
-        ClientBuilder::from_uri(uri)
-            .connect_on(tcp)
-            .await
-            .expect("upgrade")
-            .0
-    };
-    let mut sender = connect(&server.url()).await;
-    let before = rss_kb(server.pid());
-
-    // 1000 x 32 KiB = 32 MiB goes through while the stuck client reads nothing.
-    let payload = "x".repeat(32 * 1024);
-    for i in 0..1000 {
-        let text = format!("{i} {payload}");
-        send(&mut sender, &text).await;
-        assert_eq!(recv_text(&mut sender).await, tagged(&sender, &text));
-    }
-    let grown = rss_kb(server.pid()).saturating_sub(before);
-    // The channel holds 64 messages (2 MiB); the stuck session at most its write buffer.
-    assert!(
-        grown < 16 * 1024,
-        "server memory grew by {grown} kB while 32 MiB went past a stuck client"
-    );
-
-    // Dropped at the write timeout (its exact timing is checked with a paused clock
-    // in tests/timeouts.rs).
-    server.stderr.wait_for("write timed out").await;
-    drop(stuck);
-}
-
 /// A self-signed certificate for `localhost`, written as PEM files; returns the
 /// certificate's and the key's paths.
 fn self_signed(name: &str) -> (String, String) {
@@ -447,13 +435,8 @@ async fn chat_works_end_to_end_over_wss_with_the_right_ca() {
 
     let mut alice = Client::start(&["--url", &url, "--ca", &cert]);
     let mut bob = Client::start(&["--url", &url, "--ca", &cert]);
-    alice
-        .stdout
-        .wait_for("From server: Welcome to chat! Type a message")
-        .await;
-    bob.stdout
-        .wait_for("From server: Welcome to chat! Type a message")
-        .await;
+    alice.welcomed().await;
+    bob.welcomed().await;
     server.stderr.wait_for_events("connected", 2).await;
     alice.send_line("over tls").await;
     let line = bob.stdout.wait_for("\"over tls\"").await;
@@ -545,12 +528,9 @@ async fn chat_over_wss_trusting_the_certificate_itself(cert: &str, key: &str) {
     let mut alice = Client::start(&["--url", &by_name, "--ca", cert]);
     let mut bob = Client::start(&["--url", &by_address, "--ca", cert]);
     for client in [&alice, &bob] {
-        client
-            .stdout
-            .wait_for("From server: Welcome to chat! Type a message")
-            .await;
+        client.welcomed().await;
     }
-    server.stderr.wait_for_count("connected", 2).await;
+    server.stderr.wait_for_events("connected", 2).await;
     alice.send_line("self-signed").await;
     bob.stdout.wait_for("\"self-signed\"").await;
 
@@ -563,6 +543,7 @@ async fn chat_over_wss_trusting_the_certificate_itself(cert: &str, key: &str) {
 }
 
 #[tokio::test]
+#[cfg_attr(not(has_openssl), ignore = "needs openssl (apt-get install openssl)")]
 async fn an_openssl_self_signed_certificate_given_with_ca_is_trusted() {
     let dir = tls_dir("openssl");
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
@@ -576,15 +557,8 @@ async fn an_openssl_self_signed_certificate_given_with_ca_is_trusted() {
         .arg("subjectAltName=DNS:localhost,IP:127.0.0.1")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .output();
-    let made = match made {
-        Ok(made) => made,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            eprintln!("skipped: openssl is not on PATH, so no certificate can be made with it");
-            return;
-        }
-        Err(e) => panic!("cannot run openssl: {e}"),
-    };
+        .output()
+        .expect("run openssl");
     assert!(
         made.status.success(),
         "openssl failed: {}",
@@ -674,10 +648,7 @@ async fn the_systems_certificate_store_is_trusted_by_default() {
 
     // rustls-native-certs reads the store from SSL_CERT_FILE when it is set.
     let mut client = Client::start_with_env(&["--url", &url], &[("SSL_CERT_FILE", &store)]);
-    client
-        .stdout
-        .wait_for("From server: Welcome to chat! Type a message")
-        .await;
+    client.welcomed().await;
     client.close_stdin();
     assert_eq!(client.wait().await.code(), Some(0));
 
@@ -698,9 +669,13 @@ async fn wss_url_never_falls_back_to_plain_text() {
     let url = format!("wss://localhost:{}", server.port);
     let mut client = Client::start(&["--url", &url]);
     assert_eq!(client.wait().await.code(), Some(1));
-    let stderr = client.stderr.complete().await;
-    assert_eq!(stderr.len(), 1, "{stderr:?}");
-    assert!(stderr[0].contains("TLS handshake failed"), "{stderr:?}");
+    assert_eq!(
+        client.stderr.complete().await,
+        [format!(
+            "error: cannot connect to {url}: TLS handshake failed: the server did not answer \
+             in TLS (is it a plain ws:// server? try ws://)"
+        )]
+    );
     assert!(
         client.stdout.complete().await.is_empty(),
         "the client chatted in plain text"
@@ -711,14 +686,19 @@ async fn wss_url_never_falls_back_to_plain_text() {
 async fn plain_client_cannot_talk_to_a_tls_server() {
     let (cert, key) = self_signed("plain");
     let server = Server::start(&["--tls-cert", &cert, "--tls-key", &key]).await;
-    let mut client = Client::start(&["--url", &server.url()]);
-    assert_eq!(client.wait().await.code(), Some(1));
-    assert_eq!(client.stderr.complete().await.len(), 1);
+    let url = server.url();
+    assert_eq!(
+        refusal(&["--url", &url]).await,
+        format!(
+            "error: cannot connect to {url}: the server closed the connection during the \
+             handshake (is it a broadcast-chat server, and is it full?)"
+        )
+    );
 }
 
 #[tokio::test]
 async fn bad_certificate_files_are_a_one_line_error() {
-    let server = Command::new(env!("CARGO_BIN_EXE_server"))
+    let server = server_command()
         .args([
             "--port",
             "0",

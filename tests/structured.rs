@@ -4,10 +4,9 @@
 
 mod common;
 
+use common::instances::assert_acked_once_in_order;
 use common::*;
-use futures_util::SinkExt;
 use serde_json::{Value, json};
-use tokio_websockets::Message;
 
 async fn send_json(ws: &mut Ws, frame: &Value) {
     send(ws, &frame.to_string()).await;
@@ -179,12 +178,6 @@ async fn bad_frames_get_an_error_frame_and_nobody_else_notices() {
         next_not_ack_or_message(&mut bad).await,
         json!({"type": "ack", "id": 3, "duplicate": true})
     );
-    // A binary frame is as bad as ever: 1003, for the sender alone.
-    bad.send(Message::binary(bytes::Bytes::from_static(b"\x00")))
-        .await
-        .expect("send");
-    assert_eq!(recv_close(&mut bad).await.0, 1003);
-
     // The bystander heard "once" once, and chats on.
     let once = recv_text(&mut bystander).await;
     assert!(once.ends_with(": \"once\""), "{once}");
@@ -375,4 +368,41 @@ async fn resuming_under_load_meets_live_traffic_without_gap_or_repeat() {
     }
     assert!(recovered, "the recovery was confirmed");
     talking.abort();
+}
+
+#[tokio::test]
+async fn sends_in_flight_are_acked_once_each_in_order() {
+    let server = Server::start(&["--max-rate", "0"]).await;
+    let (mut ws, _) = connect_structured(&format!("{}/rust?session=s1", server.url())).await;
+    assert_acked_once_in_order(&mut ws, 100, 1).await;
+}
+
+#[tokio::test]
+async fn every_frame_counts_toward_the_rate_limit() {
+    // A burst of 3, and no new allowance within the test.
+    let server = Server::start(&["--max-rate", "0.01", "--max-burst", "3"]).await;
+    let (mut ws, _) = connect_structured(&server.url()).await;
+    send_json(&mut ws, &json!({"type": "who"})).await;
+    assert_eq!(recv_json(&mut ws).await["kind"], "who");
+    send(&mut ws, "not json").await;
+    assert_eq!(recv_json(&mut ws).await["code"], "bad-frame");
+    send_json(&mut ws, &json!({"type": "dance"})).await;
+    assert_eq!(recv_json(&mut ws).await["code"], "unknown-type");
+    // The fourth frame is over the limit: dropped, neither sent nor acked.
+    send_json(&mut ws, &json!({"type": "send", "id": 1, "text": "over"})).await;
+    let notice = recv_json(&mut ws).await;
+    assert_eq!(
+        (&notice["type"], &notice["kind"], &notice["count"]),
+        (&json!("notice"), &json!("slow-down"), &json!(1)),
+        "{notice}"
+    );
+    // Nothing else came: the next frame is the answer to a frame sent after it,
+    // itself over the limit and so only counted (one notice a second at most).
+    let (mut other, _) = connect_structured(&server.url()).await;
+    send_json(
+        &mut other,
+        &json!({"type": "send", "id": 1, "text": "after"}),
+    )
+    .await;
+    assert_eq!(recv_json(&mut ws).await["text"], "after");
 }

@@ -8,10 +8,7 @@ use common::*;
 /// The client under a pseudo-terminal, connected to `server`, with its prompt up.
 async fn alice_at_the_prompt(server: &Server) -> PtyClient {
     let alice = PtyClient::start(&["--url", &server.url()], &[]);
-    alice
-        .screen
-        .wait_for("Welcome to chat! Type a message")
-        .await;
+    alice.screen.wait_for(WELCOME).await;
     alice.screen.wait_for("> ").await;
     alice
 }
@@ -71,7 +68,11 @@ async fn half_typed_line_survives_incoming_messages_and_commands_stay_local() {
     assert!(alice.stderr.complete().await.is_empty());
     // /quit closes cleanly: the server saw a close frame, not a lost peer.
     let log = server.stderr.wait_for_event("disconnected").await;
-    assert!(log.contains("closed by client"), "{log}");
+    assert_eq!(
+        log_field(&log, "reason").as_deref(),
+        Some("closed by client"),
+        "{log}"
+    );
     drop(bob_tx);
 }
 
@@ -100,8 +101,8 @@ async fn tags_are_coloured_on_a_terminal_unless_no_color_is_set() {
     let mut bob = connect(&server.url()).await;
     let mut colour = PtyClient::start(&["--url", &server.url()], &[]);
     let mut plain = PtyClient::start(&["--url", &server.url()], &[("NO_COLOR", "1")]);
-    colour.screen.wait_for("Welcome").await;
-    plain.screen.wait_for("Welcome").await;
+    colour.screen.wait_for(WELCOME).await;
+    plain.screen.wait_for(WELCOME).await;
 
     send(&mut bob, "in colour?").await;
     let line = tagged(&bob, "in colour?");

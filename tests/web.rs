@@ -238,7 +238,8 @@ async fn the_token_may_come_in_a_subprotocol_entry_and_is_never_echoed_or_logged
     let log = server.stderr.complete().await;
     assert_eq!(
         log.iter()
-            .filter(|l| log_event(l) == Some("refused") && l.contains("status=401"))
+            .filter(|l| log_event(l) == Some("refused")
+                && log_field(l, "status").as_deref() == Some("401"))
             .count(),
         4,
         "{log:#?}"

@@ -124,7 +124,12 @@ struct Cli {
     log_format: LogFormat,
     /// Share rooms with every server using this Redis (redis://host:port): their
     /// logs, offsets and presence live there.
-    #[arg(long, value_name = "URL", env = "CHAT_REDIS_URL")]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "CHAT_REDIS_URL",
+        hide_env_values = true
+    )]
     redis_url: Option<String>,
     /// Worker threads; 0 means one per CPU core.
     #[arg(long, value_name = "N", env = "CHAT_THREADS", default_value_t = 0)]

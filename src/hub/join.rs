@@ -152,17 +152,22 @@ impl Membership {
             }
         };
         self.room.baseline(head.epoch, head.head);
-        if self.hub.presence {
+        // Listed at once, so `/who` names the newcomer before the next heartbeat;
+        // with presence the join's notice lists it.
+        let member = remote.member(self.id, &self.who);
+        let listed = if self.hub.presence {
             let record = Record::presence(&self.who, true, 0);
-            let member = remote.member(self.id, &self.who);
             let presence = Some(Presence::Join(&member));
-            if let Err(e) = remote
+            remote
                 .log
                 .publish(&self.room.name, &record, None, presence)
                 .await
-            {
-                remote::went_down(&self.hub, &e.to_string());
-            }
+                .map(drop)
+        } else {
+            remote.log.heartbeat(&self.room.name, &[member]).await
+        };
+        if let Err(e) = listed {
+            remote::went_down(&self.hub, &e.to_string());
         }
         Some((head.epoch, head.head, head.first))
     }

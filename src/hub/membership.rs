@@ -142,21 +142,29 @@ impl Drop for Membership {
         {
             state.announce(&self.room.name, who, false);
         }
-        // With Redis, leaving is said through Redis, to every instance: it takes a
-        // round trip, so it happens after the session is gone.
-        if let (Some(who), Some(_), Ok(runtime)) = (
-            who.filter(|_| self.hub.presence),
-            &self.hub.remote,
-            tokio::runtime::Handle::try_current(),
-        ) {
+        // With Redis, leaving is said through Redis, to every instance (without
+        // presence, only `/who`'s list hears of it): it takes a round trip, so it
+        // happens after the session is gone.
+        if let (Some(who), Some(_), Ok(runtime)) =
+            (who, &self.hub.remote, tokio::runtime::Handle::try_current())
+        {
             let hub = Arc::clone(&self.hub);
             let (room, id) = (self.room.name.clone(), self.id);
             runtime.spawn(async move {
                 let Some(remote) = &hub.remote else { return };
                 let member = remote.member(id, &who);
-                let record = Record::presence(&who, false, 0);
-                let presence = Some(Presence::Leave(&member));
-                if let Err(e) = remote.log.publish(&room, &record, None, presence).await {
+                let unlisted = if hub.presence {
+                    let record = Record::presence(&who, false, 0);
+                    let presence = Some(Presence::Leave(&member));
+                    remote
+                        .log
+                        .publish(&room, &record, None, presence)
+                        .await
+                        .map(drop)
+                } else {
+                    remote.log.unlist(&room, &member).await
+                };
+                if let Err(e) = unlisted {
                     remote::went_down(&hub, &e.to_string());
                 }
             });

@@ -513,6 +513,20 @@ impl RedisLog {
         Ok(())
     }
 
+    /// Takes `member` of `room` (this instance's) off the room's list at once, as a
+    /// leave without a presence notice does.
+    ///
+    /// # Errors
+    /// Redis's error.
+    pub(crate) async fn unlist(&self, room: &str, member: &str) -> redis::RedisResult<()> {
+        let _: i64 = redis::cmd("ZREM")
+            .arg(Keys::of(room).who)
+            .arg(member)
+            .query_async(&mut self.manager.clone())
+            .await?;
+        Ok(())
+    }
+
     /// Asks Redis for an answer, within [`RESPONSE_TIMEOUT`]: a connection that
     /// answers nothing is replaced by the connection manager.
     ///

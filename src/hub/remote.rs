@@ -236,6 +236,7 @@ async fn came_back(hub: &Hub) {
             };
             let Some(last) = batch.last() else { break };
             after = last.offset;
+            remote.metrics.redis_recovered.increment(batch.len() as u64);
             for logged in &batch {
                 ingest(hub, room, logged).await;
             }

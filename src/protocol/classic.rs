@@ -140,7 +140,6 @@ mod tests {
     fn tag_escapes_terminal_control_sequences() {
         let line = tag(addr(), "\x1b[2Jgotcha\r\n\u{7}");
         assert_eq!(line, r#"127.0.0.1:53422: "\u{1b}[2Jgotcha\r\n\u{7}""#);
-        assert!(!line.chars().any(char::is_control));
     }
 
     #[test]

@@ -314,6 +314,11 @@ impl<'a> Outbox<'a> {
         // What the log let go while we replayed is part of what the returning client
         // missed (for a newcomer, a gap in the history, which it was not there for).
         let lost = self.catch_up(ws, membership, head, false).await?;
+        // What the log no longer held at the join is counted here, what it let go
+        // during the replay by the catch-up.
+        if let Some(Recovery::Missed(missed)) = recovery {
+            self.metrics.missed.increment(missed);
+        }
         if let Some(recovered) = recovery
             .map(|r| r.and_missed(lost))
             .and_then(|r| self.frames.recovered(r))

@@ -18,10 +18,6 @@ use tokio::time::timeout;
 
 use crate::common::WAIT;
 
-/// What the tests print, once, when they cannot run.
-pub const SKIP: &str = "skipping browser tests: chromium or chromedriver not found on PATH \
-                        (apt-get install chromium chromium-driver)";
-
 /// The flags headless Chromium needs here: as root (no sandbox), without a GPU,
 /// and without the background traffic that this machine's closed network refuses.
 const CHROMIUM_FLAGS: &[&str] = &[
@@ -80,20 +76,12 @@ impl Drop for Driver {
 }
 
 impl Driver {
-    /// Starts chromedriver and waits for the line that names its port; or, when
-    /// chromium or chromedriver is not on `PATH`, says once that the browser tests
-    /// are skipped, and returns `None`.
-    pub async fn start() -> Option<Driver> {
-        let (Some(chromium), Some(chromedriver)) = (on_path("chromium"), on_path("chromedriver"))
-        else {
-            // Straight to stderr, past the test harness's capture, and once.
-            static SAID: std::sync::Once = std::sync::Once::new();
-            SAID.call_once(|| {
-                use std::io::Write;
-                let _ = writeln!(std::io::stderr(), "{SKIP}");
-            });
-            return None;
-        };
+    /// Starts chromedriver and waits for the line that names its port. The tests
+    /// that call it are ignored where chromium or chromedriver is not on `PATH`
+    /// (see `build.rs`).
+    pub async fn start() -> Driver {
+        let chromium = on_path("chromium").expect("chromium on PATH");
+        let chromedriver = on_path("chromedriver").expect("chromedriver on PATH");
         let mut child = Command::new(chromedriver)
             .arg("--port=0")
             .process_group(0)
@@ -120,12 +108,12 @@ impl Driver {
         .expect("chromedriver's readiness line names its port");
         // Keep reading, so that chromedriver never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
-        Some(Driver {
+        Driver {
             child,
             port,
             chromium,
             profiles: std::sync::Mutex::default(),
-        })
+        }
     }
 
     /// A new headless Chromium with a fresh profile and a viewport of

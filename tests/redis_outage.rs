@@ -1,0 +1,199 @@
+//! A Redis outage under two instances sharing rooms (a real `redis-server` killed
+//! and started again on its port, without persistence): local chat goes on, the
+//! rooms are shared again once it is back, a client returning meanwhile is told
+//! nothing can be replayed, and a resume from the epoch Redis lost is told
+//! `restarted`. Ignored, saying so in the summary, where `redis-server` is not on
+//! `PATH`.
+
+mod common;
+
+use common::instances::*;
+use common::*;
+use serde_json::json;
+
+#[tokio::test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt-get install redis-server)"
+)]
+async fn a_redis_outage_keeps_local_chat_going_and_a_restart_is_said() {
+    let (redis, a, b) = two_instances(&["--max-rate", "0"]).await;
+    let port = redis.port;
+    let mut alice = connect(&format!("{}/r?name=alice", a.url())).await;
+    let mut ann = connect(&format!("{}/r?name=ann", a.url())).await;
+    let mut bob = connect(&format!("{}/r?name=bob", b.url())).await;
+    send(&mut alice, "before").await;
+    for ws in [&mut alice, &mut ann, &mut bob] {
+        assert!(next_line(ws).await.ends_with(": \"before\""));
+    }
+
+    redis.kill().await;
+    let degraded = "* the chat's shared log is out of reach: messages now reach only the people on this server, and are not kept";
+    for ws in [&mut alice, &mut ann, &mut bob] {
+        assert_eq!(recv_text(ws).await, degraded);
+    }
+    a.stderr.wait_for_event(REDIS_DOWN).await;
+    let health = raw_exchange(a.addr(), b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(
+        health.ends_with("{\"status\":\"degraded\",\"connections\":2,\"redis\":\"down\"}\n"),
+        "{health}"
+    );
+
+    // The same instance's members keep chatting; the other instance's do not hear it.
+    send(&mut alice, "during").await;
+    assert!(next_line(&mut ann).await.ends_with(": \"during\""));
+    assert!(next_line(&mut alice).await.ends_with(": \"during\""));
+
+    // Redis comes back empty (no persistence): the log begins again, and everyone
+    // is told both that it is back and that it was lost.
+    let _redis = RedisServer::start_at(port).await;
+    let restored = "* the chat's shared log is back: messages reach everyone and are kept again";
+    for ws in [&mut alice, &mut ann, &mut bob] {
+        assert_eq!(recv_text(ws).await, restored);
+    }
+    send(&mut alice, "after").await;
+    let lost = "* the room's log was lost and began again: messages sent meanwhile may be lost";
+    for ws in [&mut alice, &mut ann, &mut bob] {
+        assert_eq!(recv_text(ws).await, lost);
+        assert!(recv_text(ws).await.ends_with(": \"after\""));
+    }
+    let health = raw_exchange(a.addr(), b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(
+        health.ends_with("{\"status\":\"ok\",\"connections\":2,\"redis\":\"up\"}\n"),
+        "{health}"
+    );
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt-get install redis-server)"
+)]
+async fn a_room_everyone_joined_during_an_outage_delivers_once_redis_is_back() {
+    let (redis, a, b) = two_instances(&["--max-rate", "0"]).await;
+    let port = redis.port;
+    redis.kill().await;
+    a.stderr.wait_for_event(REDIS_DOWN).await;
+    b.stderr.wait_for_event(REDIS_DOWN).await;
+
+    // A room nobody was in before the outage, with a member on each instance.
+    let mut alice = connect(&format!("{}/fresh?name=alice", a.url())).await;
+    let mut bob = connect(&format!("{}/fresh?name=bob", b.url())).await;
+    let _redis = RedisServer::start_at(port).await;
+    let restored = "* the chat's shared log is back: messages reach everyone and are kept again";
+    for ws in [&mut alice, &mut bob] {
+        assert_eq!(recv_text(ws).await, restored);
+    }
+
+    // Once Redis is back the room is shared again, both ways.
+    let (from_alice, from_bob) = (
+        format!("alice@{}: \"from a\"", local_addr(&alice)),
+        format!("bob@{}: \"from b\"", local_addr(&bob)),
+    );
+    send(&mut alice, "from a").await;
+    send(&mut bob, "from b").await;
+    let mut seen = Vec::new();
+    for ws in [&mut alice, &mut bob] {
+        seen.push([next_line(ws).await, next_line(ws).await]);
+    }
+    assert_eq!(seen[0], seen[1], "one order for both");
+    let mut lines = seen[0].clone();
+    lines.sort();
+    assert_eq!(lines, [from_alice, from_bob]);
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt-get install redis-server)"
+)]
+async fn a_joiner_during_an_outage_gets_the_epoch_the_room_follows() {
+    let redis = RedisServer::start().await;
+    let args = ["--redis-url", &redis.url(), "--max-rate", "0"];
+    let a = Server::start(&args).await;
+    let (mut first, welcome) = connect_structured(&format!("{}/rust", a.url())).await;
+    say(&mut first, 1, "before").await;
+    assert_eq!(
+        messages(&mut first, 1).await,
+        vec![(1, "before".to_owned())]
+    );
+
+    redis.kill().await;
+    a.stderr.wait_for_event(REDIS_DOWN).await;
+    // A newcomer during the outage is told the epoch of the room's log in Redis,
+    // the one its members' offsets count in, so it can resume there later.
+    let (_second, joined) = connect_structured(&format!("{}/rust", a.url())).await;
+    assert_eq!(
+        joined["epoch"], welcome["epoch"],
+        "{joined} against {welcome}"
+    );
+    assert_eq!(joined["offset"], 1, "{joined}");
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt-get install redis-server)"
+)]
+async fn a_client_returning_during_an_outage_is_told_so() {
+    let redis = RedisServer::start().await;
+    let a = Server::start(&["--redis-url", &redis.url(), "--max-rate", "0"]).await;
+    let (mut first, welcome) = connect_structured(&format!("{}/rust", a.url())).await;
+    say(&mut first, 1, "before").await;
+    assert_eq!(messages(&mut first, 1).await, [(1, "before".to_owned())]);
+    let epoch = welcome["epoch"].as_str().expect("an epoch").to_owned();
+
+    redis.kill().await;
+    a.stderr.wait_for_event(REDIS_DOWN).await;
+    let back = format!("{}/rust?epoch={epoch}&after=0", a.url());
+    let told = "* the chat's shared log is out of reach: what was said while you were away cannot be replayed";
+    let (mut structured, _) = connect_structured(&format!("{back}&session=s1")).await;
+    assert_eq!(
+        recv_json(&mut structured).await,
+        json!({"type": "recovered", "complete": false, "text": told})
+    );
+    let mut classic = connect(&back).await;
+    assert_eq!(recv_text(&mut classic).await, told);
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt-get install redis-server)"
+)]
+async fn a_resume_from_an_epoch_redis_lost_is_told_restarted() {
+    let (redis, a, b) = two_instances(&["--max-rate", "0"]).await;
+    let port = redis.port;
+    let (mut alice, welcome) = connect_structured(&format!("{}/rust", a.url())).await;
+    say(&mut alice, 1, "before").await;
+    assert_eq!(messages(&mut alice, 1).await, [(1, "before".to_owned())]);
+    let epoch = welcome["epoch"].as_str().expect("an epoch").to_owned();
+    drop(alice);
+    a.stderr.wait_for_event("disconnected").await;
+
+    // Redis comes back without its data: the epoch is gone with it.
+    redis.kill().await;
+    a.stderr.wait_for_event(REDIS_DOWN).await;
+    b.stderr.wait_for_event(REDIS_DOWN).await;
+    let _redis = RedisServer::start_at(port).await;
+    a.stderr.wait_for_event(REDIS_BACK).await;
+    b.stderr.wait_for_event(REDIS_BACK).await;
+
+    for server in [&a, &b] {
+        let (mut back, welcome) = connect_structured(&format!(
+            "{}/rust?session=s1&epoch={epoch}&after=1",
+            server.url()
+        ))
+        .await;
+        assert_ne!(welcome["epoch"], epoch.as_str(), "{welcome}");
+        assert_eq!(
+            recv_json(&mut back).await,
+            json!({
+                "type": "recovered",
+                "complete": false,
+                "restarted": true,
+                "text": "* the room was restarted while you were away: messages sent meanwhile may be lost",
+            })
+        );
+    }
+}
