@@ -15,19 +15,24 @@ pub enum Error {
     Listener(#[source] io::Error),
 
     /// The metrics address (`--metrics-listen`) cannot be bound.
-    #[error("{reason}")]
+    #[error("{}", describe_bind_error(&addr.ip().to_string(), addr.port(), source))]
     MetricsListen {
-        /// One line saying why, from `describe_bind_error`.
-        reason: String,
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The operating system's answer.
+        #[source]
+        source: io::Error,
     },
 
     /// Redis (`--redis-url`) is unusable: an invalid URL, or unreachable at start.
-    #[error("cannot use Redis at {url}: {reason} (is it running, and is the URL right?)")]
+    #[error("cannot use Redis at {url}: {source} (is it running, and is the URL right?)")]
     Redis {
         /// The URL, without its password.
         url: String,
-        /// What went wrong.
-        reason: String,
+        /// What the Redis client reported (its kind tells an invalid URL, a refused
+        /// connection, a timeout apart).
+        #[source]
+        source: redis::RedisError,
     },
 
     /// The URL is not a `ws://` or `wss://` URL the client can use.
@@ -112,8 +117,15 @@ pub enum Error {
     },
 
     /// Certificates or keys could not be loaded or used.
-    #[error("{0}")]
-    TlsSetup(String),
+    #[error("{reason}")]
+    TlsSetup {
+        /// One line saying what failed, naming the file, and why.
+        reason: String,
+        /// What failed underneath (reading the file, parsing the PEM, rustls), if
+        /// anything did.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
 
     /// The TLS handshake with the server failed (e.g. an untrusted certificate).
     #[error("cannot connect to {url}: TLS handshake failed: {reason}")]
@@ -220,4 +232,21 @@ fn describe_ws(e: &tokio_websockets::Error) -> String {
         },
         other => other.to_string(),
     }
+}
+
+/// One line saying why binding `host:port` failed and what to do about it.
+pub fn describe_bind_error(host: &str, port: u16, e: &io::Error) -> String {
+    let hint = match e.kind() {
+        io::ErrorKind::AddrInUse => {
+            "address already in use (is another server running? choose another --port)"
+        }
+        io::ErrorKind::PermissionDenied => {
+            "permission denied (ports below 1024 need privileges; choose another --port)"
+        }
+        io::ErrorKind::AddrNotAvailable => {
+            "address not available (is --host an address of this machine?)"
+        }
+        _ => return format!("cannot listen on {host}:{port}: {e}"),
+    };
+    format!("cannot listen on {host}:{port}: {hint}")
 }

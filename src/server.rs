@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::config::ServerConfig;
+pub use crate::error::describe_bind_error;
 use crate::handshake::{self, Reply};
 use crate::hub::Hub;
 use crate::hub::redis::RedisLog;
@@ -44,15 +45,11 @@ impl Server {
     /// [`Error::MetricsListen`] when the metrics address cannot be bound.
     pub async fn start(config: ServerConfig) -> Result<Self> {
         let metrics_listener = match config.metrics_listen {
-            Some(addr) => {
-                Some(
-                    TcpListener::bind(addr)
-                        .await
-                        .map_err(|e| Error::MetricsListen {
-                            reason: describe_bind_error(&addr.ip().to_string(), addr.port(), &e),
-                        })?,
-                )
-            }
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| Error::MetricsListen { addr, source })?,
+            ),
             None => None,
         };
         let metrics = Arc::new(Metrics::new());
@@ -65,9 +62,9 @@ impl Server {
                     REDIS_CONNECT_TIMEOUT,
                 )
                 .await
-                .map_err(|e| Error::Redis {
+                .map_err(|source| Error::Redis {
                     url: redact(url),
-                    reason: e.to_string(),
+                    source,
                 })?;
                 info!(url = %redact(url), "connected to Redis");
                 Hub::with_redis(&config, log, pushes, Arc::clone(&metrics))
@@ -316,19 +313,20 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// One line saying why binding `host:port` failed and what to do about it.
-pub fn describe_bind_error(host: &str, port: u16, e: &io::Error) -> String {
-    let hint = match e.kind() {
-        io::ErrorKind::AddrInUse => {
-            "address already in use (is another server running? choose another --port)"
-        }
-        io::ErrorKind::PermissionDenied => {
-            "permission denied (ports below 1024 need privileges; choose another --port)"
-        }
-        io::ErrorKind::AddrNotAvailable => {
-            "address not available (is --host an address of this machine?)"
-        }
-        _ => return format!("cannot listen on {host}:{port}: {e}"),
-    };
-    format!("cannot listen on {host}:{port}: {hint}")
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_bad_redis_url_keeps_the_redis_error_for_the_caller() {
+        let config = ServerConfig {
+            redis_url: Some("nonsense://x".to_owned()),
+            ..ServerConfig::default()
+        };
+        let Err(Error::Redis { url, source }) = Server::start(config).await else {
+            panic!("started with a bad Redis URL");
+        };
+        assert_eq!(url, "nonsense://x");
+        assert_eq!(source.kind(), redis::ErrorKind::InvalidClientConfig);
+    }
 }

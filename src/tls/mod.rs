@@ -24,8 +24,20 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn load_error(what: &str, path: &Path, reason: impl std::fmt::Display) -> Error {
-    Error::TlsSetup(format!("cannot load {what} {}: {reason}", path.display()))
+/// What failed underneath a TLS setup error.
+type Source = Box<dyn std::error::Error + Send + Sync>;
+
+fn load_error(what: &str, path: &Path, source: impl Into<Source>) -> Error {
+    setup_error(format!("cannot load {what} {}", path.display()), source)
+}
+
+/// `context: source`, with the source kept.
+fn setup_error(context: impl std::fmt::Display, source: impl Into<Source>) -> Error {
+    let source = source.into();
+    Error::TlsSetup {
+        reason: format!("{context}: {source}"),
+        source: Some(source),
+    }
 }
 
 fn certificates(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>> {
@@ -49,7 +61,7 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>> {
     let config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key))
-        .map_err(|e| Error::TlsSetup(format!("cannot use the TLS certificate and key: {e}")))?;
+        .map_err(|e| setup_error("cannot use the TLS certificate and key", e))?;
     Ok(Arc::new(config))
 }
 
@@ -75,10 +87,14 @@ pub fn client_config(ca: Option<&Path>) -> Result<Arc<ClientConfig>> {
         }
         None => (default_roots(), Vec::new()),
     };
-    let verifier = ServerVerifier::new(roots, pinned, provider()).map_err(Error::TlsSetup)?;
+    let verifier = ServerVerifier::new(roots, pinned, provider())
+        .map_err(|e| setup_error("cannot use the trusted certificates", e))?;
     let config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| Error::TlsSetup(e.to_string()))?
+        .map_err(|e| Error::TlsSetup {
+            reason: e.to_string(),
+            source: Some(Box::new(e)),
+        })?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
@@ -104,4 +120,29 @@ fn default_roots() -> RootCertStore {
     let (added, ignored) = roots.add_parsable_certificates(system.certs);
     tracing::debug!(added, ignored, "certificates from the system's store");
     roots
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_that_cannot_be_read_keeps_the_reason_for_the_caller() {
+        let missing = Path::new("/no/such/cert.pem");
+        let Err(e) = server_config(missing, missing) else {
+            panic!("loaded a missing file");
+        };
+        assert_eq!(
+            e.to_string(),
+            "cannot load TLS certificate /no/such/cert.pem: I/O error: No such file or directory (os error 2)"
+        );
+        let source = std::error::Error::source(&e).expect("a source");
+        assert!(
+            matches!(
+                source.downcast_ref::<rustls_pki_types::pem::Error>(),
+                Some(rustls_pki_types::pem::Error::Io(io)) if io.kind() == std::io::ErrorKind::NotFound
+            ),
+            "{source:?}"
+        );
+    }
 }
