@@ -276,14 +276,24 @@ where
             }
             Ok::<_, Error>(None)
         };
-        let settled = match limit {
-            Some(limit) => tokio::time::timeout_at(limit, settle).await,
-            None => Ok(settle.await),
+        let bounded = async {
+            match limit {
+                Some(limit) => tokio::time::timeout_at(limit, settle).await.ok(),
+                None => Some(settle.await),
+            }
+        };
+        // `None`: the wait was cut short, by its limit or by Ctrl-C.
+        let settled = tokio::select! {
+            settled = bounded => settled,
+            () = &mut quit, if !quitting => {
+                quitting = true;
+                None
+            }
         };
         let ending = match settled {
-            Ok(settled) => settled?,
-            Err(_) if quitting => None,
-            Err(_) => Some(Ending::TimedOut {
+            Some(settled) => settled?,
+            None if quitting => None,
+            None => Some(Ending::TimedOut {
                 after: self
                     .tally
                     .deadline
