@@ -5,10 +5,10 @@
 //! through in `handshake::METHODS` and reads at most its own small bound after the
 //! head, starting with [`Request::rest`](crate::handshake::Request).
 
+use std::net::IpAddr;
+
 use http::{Method, StatusCode};
 use serde::Serialize;
-
-use std::net::IpAddr;
 
 use crate::admit::admit;
 use crate::handshake::{self, Reply, Request, UpgradeRequest};
