@@ -114,7 +114,7 @@ impl Server {
 /// Serves `/metrics` (and nothing else) on the `--metrics-listen` address.
 async fn serve_metrics(listener: TcpListener, shared: Arc<Shared>) {
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
+        let Ok((mut stream, addr)) = listener.accept().await else {
             tokio::time::sleep(ACCEPT_BACKOFF).await;
             continue;
         };
@@ -127,11 +127,13 @@ async fn serve_metrics(listener: TcpListener, shared: Arc<Shared>) {
                 Err(_) => return,
             };
             let reply = match read.map(|request| route::route(request, Listener::Metrics)) {
-                Ok(Ok(Route::Plain(plain))) => route::answer(plain, &shared),
+                Ok(Ok(Route::Plain(plain))) => route::answer(plain, &shared, addr.ip()),
                 Ok(Err(refusal)) | Err(handshake::Failure::Refused(refusal)) => refusal,
-                // `route` refuses upgrades here; a connection that broke is told
+                // `route` refuses upgrades and publishes here; a connection that broke is told
                 // too, in case it still reads.
-                Ok(Ok(Route::Chat(_))) | Err(handshake::Failure::Io(_)) => route::metrics_only(),
+                Ok(Ok(Route::Chat(_) | Route::Publish(_))) | Err(handshake::Failure::Io(_)) => {
+                    route::metrics_only()
+                }
             };
             let _ = tokio::time::timeout(limit, handshake::respond(&mut stream, &reply)).await;
         });

@@ -202,7 +202,12 @@ mod tests {
         assert!(is_transient(&refused(504)));
         assert!(!is_transient(&refused(500)));
         assert!(!is_transient(&refused(400)));
-        assert!(!is_transient(&Err(Error::Unauthorized { sent: true })));
+        assert!(!is_transient(&Err(Error::Unauthorized {
+            sent: true,
+            reason: None
+        })));
+        // A token the server said has expired is not tried again.
+        assert!(!is_transient(&closed(Some(crate::auth::CLOSE_EXPIRED))));
     }
 
     #[test]

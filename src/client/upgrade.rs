@@ -86,9 +86,14 @@ where
             // after its answer are still in the stream for the WebSocket to read.
             Ok((ClientBuilder::new().take_over(stream), format))
         }
-        401 => Err(Error::Unauthorized {
-            sent: config.token.is_some(),
-        }),
+        401 => {
+            let body = read_body(&mut stream, response.content_length).await;
+            Err(Error::Unauthorized {
+                sent: config.token.is_some(),
+                // A `--token` server's reason says no more than the status.
+                reason: refusal_reason(&body).filter(|r| r != protocol::REASON_WRONG_TOKEN),
+            })
+        }
         status => {
             let body = read_body(&mut stream, response.content_length).await;
             Err(Error::Refused {
@@ -426,7 +431,7 @@ mod tests {
                 .await;
         let err = upgrade_on(&config, tcp).await.expect_err("refused");
         assert!(
-            matches!(err, Error::Unauthorized { sent: false }),
+            matches!(err, Error::Unauthorized { sent: false, .. }),
             "{err:?}"
         );
     }

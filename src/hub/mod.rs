@@ -8,6 +8,7 @@
 mod join;
 mod log;
 mod membership;
+mod publish;
 mod record;
 pub(crate) mod redis;
 mod remote;
@@ -30,6 +31,7 @@ use room::{Room, lock};
 
 pub(crate) use log::stamp;
 pub(crate) use membership::Submitted;
+pub(crate) use publish::PublishError;
 pub(crate) use room::Published;
 
 /// Who sent a delivery: a member's connection id, or [`SERVER`].

@@ -19,6 +19,8 @@ pub const REASON_SHUTDOWN: &str = "server shutting down";
 pub const REASON_BINARY: &str = "binary messages are not supported; send text";
 /// Close reason for a client that kept sending over the rate limit (code 1008).
 pub const REASON_FLOOD: &str = "too many messages for too long";
+/// The reason a `--token` server gives for a 401.
+pub const REASON_WRONG_TOKEN: &str = "missing or wrong token";
 /// Close reason sent by the client when its input ends (code 1000).
 pub const REASON_BYE: &str = "bye";
 
