@@ -432,6 +432,8 @@ async fn ed25519_and_rsa_public_keys_check_tokens_minted_with_their_private_keys
             .args(args)
             .arg("-out")
             .arg(&private)
+            // Its progress dots are noise in the test output.
+            .stderr(std::process::Stdio::null())
             .status()
             .expect("openssl genpkey");
         assert!(made.success(), "openssl genpkey {kind}");

@@ -94,7 +94,7 @@ impl fmt::Display for Ending {
     }
 }
 
-/// What [`chat`] reports while it reconnects, for the user to see.
+/// What [`chat`](super::chat()) reports while it reconnects, for the user to see.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// The connection failed or was lost; the next attempt comes after `delay`.
