@@ -18,6 +18,9 @@ const PROGRAMS: &[(&str, &str)] = &[
     ("chromium", "has_chromium"),
     ("chromedriver", "has_chromedriver"),
     ("openssl", "has_openssl"),
+    ("jq", "has_jq"),
+    ("zsh", "has_zsh"),
+    ("fish", "has_fish"),
 ];
 
 fn main() {

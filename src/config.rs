@@ -70,6 +70,12 @@ pub struct ServerConfig {
     pub flood_timeout: Duration,
     /// When set, clients must send `Authorization: Bearer <token>`.
     pub token: Option<Secret>,
+    /// When set, clients must present a JWT signed with this key (`--auth-key`):
+    /// their name and rights come from its claims.
+    pub auth: Option<crate::auth::VerifyingKey>,
+    /// Failed authentications one source address may make per minute (and in a
+    /// row) before its attempts get HTTP 429; 0 turns the limit off.
+    pub max_auth_failures: u32,
     /// When not empty, an upgrade with an `Origin` header not in this list gets 403.
     /// Requests without `Origin` (non-browser clients) are not affected.
     pub allowed_origins: Vec<String>,
@@ -112,6 +118,8 @@ impl Default for ServerConfig {
             max_burst: 30,
             flood_timeout: Duration::from_secs(10),
             token: None,
+            auth: None,
+            max_auth_failures: 10,
             allowed_origins: Vec::new(),
             tls: None,
             history: 0,
@@ -150,6 +158,16 @@ pub struct ClientConfig {
     pub reconnect_min: Duration,
     /// The longest wait before connecting again.
     pub reconnect_max: Duration,
+    /// Whether to print the frames as they came, one JSON object a line, instead
+    /// of `From server:` lines.
+    pub json: bool,
+    /// End the chat once this many chat messages are printed.
+    pub count: Option<u64>,
+    /// Give up when the chat has not ended this long after it began (connecting,
+    /// acknowledgements, `count` included).
+    pub timeout: Option<Duration>,
+    /// Where to start in the room on the first connection.
+    pub start: crate::client::Start,
 }
 
 impl ClientConfig {
@@ -166,6 +184,10 @@ impl ClientConfig {
             reconnect: false,
             reconnect_min: Duration::from_millis(500),
             reconnect_max: Duration::from_secs(30),
+            json: false,
+            count: None,
+            timeout: None,
+            start: crate::client::Start::Live,
         }
     }
 }
@@ -205,7 +227,7 @@ impl fmt::Debug for Secret {
 }
 
 /// Parses a duration as the command line takes it: `500ms`, `2s`, `1.5` (seconds),
-/// `1m`.
+/// `1m`, `2h`, `30d`.
 ///
 /// # Errors
 /// A one-line message when `s` is not a number with one of those units, or is
@@ -218,13 +240,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         (n, 1.0)
     } else if let Some(n) = s.strip_suffix('m') {
         (n, 60.0)
+    } else if let Some(n) = s.strip_suffix('h') {
+        (n, 3600.0)
+    } else if let Some(n) = s.strip_suffix('d') {
+        (n, 86_400.0)
     } else {
         (s, 1.0)
     };
     let value: f64 = number
         .trim()
         .parse()
-        .map_err(|_| format!("{s:?} is not a duration (write e.g. 500ms, 2s or 1m)"))?;
+        .map_err(|_| format!("{s:?} is not a duration (write e.g. 500ms, 2s, 1m, 2h or 30d)"))?;
     Duration::try_from_secs_f64(value * scale).map_err(|_| format!("{s:?} is not a valid duration"))
 }
 
@@ -259,6 +285,8 @@ mod tests {
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("-1s").is_err());
     }

@@ -136,20 +136,47 @@ pub enum Error {
         reason: String,
     },
 
-    /// The server wants a token and ours was missing or wrong (HTTP 401).
-    #[error("{}", if *.sent { "the server refused the token (401)" } else { "the server requires a token (401): pass --token or set CHAT_TOKEN" })]
+    /// The key for signed tokens (`--auth-key`, `server token --key`) is unusable.
+    #[error("cannot use the key in {path}: {reason}")]
+    AuthKey {
+        /// The key file, as given.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The server wants a token and ours was missing, wrong or expired (HTTP 401).
+    #[error("{}", unauthorized(*.sent, reason.as_deref()))]
     Unauthorized {
         /// Whether we sent a token.
         sent: bool,
+        /// The server's one-line reason, when it says more than that the token is
+        /// missing or wrong (`token expired: get a new one`).
+        reason: Option<String>,
     },
 
     /// The token cannot be sent in an HTTP header.
     #[error("the token must be printable ASCII")]
     InvalidToken,
 
+    /// The operating system's random source failed (the client's session id is
+    /// drawn from it).
+    #[error("cannot draw a random session id from the operating system: {0}")]
+    Random(#[source] getrandom::Error),
+
     /// Writing to the local output (the terminal, a pipe) failed.
     #[error("cannot write output: {0}")]
     Output(#[source] io::Error),
+}
+
+/// The line for a 401: what the server said of a token we sent, when it said more
+/// than `--token` servers do.
+fn unauthorized(sent: bool, reason: Option<&str>) -> String {
+    match (sent, reason) {
+        (true, Some(reason)) => format!("the server refused the token (401): {reason}"),
+        (true, None) => "the server refused the token (401)".into(),
+        (false, _) => "the server requires a token (401): pass --token or set CHAT_TOKEN".into(),
+    }
 }
 
 /// What follows the status of a refused upgrade: the server's own reason when it

@@ -7,12 +7,17 @@
 //! a stuck peer is noticed and closed, and every network wait has a bound.
 //!
 //! # Layout
+//! - [`auth`]: signed tokens (JWTs): their claims, keys, minting, and the limit on
+//!   failed authentications.
 //! - [`config`]: every limit and timeout, with defaults ([`ServerConfig`], [`ClientConfig`]).
 //! - `error`: the library's [`Error`], one enum.
 //! - [`protocol`]: the wire formats (classic lines, `broadcast-chat.v1` frames): tagging,
 //!   names and rooms, notices, close reasons.
 //! - `handshake`: HTTP/1.1 by hand: the request head, the WebSocket upgrade, answers.
 //! - `route`: every HTTP endpoint in one table, and the plain requests' answers.
+//! - `admit`: who may come in: the failed-authentication limit, the token, the
+//!   origin, and a signed token's room and name.
+//! - `publish`: the publish API, `POST /_/rooms/NAME/messages`, for backends.
 //! - `hub`: the fan-out: rooms, each with its members, a `tokio::sync::broadcast`
 //!   channel per wire format, and its log from the store.
 //! - `store`: the rooms' logs (offsets, epoch) and sequencers behind one trait: in
@@ -28,11 +33,15 @@
 //! - [`tls`]: certificates for `wss://` on both sides, and how the client checks a server's.
 //! - `web`: the chat in a browser: the page the server serves, its files, their
 //!   headers.
+//! - [`cli`]: the `completions` and `man` subcommands both binaries share.
 //! - [`client`]: connect, the stdin/socket loop ([`client::chat`], with reconnects),
 //!   commands and the terminal mode.
 //!
 //! Data flows one way: socket → session → hub → every session → socket.
 
+mod admit;
+pub mod auth;
+pub mod cli;
 pub mod client;
 pub mod config;
 mod error;
@@ -41,6 +50,7 @@ mod hub;
 mod limits;
 mod metrics;
 pub mod protocol;
+mod publish;
 mod route;
 pub mod server;
 mod session;

@@ -57,6 +57,14 @@ impl RateLimit {
         }
     }
 
+    /// How long until the next message passes, as of the last check.
+    pub(crate) fn until_next(&self) -> Duration {
+        if self.rate <= 0.0 || self.tokens >= 1.0 {
+            return Duration::ZERO;
+        }
+        Duration::try_from_secs_f64((1.0 - self.tokens) / self.rate).unwrap_or(Duration::MAX)
+    }
+
     /// Decides about a message that arrives at `now`.
     pub(crate) fn check(&mut self, now: Instant) -> Verdict {
         if self.rate <= 0.0 {

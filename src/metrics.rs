@@ -90,10 +90,12 @@ pub(crate) enum Reason {
     Shutdown,
     /// The client broke the protocol or its limits (binary, too big, bad UTF-8).
     Protocol,
+    /// The client's signed token expired while it was connected.
+    Expired,
 }
 
 impl Reason {
-    const ALL: [Reason; 7] = [
+    const ALL: [Reason; 8] = [
         Reason::ClientClosed,
         Reason::Lost,
         Reason::WriteTimeout,
@@ -101,6 +103,7 @@ impl Reason {
         Reason::Flood,
         Reason::Shutdown,
         Reason::Protocol,
+        Reason::Expired,
     ];
 
     fn label(self) -> &'static str {
@@ -112,6 +115,7 @@ impl Reason {
             Reason::Flood => "flood",
             Reason::Shutdown => "shutdown",
             Reason::Protocol => "protocol",
+            Reason::Expired => "token_expired",
         }
     }
 }

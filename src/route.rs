@@ -1,15 +1,18 @@
 //! Every HTTP endpoint in one table: which one a request is for ([`route`]), who
-//! may use the chat ([`admit`]), and the answers to the plain requests
+//! may use the chat (`crate::admit`), and the answers to the plain requests
 //! ([`answer`]). A new endpoint is a [`Plain`] variant, its line in [`route`] and
 //! its answer in [`answer`]; one with a body (a `POST`) also lets its method
 //! through in `handshake::METHODS` and reads at most its own small bound after the
 //! head, starting with [`Request::rest`](crate::handshake::Request).
 
+use std::net::IpAddr;
+
 use http::{Method, StatusCode};
 use serde::Serialize;
 
-use crate::config::ServerConfig;
+use crate::admit::admit;
 use crate::handshake::{self, Reply, Request, UpgradeRequest};
+use crate::publish::{self, PublishRequest};
 use crate::state::Shared;
 use crate::web::{self, AUTH_FILE, FILES_PREFIX};
 
@@ -26,6 +29,9 @@ pub(crate) enum Route {
     Chat(UpgradeRequest),
     /// A plain request, answered by [`answer`].
     Plain(Plain),
+    /// `POST /_/rooms/NAME/messages`: a line for the room, answered by
+    /// `crate::publish` once it is in the room's log.
+    Publish(PublishRequest),
 }
 
 /// A plain request: one HTTP answer, then the connection closes.
@@ -38,7 +44,7 @@ pub(crate) enum Plain {
     /// The web page (a room's path, asked for by a browser) or one of its files
     /// under `/_/`; the headers carry `If-None-Match`.
     File(&'static web::File, http::HeaderMap),
-    /// `GET /_/auth`, the page's admission check: [`admit`] on these headers.
+    /// `GET /_/auth`, the page's admission check: `admit` on these headers.
     Auth(http::HeaderMap),
     /// A request for the page answered at once: a path that is no room (400), a
     /// file that is none (404). Answered, not refused: nothing was asked of the chat.
@@ -59,8 +65,25 @@ pub(crate) enum Listener {
 /// Decides what `request`, which came to `listener`, is for; a refusal is the
 /// answer to send.
 pub(crate) fn route(request: Request, listener: Listener) -> Result<Route, Reply> {
-    let route = if request.is_upgrade() {
+    let route = if request.method == Method::POST {
+        let Some(room) = publish::room_of(request.path()) else {
+            return Err(Reply::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "POST is for /_/rooms/NAME/messages; use GET to open a WebSocket",
+            ));
+        };
+        Route::Publish(PublishRequest {
+            room: room.to_owned(),
+            headers: request.headers,
+            rest: request.rest,
+        })
+    } else if request.is_upgrade() {
         Route::Chat(UpgradeRequest::new(request)?)
+    } else if publish::room_of(request.path()).is_some() {
+        return Err(Reply::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "use POST to publish to a room",
+        ));
     } else {
         let path = request.path();
         let plain = match (&request.method, path) {
@@ -113,8 +136,8 @@ pub(crate) fn metrics_only() -> Reply {
     Reply::new(StatusCode::NOT_FOUND, "only /metrics is served here")
 }
 
-/// The answer to a plain request.
-pub(crate) fn answer(plain: Plain, shared: &Shared) -> Reply {
+/// The answer to a plain request from `ip`.
+pub(crate) fn answer(plain: Plain, shared: &Shared, ip: IpAddr) -> Reply {
     match plain {
         Plain::Health => health(shared),
         Plain::Metrics => Reply::typed(
@@ -123,50 +146,17 @@ pub(crate) fn answer(plain: Plain, shared: &Shared) -> Reply {
             shared.render_metrics(),
         ),
         Plain::File(file, headers) => web::serve(file, &headers),
-        Plain::Auth(headers) => match admit(&headers, &shared.config) {
-            Ok(()) => Reply::empty(StatusCode::NO_CONTENT),
+        // With a signed token, the name it gives: the page joins with it.
+        Plain::Auth(headers) => match admit(&headers, ip, shared) {
+            Ok(None) => Reply::empty(StatusCode::NO_CONTENT),
+            Ok(Some(identity)) => Reply::json(
+                StatusCode::OK,
+                serde_json::json!({ "name": identity.name }).to_string(),
+            ),
             Err(refusal) => refusal,
         },
         Plain::Answer(reply) => reply,
     }
-}
-
-/// Decides whether a request with these headers may join: the token (as
-/// `Authorization: Bearer` or a `bearer.` subprotocol entry), then the origin (one
-/// listed with `--allow-origin`, or the server's own, whose page it is).
-pub(crate) fn admit(headers: &http::HeaderMap, config: &ServerConfig) -> Result<(), Reply> {
-    if let Some(token) = &config.token
-        && !handshake::presented_tokens(headers).any(|presented| token.matches(&presented))
-    {
-        return Err(Reply::new(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong token",
-        ));
-    }
-    if !config.allowed_origins.is_empty()
-        && let Some(origin) = headers.get(http::header::ORIGIN)
-    {
-        let origin = origin.to_str().unwrap_or_default().trim_end_matches('/');
-        let scheme = if config.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        let own = headers
-            .get(http::header::HOST)
-            .and_then(|host| host.to_str().ok())
-            .map(|host| format!("{scheme}://{host}"));
-        if !config
-            .allowed_origins
-            .iter()
-            .map(|allowed| allowed.trim_end_matches('/'))
-            .chain(own.as_deref())
-            .any(|allowed| allowed.eq_ignore_ascii_case(origin))
-        {
-            return Err(Reply::new(StatusCode::FORBIDDEN, "origin not allowed"));
-        }
-    }
-    Ok(())
 }
 
 /// The health check's answer, as JSON.
@@ -211,6 +201,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::config::ServerConfig;
     use crate::hub::Hub;
     use crate::metrics::Metrics;
 
@@ -233,7 +224,7 @@ mod tests {
     fn plain(path: &str, headers: &[(&'static str, &str)]) -> Result<Plain, u16> {
         match route(request(path, headers), Listener::Chat) {
             Ok(Route::Plain(plain)) => Ok(plain),
-            Ok(Route::Chat(_)) => panic!("{path} is no upgrade"),
+            Ok(Route::Chat(_) | Route::Publish(_)) => panic!("{path} is a plain GET"),
             Err(reply) => Err(reply.status.as_u16()),
         }
     }
@@ -250,13 +241,52 @@ mod tests {
             Arc::new(Metrics::new()),
         );
         match route(request(path, headers), Listener::Chat) {
-            Ok(Route::Plain(plain)) => answer(plain, &shared),
-            Ok(Route::Chat(_)) => panic!("{path} is no upgrade"),
+            Ok(Route::Plain(plain)) => answer(plain, &shared, IpAddr::from([127, 0, 0, 1])),
+            Ok(Route::Chat(_) | Route::Publish(_)) => panic!("{path} is a plain GET"),
             Err(reply) => reply,
         }
     }
 
     const CHROME: &str = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+
+    #[test]
+    fn a_post_is_for_the_publish_api_alone() {
+        let post = |path: &str, headers: &[(&'static str, &str)]| Request {
+            method: Method::POST,
+            rest: b"hi".to_vec(),
+            ..request(path, headers)
+        };
+        let Ok(Route::Publish(publish)) =
+            route(post("/_/rooms/rust/messages", &[]), Listener::Chat)
+        else {
+            panic!("not routed to the publish API");
+        };
+        assert_eq!(
+            (publish.room.as_str(), publish.rest.as_slice()),
+            ("rust", &b"hi"[..])
+        );
+        let upgrade = [
+            ("upgrade", "websocket"),
+            ("connection", "upgrade"),
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ];
+        for refused in [post("/rust", &[]), post("/", &upgrade)] {
+            let Err(reply) = route(refused, Listener::Chat) else {
+                panic!("routed");
+            };
+            assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
+            assert_eq!(
+                reply.body,
+                "POST is for /_/rooms/NAME/messages; use GET to open a WebSocket"
+            );
+        }
+        assert!(matches!(plain("/_/rooms/rust/messages", &[]), Err(405)));
+        assert!(matches!(
+            route(post("/_/rooms/rust/messages", &[]), Listener::Metrics),
+            Err(reply) if reply.status == StatusCode::NOT_FOUND
+        ));
+    }
 
     #[test]
     fn plain_http_gets_426_with_a_reason() {
@@ -338,6 +368,33 @@ mod tests {
         assert_eq!(
             get(guarded(), "/_/auth", &[("authorization", "Bearer s3cret")]).status,
             StatusCode::NO_CONTENT
+        );
+        // A signed token's holder is named: the page joins under that name.
+        let secret = b"an HMAC secret of at least 32 bytes";
+        let signed = ServerConfig {
+            auth: Some(crate::auth::VerifyingKey::from_bytes(secret).expect("key")),
+            ..ServerConfig::default()
+        };
+        let claims = crate::auth::Claims {
+            sub: "alice".into(),
+            exp: crate::auth::now_secs() + 60,
+            rooms: vec!["*".into()],
+            read_only: false,
+            publish: false,
+        };
+        let key = crate::auth::SigningKey::from_bytes(secret).expect("key");
+        let token = crate::auth::mint(&key, &claims).expect("token");
+        let bearer = format!("Bearer {token}");
+        let named = get(signed.clone(), "/_/auth", &[("authorization", &bearer)]);
+        assert_eq!(
+            (named.status, named.body.as_ref()),
+            (StatusCode::OK, r#"{"name":"alice"}"#)
+        );
+        let missing = get(signed, "/_/auth", &[]);
+        assert_eq!(missing.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            missing.body,
+            "missing token: send Authorization: Bearer TOKEN"
         );
     }
 

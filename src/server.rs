@@ -116,7 +116,7 @@ impl Server {
 /// Serves `/metrics` (and nothing else) on the `--metrics-listen` address.
 async fn serve_metrics(listener: TcpListener, shared: Arc<Shared>) {
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
+        let Ok((mut stream, addr)) = listener.accept().await else {
             tokio::time::sleep(ACCEPT_BACKOFF).await;
             continue;
         };
@@ -129,11 +129,13 @@ async fn serve_metrics(listener: TcpListener, shared: Arc<Shared>) {
                 Err(_) => return,
             };
             let reply = match read.map(|request| route::route(request, Listener::Metrics)) {
-                Ok(Ok(Route::Plain(plain))) => route::answer(plain, &shared),
+                Ok(Ok(Route::Plain(plain))) => route::answer(plain, &shared, addr.ip()),
                 Ok(Err(refusal)) | Err(handshake::Failure::Refused(refusal)) => refusal,
-                // `route` refuses upgrades here; a connection that broke is told
+                // `route` refuses upgrades and publishes here; a connection that broke is told
                 // too, in case it still reads.
-                Ok(Ok(Route::Chat(_))) | Err(handshake::Failure::Io(_)) => route::metrics_only(),
+                Ok(Ok(Route::Chat(_) | Route::Publish(_))) | Err(handshake::Failure::Io(_)) => {
+                    route::metrics_only()
+                }
             };
             let _ = tokio::time::timeout(limit, handshake::respond(&mut stream, &reply)).await;
         });
@@ -295,21 +297,35 @@ pub fn local_addr(listener: &TcpListener) -> Result<SocketAddr> {
     listener.local_addr().map_err(Error::Listener)
 }
 
-/// Completes on Ctrl-C or, on Unix, SIGTERM.
-pub async fn shutdown_signal() {
-    let terminate = async {
-        #[cfg(unix)]
-        if let Ok(mut term) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
-            term.recv().await;
-            return;
+/// Completes on Ctrl-C (SIGINT) or, on Unix, SIGTERM. The handlers are installed
+/// when this is called, not when the future is first polled: a caller that calls it
+/// before printing its readiness line never dies of a signal sent right after it.
+pub fn shutdown_signal() -> impl Future<Output = ()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let interrupt = signal(SignalKind::interrupt());
+        let terminate = signal(SignalKind::terminate());
+        async move {
+            match (interrupt, terminate) {
+                (Ok(mut interrupt), Ok(mut terminate)) => {
+                    tokio::select! {
+                        _ = interrupt.recv() => {}
+                        _ = terminate.recv() => {}
+                    }
+                }
+                // A handler that cannot be installed leaves the default: the signal ends
+                // the process without the graceful close.
+                (Ok(mut only), Err(_)) | (Err(_), Ok(mut only)) => {
+                    only.recv().await;
+                }
+                (Err(_), Err(_)) => std::future::pending().await,
+            }
         }
-        std::future::pending::<()>().await;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
+    }
+    #[cfg(not(unix))]
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 

@@ -5,9 +5,11 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+use crate::auth::FailureLimit;
 use crate::config::ServerConfig;
 use crate::hub::{Hub, SenderId};
 use crate::metrics::{Metrics, Now};
+use crate::publish::Publishers;
 
 /// The server's shared state, built once by `server::run` and read by every session.
 pub(crate) struct Shared {
@@ -23,6 +25,10 @@ pub(crate) struct Shared {
     /// instances sharing rooms through Redis (they tell a sender's own messages
     /// apart, and a connection's line ids apart).
     next_id: AtomicU64,
+    /// Failed authentications per source address, for the 429 limit.
+    pub(crate) auth_failures: FailureLimit,
+    /// Each publisher's rate, for the publish API's 429.
+    pub(crate) publishers: Publishers,
     /// Open connections, counted from accept to the end of their task. Changed only
     /// by [`ConnectionGuard`].
     connections: AtomicUsize,
@@ -35,6 +41,8 @@ impl Shared {
             hub,
             metrics,
             tls: config.tls.clone().map(tokio_rustls::TlsAcceptor::from),
+            auth_failures: FailureLimit::new(config.max_auth_failures),
+            publishers: Publishers::default(),
             config,
             // Counting up from a random start in the lower half: never SERVER, never
             // wrapping, and two instances' ranges meet with odds of one in billions.

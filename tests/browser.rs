@@ -588,6 +588,68 @@ async fn a_wrong_token_is_refused_and_the_page_says_so() {
     not(all(has_chromium, has_chromedriver)),
     ignore = "needs chromium and chromedriver (apt-get install chromium chromium-driver)"
 )]
+async fn a_minted_token_is_taken_by_the_page_which_joins_under_its_name() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let driver = Driver::start().await;
+    let key = tokens::secret(&tokens::key_dir("browser"), "chat.key", tokens::SECRET);
+    let mint = |name: &str| {
+        tokens::mint(&[
+            "--key",
+            &key,
+            "--name",
+            name,
+            "--rooms",
+            "vault",
+            "--expires",
+            "1h",
+        ])
+    };
+    let server = Server::start(&["--auth-key", &key]).await;
+    let frank = command_line_client(&server, "/vault", &["--token", &mint("frank")]).await;
+
+    let erin = driver.browser(1024, 700).await;
+    erin.open(&format!("http://127.0.0.1:{}/vault", server.port))
+        .await;
+    erin.wait_for(
+        "the name prompt, with the focus",
+        "return document.activeElement === document.getElementById('name-input')",
+        &[],
+    )
+    .await;
+    // A name of her own choosing: the token's name wins.
+    erin.type_keys(&format!("eve{ENTER}")).await;
+    erin.wait_for(
+        "the page to ask for the token",
+        "return !document.getElementById('token-form').hidden
+             && document.activeElement === document.getElementById('token-input')",
+        &[],
+    )
+    .await;
+    erin.type_keys(&format!("{}{ENTER}", mint("erin"))).await;
+    wait_state(&erin, "connected").await;
+    let me = erin
+        .run("return document.getElementById('me').textContent", &[])
+        .await;
+    assert_eq!(me, json!("erin"));
+    say(&erin, "let me in").await;
+    let shown = wait_message(&erin, "let me in").await;
+    assert!(
+        shown
+            .iter()
+            .any(|s| s.text == "let me in" && s.own && s.from.as_deref() == Some("erin")),
+        "{shown:#?}"
+    );
+    frank
+        .stdout
+        .wait_for_line("From server: erin: \"let me in\"")
+        .await;
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(all(has_chromium, has_chromedriver)),
+    ignore = "needs chromium and chromedriver (apt-get install chromium chromium-driver)"
+)]
 async fn over_tls_the_page_is_served_over_https_and_connects_with_wss() {
     let _one = ONE_AT_A_TIME.lock().await;
     let driver = Driver::start().await;

@@ -1,9 +1,10 @@
 //! The tests' own footing: every program some tests need is installed where `CI`
 //! is set, and the helpers read the server's log lines exactly.
 //!
-//! A test that needs a program (Redis, Prometheus, Chromium, openssl) is ignored,
-//! with the reason in the summary, where `build.rs` did not find it on `PATH`; on CI
-//! the first test here fails naming it, so a green CI run is one where every test ran.
+//! A test that needs a program (Redis, Prometheus, Chromium, openssl, jq, zsh,
+//! fish) is ignored, with the reason in the summary, where `build.rs` did not find
+//! it on `PATH`; on CI the first test here fails naming it, so a green CI run is one
+//! where every test ran.
 
 mod common;
 

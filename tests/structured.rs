@@ -215,6 +215,14 @@ async fn resume_parameters_that_make_no_sense_are_refused_or_answered() {
             "invalid offset \"-3\": use the last offset received, a whole number",
         ),
         (
+            "history=5&epoch=00000000000000ab&after=1",
+            "history is for a newcomer: a returning client gets what it missed after after",
+        ),
+        (
+            "history=some",
+            "invalid history \"some\": use a number of messages, a whole number",
+        ),
+        (
             "session=no/slash",
             "invalid session \"no/slash\": use 1 to 64 letters, digits, '-' or '_'",
         ),
@@ -271,6 +279,42 @@ async fn resume_parameters_that_make_no_sense_are_refused_or_answered() {
         json!({"type": "recovered", "complete": false, "restarted": true,
                "text": "* the room was restarted while you were away: messages sent meanwhile may be lost"})
     );
+}
+
+#[tokio::test]
+async fn a_newcomer_asking_for_history_gets_the_rooms_last_n_messages_then_live_ones() {
+    // The server keeps no history for newcomers of its own: only the asking one gets it.
+    let server = Server::start(&[]).await;
+    let (mut alice, _) = connect_structured(&server.url()).await;
+    for id in 1..=5 {
+        let text = format!("line {id}");
+        send_json(&mut alice, &json!({"type": "send", "id": id, "text": text})).await;
+        assert_eq!(next_not_ack(&mut alice).await["text"], text);
+    }
+    let (mut plain, _) = connect_structured(&server.url()).await;
+    let (mut asking, welcome) = connect_structured(&format!("{}/?history=3", server.url())).await;
+    assert_eq!(welcome["offset"], 5);
+    for offset in 3..=5 {
+        let frame = recv_json(&mut asking).await;
+        assert_eq!(frame["offset"], offset, "{frame}");
+        assert_eq!(frame["text"], format!("line {offset}"));
+    }
+    // More than the log holds gives what it holds; the live traffic follows on.
+    let (mut greedy, _) = connect_structured(&format!("{}/?history=1000", server.url())).await;
+    send_json(
+        &mut alice,
+        &json!({"type": "send", "id": 6, "text": "live"}),
+    )
+    .await;
+    assert_eq!(recv_json(&mut asking).await["offset"], 6);
+    assert_eq!(
+        recv_json(&mut plain).await["offset"],
+        6,
+        "no history asked, none given"
+    );
+    for offset in 1..=6 {
+        assert_eq!(recv_json(&mut greedy).await["offset"], offset);
+    }
 }
 
 #[tokio::test]

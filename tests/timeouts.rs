@@ -397,3 +397,55 @@ async fn a_client_that_stops_reading_is_dropped_at_the_write_timeout() {
     assert!(!kinds.is_empty(), "it was sent the lines it did not read");
     assert!(kinds.iter().all(|kind| *kind == 0x81), "{kinds:x?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_signed_token_closes_its_session_exactly_when_it_expires() {
+    use broadcast_chat::auth::{self, Claims, SigningKey, VerifyingKey};
+    let secret = b"an HMAC secret of at least 32 bytes, for the tests";
+    let server = InProcess::start(ServerConfig {
+        auth: Some(VerifyingKey::from_bytes(secret).expect("key")),
+        // No keepalive in the hour this takes: the client here answers no ping.
+        ping_interval: Duration::from_secs(7200),
+        ..ServerConfig::default()
+    })
+    .await;
+    let claims = Claims {
+        sub: "alice".into(),
+        exp: auth::now_secs() + 3600,
+        rooms: vec!["*".into()],
+        read_only: false,
+        publish: false,
+    };
+    let token = auth::mint(&SigningKey::from_bytes(secret).expect("key"), &claims).expect("token");
+    let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
+    let header = format!("Authorization: Bearer {token}\r\n");
+    tcp.write_all(common::upgrade_request("/", &header).as_bytes())
+        .await
+        .expect("request");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(tcp.read_u8().await.expect("answer"));
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+    let start = Instant::now();
+    let welcome = read_frame(&mut tcp).await.expect("the welcome");
+    assert_eq!(welcome.1, b"Welcome to chat! Type a message");
+    let told = read_frame(&mut tcp).await.expect("the notice");
+    assert_eq!(
+        told,
+        (
+            0x81,
+            b"* your token expired: get a new one to come back".to_vec()
+        )
+    );
+    // `exp` is in whole seconds, so an hour less what of this second has gone.
+    let waited = start.elapsed();
+    assert!(
+        (Duration::from_secs(3599)..=Duration::from_secs(3600)).contains(&waited),
+        "{waited:?}"
+    );
+    let (first, payload) = read_frame(&mut tcp).await.expect("a close frame");
+    assert_eq!(first, CLOSE);
+    assert_eq!(&payload[..2], &4001u16.to_be_bytes());
+    assert_eq!(&payload[2..], b"token expired");
+}

@@ -5,13 +5,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use broadcast_chat::auth::{self, SigningKey};
+use broadcast_chat::cli::Tool;
 use broadcast_chat::config::parse_duration;
 use broadcast_chat::{
     DEFAULT_HOST, DEFAULT_PORT, SHARED_BUFFER, SHARED_WRITE_DELAY, Secret, ServerConfig, server,
     tls,
 };
-use clap::Parser;
 use clap::builder::TypedValueParser;
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// The server's allocator. Every WebSocket connection gets an 8 KiB read buffer
 /// from tokio-websockets that an idle client never fills; glibc's malloc writes
@@ -24,8 +26,11 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// A WebSocket broadcast chat server: every text message goes to every client.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(name = "server", version, args_conflicts_with_subcommands = true)]
 struct Cli {
+    /// What to do instead of serving.
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Address to listen on (0.0.0.0 for every interface).
     #[arg(long, value_name = "ADDRESS", env = "CHAT_HOST", default_value = DEFAULT_HOST)]
     host: String,
@@ -73,6 +78,20 @@ struct Cli {
     /// Require clients to send `Authorization: Bearer TOKEN`.
     #[arg(long, env = "CHAT_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Require signed tokens (JWTs) checked with this key: an HMAC secret (a file of
+    /// 32 bytes or more) or an Ed25519 or RSA public key in PEM. Names and rights
+    /// come from the tokens' claims.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "CHAT_AUTH_KEY",
+        conflicts_with = "token"
+    )]
+    auth_key: Option<PathBuf>,
+    /// Failed authentications one source address may make per minute before its
+    /// attempts get HTTP 429 (0: no limit).
+    #[arg(long, value_name = "PER_MINUTE", default_value_t = ServerConfig::default().max_auth_failures)]
+    max_auth_failures: u32,
     /// Browser origins allowed to connect (repeatable); others get 403. Clients
     /// that send no Origin header are not affected.
     #[arg(long, value_name = "ORIGIN")]
@@ -123,6 +142,68 @@ struct Cli {
     tls_key: Option<PathBuf>,
 }
 
+/// The server's subcommands.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print a signed token for one person (or a backend), for servers run with
+    /// --auth-key.
+    Token(TokenArgs),
+    /// `completions` and `man`, as every binary has them.
+    #[command(flatten)]
+    Tool(Tool),
+}
+
+/// `server token`: the claims of the token to sign, and the key.
+#[derive(Debug, clap::Args)]
+struct TokenArgs {
+    /// The key to sign with: the server's HMAC secret file, or the private key (PEM,
+    /// PKCS#8) of its Ed25519 or RSA public key.
+    #[arg(long, value_name = "FILE")]
+    key: PathBuf,
+    /// The holder's name (the token's `sub`): their tag in the room.
+    #[arg(long)]
+    name: String,
+    /// Rooms the holder may enter, comma-separated: names, `/` for the lobby,
+    /// `team-*` for every room starting `team-`, `*` for all.
+    #[arg(long, value_name = "ROOMS", value_delimiter = ',', required = true)]
+    rooms: Vec<String>,
+    /// How long the token is valid: e.g. 8h, 30d.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    expires: Duration,
+    /// The holder may read but not send.
+    #[arg(long)]
+    read_only: bool,
+    /// The holder may post through the publish API (POST /_/rooms/NAME/messages).
+    #[arg(long)]
+    publish: bool,
+}
+
+/// Prints the token `args` describe; exit code 1 with one line if it cannot.
+fn token(args: &TokenArgs) -> ExitCode {
+    let minted = SigningKey::load(&args.key)
+        .map_err(|e| e.to_string())
+        .and_then(|key| {
+            let claims = auth::Claims {
+                sub: args.name.clone(),
+                exp: auth::now_secs().saturating_add(args.expires.as_secs()),
+                rooms: args.rooms.clone(),
+                read_only: args.read_only,
+                publish: args.publish,
+            };
+            auth::mint(&key, &claims)
+        });
+    match minted {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// How the server writes its log lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum LogFormat {
@@ -147,6 +228,11 @@ impl Cli {
             (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
             _ => None,
         };
+        let auth = self
+            .auth_key
+            .as_deref()
+            .map(auth::VerifyingKey::load)
+            .transpose()?;
         let redis_url = self.redis_url.clone().filter(|u| !u.is_empty());
         // Two defaults differ with Redis (see their constants).
         let (buffer, write_delay) = match redis_url {
@@ -173,6 +259,8 @@ impl Cli {
                 .clone()
                 .filter(|t| !t.is_empty())
                 .map(Secret::new),
+            auth,
+            max_auth_failures: self.max_auth_failures,
             allowed_origins: self.allow_origin.clone(),
             tls,
             history: self.history,
@@ -190,6 +278,11 @@ impl Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    match &cli.command {
+        Some(Command::Token(args)) => return token(args),
+        Some(Command::Tool(tool)) => return tool.run(Cli::command()),
+        None => {}
+    }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if cli.threads > 0 {
         runtime.worker_threads(cli.threads);
@@ -246,6 +339,8 @@ async fn serve(cli: Cli) -> ExitCode {
     if let Some(Ok(addr)) = server.metrics_addr() {
         tracing::info!(%addr, "serving /metrics");
     }
+    // Before the readiness line: a signal sent as soon as it is read is handled.
+    let shutdown = server::shutdown_signal();
     match server::local_addr(&listener) {
         Ok(addr) => println!("Listening on port {}", addr.port()),
         Err(e) => {
@@ -253,7 +348,7 @@ async fn serve(cli: Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    match server.serve(listener, server::shutdown_signal()).await {
+    match server.serve(listener, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

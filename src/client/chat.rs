@@ -1,118 +1,26 @@
-//! The chat loop and the reconnect loop around it; how a chat ends and what it reports.
+//! The chat loop and the reconnect loop around it, bounded by `--count` and `--timeout`.
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
-use tokio::time::timeout;
+use tokio::time::{Instant, timeout};
 use tokio_websockets::{CloseCode, Message};
 
 use super::backoff::Backoff;
 use super::connect::{Connection, connect};
+use super::ending::{Ending, Event, is_transient};
+use super::output;
 use super::render::render;
-use super::session::{Session, Shown};
-use super::upgrade::Protocol;
+use super::resume::{ResumeState, Shown};
 use super::url::display_url;
 use crate::config::ClientConfig;
+use crate::protocol::Format;
 use crate::protocol::structured::ServerFrame;
 use crate::{Error, Result, protocol};
-
-/// How a chat session ended without an error.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Ending {
-    /// Our input ended (or we were asked to quit) and we closed with 1000.
-    InputClosed,
-    /// The server closed the connection with this code and reason.
-    ServerClosed {
-        /// The close code, if the server sent one.
-        code: Option<u16>,
-        /// The close reason, possibly empty.
-        reason: String,
-    },
-}
-
-impl fmt::Display for Ending {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Ending::InputClosed => f.write_str("the input ended"),
-            Ending::ServerClosed { code, reason } => {
-                f.write_str("the server closed the connection: ")?;
-                match code {
-                    Some(code) => write!(f, "{code}")?,
-                    None => f.write_str("no code")?,
-                }
-                if !reason.is_empty() {
-                    write!(f, " ({reason})")?;
-                }
-                Ok(())
-            }
-        }
-    }
-}
-
-/// What [`chat`] reports while it reconnects, for the user to see.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Event {
-    /// The connection failed or was lost; the next attempt comes after `delay`.
-    Retrying {
-        /// Why, as one line.
-        cause: String,
-        /// How long until the next attempt.
-        delay: Duration,
-        /// Whether a connection had been up before (reconnecting, not retrying).
-        again: bool,
-    },
-    /// The server did not take a frame of ours, or sent one we cannot read.
-    Server(String),
-    /// An attempt after a failure succeeded.
-    Connected {
-        /// The server's URL, as people write it.
-        url: String,
-        /// Whether a connection had been up before.
-        again: bool,
-    },
-}
-
-impl fmt::Display for Event {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Event::Retrying {
-                cause,
-                delay,
-                again,
-            } => {
-                let what = if *again { "reconnecting" } else { "retrying" };
-                write!(f, "{cause}; {what} in {:.1} s", delay.as_secs_f64())
-            }
-            Event::Server(text) => f.write_str(text),
-            Event::Connected { url, again: true } => write!(f, "reconnected to {url}"),
-            Event::Connected { url, again: false } => write!(f, "connected to {url}"),
-        }
-    }
-}
-
-/// Whether `result` of a connection attempt or session is worth another attempt:
-/// the server was not reachable, the connection was lost, the server (or a proxy in
-/// front of it: 502, 504) was unavailable, or it closed with a code that says "come
-/// back later".
-pub fn is_transient(result: &Result<Ending>) -> bool {
-    match result {
-        Ok(Ending::ServerClosed { code, .. }) => matches!(code, Some(1001 | 1011 | 1012 | 1013)),
-        Ok(Ending::InputClosed) => false,
-        Err(
-            Error::Resolve { .. }
-            | Error::Connect { .. }
-            | Error::ConnectTimeout { .. }
-            | Error::ConnectionLost { .. },
-        ) => true,
-        Err(Error::Refused { status, .. }) => matches!(status, 502..=504),
-        Err(_) => false,
-    }
-}
 
 /// The lines to send: a channel that outlives connections, and the lines taken
 /// from it while no connection was up, which go first on the next one.
@@ -148,16 +56,19 @@ impl Input {
     }
 }
 
-/// Connects and chats until the input ends, `quit` completes, or the server
-/// closes. With `config.reconnect`, a failed attempt or a lost connection is tried
-/// again after a [`Backoff`] wait, reported through `report`; the input ending or
-/// `quit` completing during the wait ends the chat. A server that speaks the
-/// structured protocol is resumed where we left off: nothing said meanwhile is
-/// missed or shown twice, and the lines it had not acknowledged are sent again.
+/// Connects and chats until the input ends, `quit` completes, the server closes,
+/// `config.count` messages have come, or `config.timeout` passes. With
+/// `config.reconnect`, a failed attempt or a lost connection is tried again after a
+/// [`Backoff`] wait, reported through `report`; the input ending (unless messages
+/// are still to be counted) or `quit` completing during the wait ends the chat. A
+/// server that speaks the structured protocol is resumed where we left off: nothing
+/// said meanwhile is missed or shown twice, and the lines it had not acknowledged
+/// are sent again. When the input ends, the chat waits until every line is
+/// acknowledged (and back, when our lines come back to us) before it closes.
 ///
 /// # Errors
-/// Why the chat ended if not by the input, `quit` or the server's close: a failed
-/// connection (after the retries, with `reconnect`), a lost one, or failed output.
+/// Why the chat ended if not as [`Ending`] says: a failed connection (after the
+/// retries, with `reconnect`), a lost one, or failed output.
 pub async fn chat<W>(
     config: &ClientConfig,
     input: mpsc::Receiver<String>,
@@ -170,24 +81,33 @@ where
 {
     let url = display_url(&config.url);
     let mut input = Input::new(input);
-    let mut session = Session::new();
+    let mut resume = ResumeState::new(config.start)?;
     let mut backoff = Backoff::new(config.reconnect_min, config.reconnect_max);
+    let mut tally = Tally {
+        left: config.count,
+        deadline: config.timeout.map(|after| (Instant::now() + after, after)),
+    };
     let mut was_up = false;
     let mut failed = false;
+    let mut told_classic = false;
     tokio::pin!(quit);
     loop {
-        let params = session.params(config.name.as_deref());
+        let params = resume.params(config.name.as_deref());
         let attempt = tokio::select! {
             attempt = connect(config, &params) => attempt,
             () = &mut quit => return Ok(Ending::InputClosed),
+            ending = tally.expired(|| format!("a connection to {url}")) => return Ok(ending),
         };
         let result = match attempt {
-            Ok((ws, protocol)) => {
+            Ok((ws, format)) => {
                 if failed {
                     report(Event::Connected {
                         url: url.clone(),
                         again: was_up,
                     });
+                }
+                if format == Format::Classic && !std::mem::replace(&mut told_classic, true) {
+                    report(Event::Classic);
                 }
                 was_up = true;
                 backoff.reset();
@@ -195,8 +115,9 @@ where
                     ws,
                     config,
                     output: &mut output,
-                    session: (protocol == Protocol::Structured).then_some(&mut session),
+                    resume: (format == Format::Structured).then_some(&mut resume),
                     report: &mut report,
+                    tally: &mut tally,
                 };
                 conversation.run(&mut input, quit.as_mut()).await
             }
@@ -219,19 +140,61 @@ where
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             () = &mut quit => return Ok(Ending::InputClosed),
-            () = input.closed() => return Ok(Ending::InputClosed),
+            () = input.closed(), if tally.left.is_none() => return Ok(Ending::InputClosed),
+            ending = tally.expired(|| format!("a connection to {url}")) => return Ok(ending),
         }
     }
 }
 
-/// One connection's chat: input lines out, frames in, printed as classic lines.
+/// What bounds the whole chat, across connections: the messages still to count
+/// (`--count`) and the deadline (`--timeout`).
+#[derive(Debug)]
+struct Tally {
+    /// Messages still to print before the chat ends; `None` without `--count`.
+    left: Option<u64>,
+    /// When the chat gives up, and the timeout that set it.
+    deadline: Option<(Instant, Duration)>,
+}
+
+impl Tally {
+    /// Whether the messages to count have all come.
+    fn counted(&self) -> bool {
+        self.left == Some(0)
+    }
+
+    /// Completes at the deadline, with the ending that says what was awaited
+    /// (`waiting` says it); never without one. Cancel-safe.
+    async fn expired(&self, waiting: impl FnOnce() -> String) -> Ending {
+        let after = expiry(self.deadline).await;
+        Ending::TimedOut {
+            after,
+            waiting: waiting(),
+        }
+    }
+}
+
+/// Completes at `deadline` with the timeout that set it; never without one.
+/// Cancel-safe.
+async fn expiry(deadline: Option<(Instant, Duration)>) -> Duration {
+    match deadline {
+        Some((at, after)) => {
+            tokio::time::sleep_until(at).await;
+            after
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// One connection's chat: input lines out, frames in, printed as classic lines or
+/// as JSON.
 struct Conversation<'a, W, R> {
     ws: Connection,
     config: &'a ClientConfig,
     output: &'a mut W,
     /// Our side of the structured protocol; `None` with a classic server.
-    session: Option<&'a mut Session>,
+    resume: Option<&'a mut ResumeState>,
     report: &'a mut R,
+    tally: &'a mut Tally,
 }
 
 impl<W, R> Conversation<'_, W, R>
@@ -239,14 +202,15 @@ where
     W: AsyncWrite + Unpin,
     R: FnMut(Event),
 {
-    /// Sends every line from `input` and prints every message received as
-    /// `From server: {text}` (see [`render`]), until the input ends, `quit`
-    /// completes, or the server closes.
+    /// Sends every line from `input` and prints every message received (see
+    /// [`render`]), until the input ends and our lines are acknowledged, `quit`
+    /// completes, the messages are counted, the deadline passes, or the server
+    /// closes.
     async fn run(&mut self, input: &mut Input, quit: impl Future<Output = ()>) -> Result<Ending> {
         tokio::pin!(quit);
         // Lines the server has not acknowledged go again, first: it shows each once.
         let unacknowledged = self
-            .session
+            .resume
             .as_ref()
             .map(|s| s.unacknowledged())
             .unwrap_or_default();
@@ -256,34 +220,55 @@ where
                 .await
                 .map_err(|e| self.lost(e))?;
         }
-        loop {
+        let mut reading = true;
+        let mut quitting = false;
+        while !self.tally.counted() {
             tokio::select! {
-                line = input.recv() => match line {
+                line = input.recv(), if reading => match line {
                     Some(line) if line.is_empty() => {}
                     Some(line) => {
-                        let frame = match &mut self.session {
-                            Some(session) => session.send(&line),
+                        let frame = match &mut self.resume {
+                            Some(resume) => resume.send(&line),
                             None => line,
                         };
                         self.ws.send(Message::text(frame)).await.map_err(|e| self.lost(e))?;
                     }
+                    // Messages still to count keep the chat going.
+                    None if self.tally.left.is_some() => reading = false,
                     None => break,
                 },
-                () = &mut quit => break,
+                () = &mut quit => {
+                    quitting = true;
+                    break;
+                }
                 message = self.ws.next() => {
                     if let Some(ending) = self.take(message).await? {
                         return Ok(ending);
                     }
                 }
+                after = expiry(self.tally.deadline) => {
+                    let waiting = self.awaited();
+                    return self.close(Some(Ending::TimedOut { after, waiting })).await;
+                }
             }
         }
 
-        // Our side is done. Wait (a little) until our last lines are acknowledged and
-        // back, so that `echo hi | client` shows its own line; then close with 1000
-        // and print what arrives until the server answers.
-        let close_timeout = self.config.close_timeout;
+        // Our side is done. Wait until our lines are acknowledged and back, so that
+        // `echo hi | client` shows its own line, or until one is refused; then close
+        // with 1000 and print what arrives until the server answers. Asked to quit,
+        // the wait is short.
+        let limit = match (quitting, self.tally.deadline) {
+            (true, _) => Some(Instant::now() + self.config.close_timeout),
+            (false, deadline) => deadline.map(|(at, _)| at),
+        };
         let settle = async {
-            while self.session.as_ref().is_some_and(|s| !s.settled()) {
+            while let Some(resume) = self.resume.as_deref() {
+                if let Some(refusal) = resume.refusal() {
+                    return Ok(Some(Ending::Refused(refusal.clone())));
+                }
+                if resume.settled() {
+                    break;
+                }
                 let message = self.ws.next().await;
                 if let Some(ending) = self.take(message).await? {
                     return Ok(Some(ending));
@@ -291,11 +276,54 @@ where
             }
             Ok::<_, Error>(None)
         };
-        if let Ok(settled) = timeout(close_timeout, settle).await
-            && let Some(ending) = settled?
-        {
+        let bounded = async {
+            match limit {
+                Some(limit) => tokio::time::timeout_at(limit, settle).await.ok(),
+                None => Some(settle.await),
+            }
+        };
+        // `None`: the wait was cut short, by its limit or by Ctrl-C.
+        let settled = tokio::select! {
+            settled = bounded => settled,
+            () = &mut quit, if !quitting => {
+                quitting = true;
+                None
+            }
+        };
+        let ending = match settled {
+            Some(settled) => settled?,
+            None if quitting => None,
+            None => Some(Ending::TimedOut {
+                after: self
+                    .tally
+                    .deadline
+                    .map_or(Duration::ZERO, |(_, after)| after),
+                waiting: self.awaited(),
+            }),
+        };
+        if let Some(ending @ Ending::ServerClosed { .. }) = ending {
             return Ok(ending);
         }
+        self.close(ending).await
+    }
+
+    /// What the chat is still waiting for, for a timeout's message.
+    fn awaited(&self) -> String {
+        if let Some(left) = self.tally.left.filter(|left| *left > 0) {
+            let count = self.config.count.unwrap_or(left);
+            let messages = if left == 1 { "message" } else { "messages" };
+            return format!("{left} more {messages} (--count {count})");
+        }
+        match self.resume.as_ref().and_then(|r| r.first_unacknowledged()) {
+            Some(line) => format!("the acknowledgement of {line}"),
+            None => "our lines to come back".to_owned(),
+        }
+    }
+
+    /// Closes with 1000 and prints what arrives until the server answers (within
+    /// the close timeout); returns `ending`, or how the chat ended on our side.
+    async fn close(&mut self, ending: Option<Ending>) -> Result<Ending> {
+        let close_timeout = self.config.close_timeout;
         self.ws
             .send(Message::close(
                 Some(CloseCode::NORMAL_CLOSURE),
@@ -312,7 +340,11 @@ where
         if let Ok(result) = timeout(close_timeout, drain).await {
             result?;
         }
-        Ok(Ending::InputClosed)
+        Ok(ending.unwrap_or(if self.tally.counted() {
+            Ending::Counted
+        } else {
+            Ending::InputClosed
+        }))
     }
 
     /// Takes what the socket gave: prints a message, or returns how the chat ended
@@ -341,29 +373,50 @@ where
         Ok(ending)
     }
 
-    /// Prints a text message (a structured frame as its classic line); returns the
-    /// ending if `message` is a close frame.
+    /// Prints a text message: a structured frame as its classic line, or as it
+    /// came with `--json`; returns the ending if `message` is a close frame. Once
+    /// the messages to count are all printed, prints nothing more.
     async fn show(&mut self, message: &Message) -> Result<Option<Ending>> {
         if let Some(text) = message.as_text() {
-            let line = match &mut self.session {
-                None => Shown::Line(text.to_owned()),
-                Some(session) => match ServerFrame::parse(text) {
-                    Ok(frame) => session.receive(frame),
-                    Err(e) => Shown::Report(format!("the server sent a frame we cannot read: {e}")),
+            let (shown, is_message) = match &mut self.resume {
+                None => (
+                    Shown::Line(text.to_owned()),
+                    protocol::classic::untag(text).is_some(),
+                ),
+                Some(resume) => match ServerFrame::parse(text) {
+                    Ok(frame) => {
+                        let is_message = matches!(frame, ServerFrame::Message(_));
+                        (resume.receive(frame), is_message)
+                    }
+                    Err(e) => (
+                        Shown::Report(format!("the server sent a frame we cannot read: {e}")),
+                        false,
+                    ),
                 },
             };
-            match line {
-                Shown::Line(line) => {
-                    let mut line = render(&line, self.config.color);
-                    line.push('\n');
-                    self.output
-                        .write_all(line.as_bytes())
-                        .await
-                        .map_err(Error::Output)?;
-                    self.output.flush().await.map_err(Error::Output)?;
+            if self.tally.counted() {
+                return Ok(None);
+            }
+            if is_message && let Some(left) = &mut self.tally.left {
+                *left -= 1;
+            }
+            let line = match (self.config.json, shown) {
+                (true, _) if self.resume.is_some() => Some(text.to_owned()),
+                (true, _) => Some(output::classic_json(text)),
+                (false, Shown::Line(line)) => Some(render(&line, self.config.color)),
+                (false, Shown::Report(report)) => {
+                    (self.report)(Event::Server(report));
+                    None
                 }
-                Shown::Report(text) => (self.report)(Event::Server(text)),
-                Shown::Nothing => {}
+                (false, Shown::Nothing) => None,
+            };
+            if let Some(mut line) = line {
+                line.push('\n');
+                self.output
+                    .write_all(line.as_bytes())
+                    .await
+                    .map_err(Error::Output)?;
+                self.output.flush().await.map_err(Error::Output)?;
             }
         } else if let Some((code, reason)) = message.as_close() {
             let code = u16::from(code);
@@ -389,50 +442,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_transient_endings_are_retried() {
-        let url = String::from("ws://h");
-        let closed = |code| {
-            Ok(Ending::ServerClosed {
-                code,
-                reason: String::new(),
-            })
-        };
-        assert!(is_transient(&closed(Some(1001))));
-        assert!(is_transient(&closed(Some(1012))));
-        assert!(!is_transient(&closed(Some(1000))));
-        assert!(!is_transient(&closed(Some(1008))));
-        assert!(!is_transient(&closed(None)));
-        assert!(!is_transient(&Ok(Ending::InputClosed)));
-        let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-        assert!(is_transient(&Err(Error::Connect {
-            url: url.clone(),
-            source: io
-        })));
-        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
-        assert!(is_transient(&Err(Error::Resolve {
-            url: url.clone(),
-            host: "h".into(),
-            source: io
-        })));
-        assert!(is_transient(&Err(Error::ConnectTimeout {
-            url: url.clone()
-        })));
-        let refused = |status| {
-            Err(Error::Refused {
-                url: url.clone(),
-                status,
-                reason: None,
-            })
-        };
-        assert!(is_transient(&refused(502)));
-        assert!(is_transient(&refused(503)));
-        assert!(is_transient(&refused(504)));
-        assert!(!is_transient(&refused(500)));
-        assert!(!is_transient(&refused(400)));
-        assert!(!is_transient(&Err(Error::Unauthorized { sent: true })));
-    }
 
     #[tokio::test]
     async fn input_lines_taken_while_disconnected_come_first() {

@@ -9,9 +9,10 @@ use tokio_rustls::rustls;
 use tokio_websockets::WebSocketStream;
 use tokio_websockets::tls::MaybeTlsStream;
 
-use super::upgrade::{Protocol, upgrade};
+use super::upgrade::upgrade;
 use super::url::display_url;
 use crate::config::ClientConfig;
+use crate::protocol::Format;
 use crate::{Error, Result};
 
 /// A connected chat socket, over TLS for `wss://`.
@@ -28,7 +29,7 @@ pub type Connection = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub async fn connect(
     config: &ClientConfig,
     params: &[(&str, String)],
-) -> Result<(Connection, Protocol)> {
+) -> Result<(Connection, Format)> {
     let url = display_url(&config.url);
     match timeout(config.connect_timeout, connect_inner(config, params, &url)).await {
         Ok(result) => result,
@@ -40,7 +41,7 @@ async fn connect_inner(
     config: &ClientConfig,
     params: &[(&str, String)],
     url: &str,
-) -> Result<(Connection, Protocol)> {
+) -> Result<(Connection, Format)> {
     let uri = &config.url;
     // `Uri::host` keeps the brackets of an IPv6 literal; the resolver wants them off.
     let host = uri.host().unwrap_or_default();

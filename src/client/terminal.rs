@@ -1,4 +1,5 @@
-//! The interactive terminal (a prompt, line editing, output above it) and the piped line reader.
+//! The interactive terminal (a prompt, line editing, output above it), the piped
+//! line reader, and `--send`'s lines.
 
 use std::io::{BufRead, Write};
 use std::pin::Pin;
@@ -149,5 +150,15 @@ pub fn stdin_lines() -> mpsc::Receiver<String> {
             }
         }
     });
+    rx
+}
+
+/// The given lines as input that ends after them (`--send`).
+pub fn lines(lines: Vec<String>) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel(lines.len().max(1));
+    for line in lines {
+        // The channel holds them all: it was made as large.
+        let _ = tx.try_send(line);
+    }
     rx
 }

@@ -6,6 +6,7 @@ use tokio_websockets::{ClientBuilder, WebSocketStream};
 
 use super::url::{host_header, request_target};
 use crate::config::ClientConfig;
+use crate::protocol::Format;
 use crate::protocol::structured::SUBPROTOCOL;
 use crate::{Error, Result, protocol};
 
@@ -16,26 +17,18 @@ const MAX_REFUSAL_BODY: usize = 1024;
 /// Most header lines accepted in the server's answer.
 const MAX_RESPONSE_HEADERS: usize = 32;
 
-/// The wire format the server chose.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    /// The classic text lines: the server chose no subprotocol (an older server, or
-    /// the classic exercise's).
-    Classic,
-    /// The structured `broadcast-chat.v1` frames.
-    Structured,
-}
-
 /// Sends the upgrade request for `config` on `stream` (already connected, TLS done),
 /// with `params` in the query and the structured subprotocol offered, and reads the
 /// answer: a WebSocket on 101, [`Error::Unauthorized`] on 401, [`Error::Refused`]
-/// with the server's reason otherwise. `url` names the server in errors.
+/// with the server's reason otherwise. A server that chose no subprotocol (an older
+/// one, or the classic exercise's) speaks [`Format::Classic`]. `url` names the
+/// server in errors.
 pub(super) async fn upgrade<S>(
     mut stream: S,
     config: &ClientConfig,
     params: &[(&str, String)],
     url: &str,
-) -> Result<(WebSocketStream<S>, Protocol)>
+) -> Result<(WebSocketStream<S>, Format)>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -79,9 +72,9 @@ where
                     tokio_websockets::upgrade::Error::WrongWebSocketAccept,
                 ));
             }
-            let protocol = match response.protocol.as_deref() {
-                None => Protocol::Classic,
-                Some(SUBPROTOCOL) => Protocol::Structured,
+            let format = match response.protocol.as_deref() {
+                None => Format::Classic,
+                Some(SUBPROTOCOL) => Format::Structured,
                 Some(other) => {
                     return Err(Error::UnexpectedProtocol {
                         url: url.to_owned(),
@@ -91,11 +84,16 @@ where
             };
             // Nothing after the head has been read: frames the server sent right
             // after its answer are still in the stream for the WebSocket to read.
-            Ok((ClientBuilder::new().take_over(stream), protocol))
+            Ok((ClientBuilder::new().take_over(stream), format))
         }
-        401 => Err(Error::Unauthorized {
-            sent: config.token.is_some(),
-        }),
+        401 => {
+            let body = read_body(&mut stream, response.content_length).await;
+            Err(Error::Unauthorized {
+                sent: config.token.is_some(),
+                // A `--token` server's reason says no more than the status.
+                reason: refusal_reason(&body).filter(|r| r != protocol::REASON_WRONG_TOKEN),
+            })
+        }
         status => {
             let body = read_body(&mut stream, response.content_length).await;
             Err(Error::Refused {
@@ -290,7 +288,7 @@ mod tests {
         config: &ClientConfig,
         params: &[(&str, String)],
         tcp: TcpStream,
-    ) -> Result<(WebSocketStream<TcpStream>, Protocol)> {
+    ) -> Result<(WebSocketStream<TcpStream>, Format)> {
         timeout(
             Duration::from_secs(10),
             upgrade(tcp, config, params, "ws://test"),
@@ -314,8 +312,8 @@ mod tests {
             fake_server(|key| switching(key, "Sec-WebSocket-Protocol: broadcast-chat.v1\r\n"))
                 .await;
         let params = [("session", "s1".to_owned())];
-        let (_ws, protocol) = upgrade_with(&config, &params, tcp).await.expect("upgrade");
-        assert_eq!(protocol, Protocol::Structured);
+        let (_ws, format) = upgrade_with(&config, &params, tcp).await.expect("upgrade");
+        assert_eq!(format, Format::Structured);
         let (request, _tcp) = server.await.expect("server task");
         assert!(
             request.starts_with("GET /rust?session=s1 HTTP/1.1\r\n"),
@@ -327,10 +325,10 @@ mod tests {
         );
 
         let (config, tcp, _server) = fake_server(|key| switching(key, "")).await;
-        let (_ws, protocol) = upgrade_with(&config, &[], tcp).await.expect("upgrade");
+        let (_ws, format) = upgrade_with(&config, &[], tcp).await.expect("upgrade");
         assert_eq!(
-            protocol,
-            Protocol::Classic,
+            format,
+            Format::Classic,
             "a server that chose nothing is classic"
         );
 
@@ -433,7 +431,7 @@ mod tests {
                 .await;
         let err = upgrade_on(&config, tcp).await.expect_err("refused");
         assert!(
-            matches!(err, Error::Unauthorized { sent: false }),
+            matches!(err, Error::Unauthorized { sent: false, .. }),
             "{err:?}"
         );
     }

@@ -28,7 +28,7 @@ const MAX_HEADERS: usize = 32;
 
 /// The methods some route serves; others are refused before anything else is
 /// looked at. A route with another method (a `POST`) adds it here.
-const METHODS: [http::Method; 1] = [http::Method::GET];
+const METHODS: [http::Method; 2] = [http::Method::GET, http::Method::POST];
 
 /// A request as read: its head, checked as far as every route needs (HTTP/1.1, a
 /// method in [`METHODS`], well-formed headers), and what came after it.
@@ -410,7 +410,8 @@ mod tests {
 
     #[test]
     fn other_methods_get_405() {
-        assert_eq!(status(request(&UPGRADE.replace("GET", "POST"))), 405);
+        assert_eq!(status(request(&UPGRADE.replace("GET", "PUT"))), 405);
+        assert_eq!(status(request(&UPGRADE.replace("GET", "DELETE"))), 405);
     }
 
     #[test]

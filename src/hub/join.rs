@@ -63,7 +63,8 @@ impl Hub {
         } else if let Some(listed) = room.log.list(joined) {
             let _ = listed.await;
         }
-        let history_from = head.saturating_sub(self.history as u64);
+        let history = newcomer.history.unwrap_or(self.history as u64);
+        let history_from = head.saturating_sub(history);
         let (replay_after, recovery) = match newcomer.resume {
             None => (history_from.max(first - 1), None),
             Some(resume) if resume.epoch != epoch => (first - 1, Some(Recovery::Restarted)),

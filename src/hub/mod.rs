@@ -7,6 +7,7 @@
 
 mod join;
 mod membership;
+mod publish;
 mod room;
 
 use std::collections::HashMap;
@@ -20,8 +21,10 @@ use crate::protocol::{Epoch, Resume};
 use crate::store::{Store, lock};
 use room::Room;
 
-pub(crate) use crate::store::{CatchUp, Delivery, Format, Published, SERVER, SenderId, stamp};
+pub(crate) use crate::protocol::Format;
+pub(crate) use crate::store::{CatchUp, Delivery, Published, SERVER, SenderId, stamp};
 pub(crate) use membership::Submitted;
+pub(crate) use publish::PublishError;
 
 /// Why a client could not join.
 #[derive(Debug, PartialEq, Eq)]
@@ -67,6 +70,9 @@ pub(crate) struct Newcomer<'a> {
     pub(crate) client_id: Option<&'a str>,
     /// Where a returning client left off.
     pub(crate) resume: Option<Resume>,
+    /// How many of the room's last logged messages a newcomer asked for, instead
+    /// of the server's `--history`.
+    pub(crate) history: Option<u64>,
 }
 
 /// How a resumption went, decided at the join.

@@ -23,6 +23,7 @@ fn join(hub: &Arc<Hub>, room: &str, id: SenderId, resume: Option<Resume>) -> Joi
             format: Format::Classic,
             client_id: Some("s"),
             resume,
+            history: None,
         },
     )
     .expect("join")
@@ -101,6 +102,7 @@ fn max_rooms_is_enforced_but_existing_rooms_can_be_joined() {
             format: Format::Classic,
             client_id: None,
             resume: None,
+            history: None,
         },
     );
     assert_eq!(refused.err(), Some(JoinError::TooManyRooms));
@@ -209,6 +211,7 @@ fn closing_ends_every_channel_after_what_it_holds_and_refuses_newcomers() {
             format: Format::Classic,
             client_id: None,
             resume: None,
+            history: None,
         },
     );
     assert_eq!(refused.err(), Some(JoinError::ShuttingDown));
@@ -309,6 +312,7 @@ fn each_format_has_its_own_encoding_of_the_same_offsets() {
             format: Format::Structured,
             client_id: None,
             resume: None,
+            history: None,
         },
     )
     .expect("join");

@@ -22,6 +22,12 @@ pub fn tag_from(sender: &str, text: &str) -> String {
     format!("{sender}: {text:?}")
 }
 
+/// What a read-only token holder is told of each line it sends (classic: after `* `).
+pub const READ_ONLY_TEXT: &str = "your token is read-only: your lines do not reach the room";
+
+/// What a client is told just before the server closes it because its token expired.
+pub const EXPIRED_NOTICE: &str = "* your token expired: get a new one to come back";
+
 /// A room's presence notice: `* alice@127.0.0.1:53422 joined (3 here)`.
 pub fn presence_notice(who: &str, joined: bool, here: usize) -> String {
     let what = if joined { "joined" } else { "left" };

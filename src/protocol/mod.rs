@@ -19,6 +19,8 @@ pub const REASON_SHUTDOWN: &str = "server shutting down";
 pub const REASON_BINARY: &str = "binary messages are not supported; send text";
 /// Close reason for a client that kept sending over the rate limit (code 1008).
 pub const REASON_FLOOD: &str = "too many messages for too long";
+/// The reason a `--token` server gives for a 401.
+pub const REASON_WRONG_TOKEN: &str = "missing or wrong token";
 /// Close reason sent by the client when its input ends (code 1000).
 pub const REASON_BYE: &str = "bye";
 
@@ -38,6 +40,9 @@ pub const SESSION_PARAM: &str = "session";
 pub const EPOCH_PARAM: &str = "epoch";
 /// The query parameter with the last offset a resuming client received.
 pub const AFTER_PARAM: &str = "after";
+/// The query parameter with which a newcomer asks for the room's last N logged
+/// messages after the welcome, instead of the server's `--history`.
+pub const HISTORY_PARAM: &str = "history";
 
 /// How a browser presents the token, which cannot set `Authorization` on a
 /// WebSocket: as an entry of `Sec-WebSocket-Protocol`, this prefix followed by the
@@ -87,6 +92,16 @@ pub fn room_from_path(path: &str) -> Result<&str, String> {
     }
     check_name(room).map_err(|e| e.replacen("invalid name", "invalid room name", 1))?;
     Ok(room)
+}
+
+/// The wire format a connection speaks, chosen at the upgrade: the server keeps a
+/// room's channel per format, the client reads and writes its frames by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// The [`classic`] text lines: for a client that asks for no subprotocol.
+    Classic,
+    /// The [`structured`] `broadcast-chat.v1` JSON frames.
+    Structured,
 }
 
 /// A room's epoch: a random id chosen when the room is created, so that offsets
@@ -143,14 +158,18 @@ pub struct Params<'a> {
     pub client_id: Option<&'a str>,
     /// Where a returning client left off.
     pub resume: Option<Resume>,
+    /// How many of the room's last logged messages a newcomer asks for, instead
+    /// of the server's `--history`.
+    pub history: Option<u64>,
 }
 
 impl<'a> Params<'a> {
     /// Reads and checks the parameters of `query` (without the `?`).
     ///
     /// # Errors
-    /// A one-line message for the first parameter that is invalid, or for an epoch
-    /// without an offset (or the reverse).
+    /// A one-line message for the first parameter that is invalid, for an epoch
+    /// without an offset (or the reverse), or for a history asked by a returning
+    /// client.
     pub fn parse(query: Option<&'a str>) -> Result<Self, String> {
         let mut params = Params::default();
         let (mut epoch, mut after) = (None, None);
@@ -173,6 +192,13 @@ impl<'a> Params<'a> {
                         )
                     })?);
                 }
+                HISTORY_PARAM => {
+                    params.history = Some(value.parse::<u64>().map_err(|_| {
+                        format!(
+                            "invalid history {value:?}: use a number of messages, a whole number"
+                        )
+                    })?);
+                }
                 _ => {}
             }
         }
@@ -185,6 +211,11 @@ impl<'a> Params<'a> {
                 ));
             }
         };
+        if params.history.is_some() && params.resume.is_some() {
+            return Err(format!(
+                "{HISTORY_PARAM} is for a newcomer: a returning client gets what it missed after {AFTER_PARAM}"
+            ));
+        }
         Ok(params)
     }
 }
@@ -260,6 +291,11 @@ mod tests {
                 after: 41
             })
         );
+        assert_eq!(params.history, None);
+        assert_eq!(
+            Params::parse(Some("history=50")).map(|p| p.history),
+            Ok(Some(50))
+        );
     }
 
     #[test]
@@ -271,6 +307,12 @@ mod tests {
             ("epoch=3f9a0c12d4e5b678&after=-1", "invalid offset \"-1\""),
             ("epoch=3f9a0c12d4e5b678", "epoch and after go together"),
             ("after=5", "epoch and after go together"),
+            ("history=-1", "invalid history \"-1\""),
+            ("history=lots", "invalid history \"lots\""),
+            (
+                "history=5&epoch=3f9a0c12d4e5b678&after=1",
+                "history is for a newcomer",
+            ),
         ] {
             let err = Params::parse(Some(query)).expect_err(query);
             assert!(err.starts_with(error), "{query}: {err}");

@@ -93,6 +93,9 @@ pub enum NoticeKind {
     Degraded,
     /// The log is back: messages reach everyone and are logged again.
     Restored,
+    /// The client's signed token expired: the server closes the connection next
+    /// (close code 4001).
+    Expired,
 }
 
 /// A notice. `text` is always the classic line (`* ...`); the other fields depend on
@@ -186,6 +189,9 @@ pub enum ErrorCode {
     BadId,
     /// A resumption from an offset the room never reached.
     BadOffset,
+    /// A `send` from a client whose signed token is read-only: it never reaches
+    /// the room.
+    ReadOnly,
 }
 
 /// A frame the server did not understand, or a resumption it could not honour.

@@ -21,8 +21,8 @@ use super::write_delay::WriteDelay;
 use super::{Dropped, End, bounded};
 use crate::hub::{Delivery, Format, Membership, Published, Submitted};
 use crate::limits::{RateLimit, Verdict};
-use crate::protocol::structured::ClientFrame;
-use crate::protocol::{self, WHO_COMMAND};
+use crate::protocol::structured::{ClientFrame, ErrorCode};
+use crate::protocol::{self, WHO_COMMAND, classic};
 use crate::state::ConnectionGuard;
 
 /// Most lines a session has on their way to the room (with Redis) before it reads
@@ -32,6 +32,24 @@ const MAX_PENDING: usize = 64;
 /// Lines on their way to the room, in the order sent, with their ids.
 type Pending = FuturesOrdered<Pin<Box<dyn Future<Output = (Option<u64>, Published)> + Send>>>;
 
+/// What the client's signed token lets it do, decided at the upgrade: the token
+/// is never looked at again.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Rights {
+    /// Whether its lines reach the room (false: read-only).
+    pub(super) may_send: bool,
+    /// When its token expires; the session is closed with 4001 then.
+    pub(super) expires: Option<Instant>,
+}
+
+impl Rights {
+    /// Everything, for good: no signed token.
+    pub(super) const ALL: Rights = Rights {
+        may_send: true,
+        expires: None,
+    };
+}
+
 /// One session's chat.
 pub(super) struct Chat<'a> {
     /// The session's place in its room.
@@ -40,6 +58,8 @@ pub(super) struct Chat<'a> {
     pub(super) guard: &'a ConnectionGuard,
     /// Frames in the client's format.
     pub(super) frames: Frames,
+    /// What its token lets it do.
+    rights: Rights,
     /// The client's rate limit.
     rate: RateLimit,
     /// Lines on their way to the room (with Redis), oldest first: the session
@@ -48,17 +68,20 @@ pub(super) struct Chat<'a> {
 }
 
 impl<'a> Chat<'a> {
-    /// The chat of the client that `membership` and `guard` stand for, in `frames`.
+    /// The chat of the client that `membership` and `guard` stand for, in `frames`,
+    /// with its token's `rights`.
     pub(super) fn new(
         membership: &'a Membership,
         guard: &'a ConnectionGuard,
         frames: Frames,
+        rights: Rights,
     ) -> Self {
         let config = &guard.shared().config;
         Self {
             membership,
             guard,
             frames,
+            rights,
             rate: RateLimit::new(
                 config.max_rate,
                 config.max_burst,
@@ -82,6 +105,12 @@ impl<'a> Chat<'a> {
         let config = &self.guard.shared().config;
         let mut keepalive = pin!(Keepalive::new(config.ping_interval));
         let mut delay = pin!(WriteDelay::new(config.write_delay));
+        // One timer for the token's expiry, never reset; boxed, and only with a
+        // signed token, so that other sessions' tasks are no bigger for it.
+        let mut expiry = self
+            .rights
+            .expires
+            .map(|at| Box::pin(tokio::time::sleep_until(at)));
         loop {
             // A rest does not keep back the client's own line: its copy is how a
             // sender learns it went through, and a sender waiting on it waits the
@@ -107,6 +136,16 @@ impl<'a> Chat<'a> {
                 () = delay.as_mut().rest(), if delay.resting() => Ok(()),
                 Some((id, published)) = self.pending.next(), if !self.pending.is_empty() => {
                     self.published(ws, id, published).await
+                }
+                () = async {
+                    match expiry.as_mut() {
+                        Some(expiry) => expiry.await,
+                        None => std::future::pending().await,
+                    }
+                }, if expiry.is_some() => {
+                    // Told first, so that the client knows not to come back with it.
+                    let _ = bounded(config.write_timeout, ws.send(self.frames.expired())).await;
+                    return End::Expired;
                 }
                 tick = keepalive.as_mut().tick() => match tick {
                     Tick::Heard => Ok(()),
@@ -182,8 +221,14 @@ impl<'a> Chat<'a> {
                 let who = self.frames.who(&self.membership.members().await);
                 return self.reply(ws, Some(who)).await;
             }
+            Format::Classic if !self.rights.may_send => Err(self
+                .frames
+                .error(ErrorCode::ReadOnly, classic::READ_ONLY_TEXT)),
             Format::Classic => Ok((None, std::borrow::Cow::Borrowed(text))),
             Format::Structured => match ClientFrame::parse(text) {
+                Ok(ClientFrame::Send { .. }) if !self.rights.may_send => Err(self
+                    .frames
+                    .error(ErrorCode::ReadOnly, classic::READ_ONLY_TEXT)),
                 Ok(ClientFrame::Send { id, text }) => Ok((Some(id), text)),
                 Ok(ClientFrame::Who) => Err(self.frames.who(&self.membership.members().await)),
                 Err(bad) => Err(self.frames.error(bad.code, &bad.text)),

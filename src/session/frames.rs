@@ -89,6 +89,17 @@ impl Frames {
         }
     }
 
+    /// The client's token expired; the close (4001) follows.
+    pub(super) fn expired(self) -> Message {
+        let text = classic::EXPIRED_NOTICE;
+        match self.0 {
+            Format::Classic => Message::text(text),
+            Format::Structured => {
+                Self::structured(&ServerFrame::Notice(Notice::new(NoticeKind::Expired, text)))
+            }
+        }
+    }
+
     /// How a resumption went, after the replay; `None` when there is nothing to say
     /// (a classic client that lost nothing).
     pub(super) fn recovered(self, recovery: Recovery) -> Option<Message> {
@@ -169,6 +180,27 @@ mod tests {
             duplicate: false,
         };
         assert!(classic.ack(1, published).is_none());
+        assert_eq!(
+            text(&classic.expired()),
+            "* your token expired: get a new one to come back"
+        );
+        assert_eq!(
+            text(&classic.error(ErrorCode::ReadOnly, classic::READ_ONLY_TEXT)),
+            "* your token is read-only: your lines do not reach the room"
+        );
+    }
+
+    #[test]
+    fn token_frames_for_structured_clients() {
+        let structured = Frames(Format::Structured);
+        assert_eq!(
+            text(&structured.expired()),
+            r#"{"type":"notice","kind":"expired","text":"* your token expired: get a new one to come back"}"#
+        );
+        assert_eq!(
+            text(&structured.error(ErrorCode::ReadOnly, classic::READ_ONLY_TEXT)),
+            r#"{"type":"error","code":"read-only","text":"your token is read-only: your lines do not reach the room"}"#
+        );
     }
 
     #[test]

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_websockets::{CloseCode, Limits, Message, ServerBuilder, WebSocketStream};
 use tracing::{debug, info};
 
+use crate::auth;
 use crate::hub::Joined;
 use crate::metrics::{ConnectionOutcome, Reason};
 use crate::state::ConnectionGuard;
@@ -43,6 +44,8 @@ enum End {
     ProtocolError(tokio_websockets::Error),
     /// The connection is gone or stuck: nothing more can be sent.
     Dropped(Dropped),
+    /// The client's signed token expired: closed with 4001 ([`auth::CLOSE_EXPIRED`]).
+    Expired,
 }
 
 /// Why a connection was given up without a close handshake.
@@ -75,6 +78,7 @@ impl End {
             End::Dropped(dropped) => Cow::Borrowed(dropped.text()),
             End::ClosedByClient => Cow::Borrowed("closed by client"),
             End::ProtocolError(e) => Cow::Owned(format!("protocol error: {e}")),
+            End::Expired => Cow::Borrowed(auth::REASON_EXPIRED),
         }
     }
 
@@ -84,6 +88,7 @@ impl End {
             End::Close(code, _) if *code == CloseCode::GOING_AWAY => Reason::Shutdown,
             End::Close(code, _) if *code == CloseCode::POLICY_VIOLATION => Reason::Flood,
             End::Close(..) | End::ProtocolError(_) => Reason::Protocol,
+            End::Expired => Reason::Expired,
             End::ClosedByClient => Reason::ClientClosed,
             End::Dropped(Dropped::Lost) => Reason::Lost,
             End::Dropped(Dropped::WriteTimeout) => Reason::WriteTimeout,
@@ -152,7 +157,7 @@ async fn serve<S>(
     ))
     .await;
     // Joined the room during the upgrade, so the receiver saw everything since.
-    let Some((joined, format)) = upgraded else {
+    let Some((joined, format, rights)) = upgraded else {
         return;
     };
     let Joined {
@@ -188,7 +193,7 @@ async fn serve<S>(
     let greeting = outbox.greet(&mut ws, &membership, head, recovery, config.no_echo);
     let end = match greeting.await {
         Ok(()) => {
-            chat::Chat::new(&membership, guard, frames)
+            chat::Chat::new(&membership, guard, frames, rights)
                 .run(&mut ws, &mut rx, &mut outbox)
                 .await
         }
@@ -235,6 +240,9 @@ where
     let handshake = async {
         if let End::Close(code, reason) = end {
             ws.send(Message::close(Some(code), reason)).await?;
+        } else if let End::Expired = end {
+            let code = CloseCode::try_from(auth::CLOSE_EXPIRED).ok();
+            ws.send(Message::close(code, auth::REASON_EXPIRED)).await?;
         } else if matches!(end, End::Dropped(_)) {
             return Ok(());
         }

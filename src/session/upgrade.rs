@@ -10,17 +10,20 @@ use tokio::time::{Instant, timeout, timeout_at};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use super::chat::Rights;
+use crate::admit::{admit, check_room_and_name};
 use crate::handshake::{self, Failure, Reply, UpgradeRequest};
 use crate::hub::{Format, JoinError, Joined, Newcomer};
 use crate::metrics::ConnectionOutcome;
 use crate::protocol::{self, Params, classic, structured::SUBPROTOCOL};
 use crate::route::{self, Listener, Route};
 use crate::state::{ConnectionGuard, Shared};
+use crate::{auth, publish};
 
 /// What a connection's request came to.
 enum Handled {
-    /// A WebSocket in this format, joined to its room.
-    Joined(Joined, Format),
+    /// A WebSocket in this format, joined to its room, with its token's rights.
+    Joined(Joined, Format, Rights),
     /// A plain request, answered with this.
     Answered(Reply),
 }
@@ -34,7 +37,7 @@ pub(super) async fn upgrade<S>(
     guard: &ConnectionGuard,
     shutdown: &CancellationToken,
     deadline: Instant,
-) -> Option<(Joined, Format)>
+) -> Option<(Joined, Format, Rights)>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -47,7 +50,10 @@ where
         };
         match route::route(request, listener).map_err(Failure::Refused)? {
             Route::Chat(request) => join(&mut *stream, &request, addr, shared).await,
-            Route::Plain(plain) => Ok(Handled::Answered(route::answer(plain, shared))),
+            Route::Plain(plain) => Ok(Handled::Answered(route::answer(plain, shared, addr.ip()))),
+            Route::Publish(request) => publish::publish(&mut *stream, request, addr.ip(), shared)
+                .await
+                .map(Handled::Answered),
         }
     };
     let handled = tokio::select! {
@@ -56,9 +62,9 @@ where
     };
     let metrics = &shared.metrics;
     let reply = match handled {
-        Ok(Ok(Handled::Joined(joined, format))) => {
+        Ok(Ok(Handled::Joined(joined, format, rights))) => {
             metrics.connection(ConnectionOutcome::Upgraded);
-            return Some((joined, format));
+            return Some((joined, format, rights));
         }
         Ok(Ok(Handled::Answered(reply))) => {
             metrics.connection(ConnectionOutcome::Answered);
@@ -91,6 +97,10 @@ where
 
 /// Admits `request` (token, then origin), reads its room and query, joins the room
 /// in the format the client offers, and answers the upgrade.
+///
+/// With `--auth-key`, the token decides the name (its `sub`, the whole tag: two
+/// connections of one person are tagged alike) and the rooms; the client id is
+/// bound to that name, so that one person's line ids cannot touch another's.
 async fn join<S>(
     stream: &mut S,
     request: &UpgradeRequest,
@@ -100,10 +110,28 @@ async fn join<S>(
 where
     S: AsyncWrite + Unpin,
 {
-    route::admit(&request.headers, &shared.config).map_err(Failure::Refused)?;
+    let identity = admit(&request.headers, addr.ip(), shared).map_err(Failure::Refused)?;
     let bad_request = |reason| Failure::Refused(Reply::new(StatusCode::BAD_REQUEST, reason));
     let room = protocol::room_from_path(&request.path).map_err(bad_request)?;
     let params = Params::parse(request.query.as_deref()).map_err(bad_request)?;
+    let (who, client_id, rights) = match &identity {
+        None => (
+            classic::sender(params.name, addr),
+            params.client_id.map(str::to_owned),
+            Rights::ALL,
+        ),
+        Some(identity) => {
+            check_room_and_name(identity, room, params.name).map_err(Failure::Refused)?;
+            let rights = Rights {
+                may_send: identity.may_send,
+                // A time too far ahead for the clock is as good as never.
+                expires: Instant::now().checked_add(identity.remaining(auth::now_secs())),
+            };
+            // Names cannot hold ':', so no two names share a client id.
+            let client_id = params.client_id.map(|id| format!("{}:{id}", identity.name));
+            (identity.name.clone(), client_id, rights)
+        }
+    };
     let format = if request.offers(SUBPROTOCOL) {
         Format::Structured
     } else {
@@ -112,10 +140,11 @@ where
     let newcomer = Newcomer {
         room,
         id: shared.next_id(),
-        who: classic::sender(params.name, addr),
+        who,
         format,
-        client_id: params.client_id,
+        client_id: client_id.as_deref(),
         resume: params.resume,
+        history: params.history,
     };
     let joined = shared.hub.join(newcomer).await.map_err(|e| {
         let reason = match e {
@@ -126,5 +155,5 @@ where
     })?;
     let subprotocol = (format == Format::Structured).then_some(SUBPROTOCOL);
     handshake::accept(stream, request, subprotocol).await?;
-    Ok(Handled::Joined(joined, format))
+    Ok(Handled::Joined(joined, format, rights))
 }

@@ -49,6 +49,10 @@ impl Store for MemoryStore {
         })
     }
 
+    fn append_to(&self, _room: &str, _record: &Record<'_>) -> Option<Later<(Epoch, Published)>> {
+        None
+    }
+
     fn up(&self) -> Option<bool> {
         None
     }

@@ -48,8 +48,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::protocol::Epoch;
 use crate::protocol::structured::NoticeKind;
+use crate::protocol::{Epoch, Format};
 
 pub(crate) use memory::MemoryStore;
 pub(crate) use record::{Delivery, Entry, Logged, Record, stamp};
@@ -59,15 +59,6 @@ pub(crate) use redis::RedisStore;
 pub(crate) type SenderId = u64;
 /// The sender of the server's own notices (presence), which no-echo never hides.
 pub(crate) const SERVER: SenderId = 0;
-
-/// The wire format a session speaks; each has its own channel in a room.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Format {
-    /// The classic text lines.
-    Classic,
-    /// The `broadcast-chat.v1` JSON frames.
-    Structured,
-}
 
 /// The store cannot be reached now (Redis is away).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,6 +149,12 @@ pub(crate) trait Store: Send + Sync + Debug {
     /// Called when the room appears here (under the hub's rooms lock, so opens and
     /// closes of one name happen in order); [`RoomLog::close`] when it vanishes.
     fn open(&self, room: &str, fanout: Arc<dyn Fanout>) -> Arc<dyn RoomLog>;
+    /// Logs `record` in `room` from outside it (the publish API), open here or not,
+    /// for a store whose logs outlive their rooms' members here (Redis), and
+    /// answers with the log's epoch and the record's place; open rooms everywhere
+    /// get it as any other. `None` from a store whose logs live only while their
+    /// rooms have members here (memory): only an open room's log can take it.
+    fn append_to(&self, room: &str, record: &Record<'_>) -> Option<Later<(Epoch, Published)>>;
     /// Whether the store answered lately; `None` for one that cannot be out of reach.
     fn up(&self) -> Option<bool>;
 }

@@ -15,6 +15,8 @@
   // Close codes after which trying again may help, as the command-line client has
   // them; 1006 is a connection lost without a close frame.
   const TRANSIENT_CLOSES = new Set([1001, 1006, 1011, 1012, 1013]);
+  // The close code of a session whose signed token expired: ask for a new one.
+  const TOKEN_EXPIRED = 4001;
   // Items kept in the page; older ones go once the reader is at the bottom.
   const MAX_ITEMS = 2000;
   const NAME_KEY = 'broadcast-chat.name';
@@ -123,6 +125,8 @@
         findOutWhy();
       } else if (TRANSIENT_CLOSES.has(event.code)) {
         retryLater('Connection lost');
+      } else if (event.code === TOKEN_EXPIRED) {
+        askToken('expired');
       } else {
         const reason = event.reason ? ` (${event.reason})` : '';
         setState('closed', 'Disconnected', `the server closed the connection: ${event.code}${reason}`);
@@ -132,9 +136,11 @@
   }
 
   // A browser does not tell a page why a WebSocket was refused, so ask the server
-  // the same question in plain HTTP: 401 is the token, 403 this page's origin.
+  // the same question in plain HTTP: 401 is the token, 403 this page's origin; 200
+  // names the signed token's holder, whose name the page must join with.
   async function findOutWhy() {
     let status = 0;
+    let holder = null;
     try {
       // A header holds printable ASCII only; without it, a 401 still says the
       // token we sent in the socket's protocols was not taken.
@@ -142,10 +148,20 @@
       const headers = sendable ? { Authorization: `Bearer ${token}` } : {};
       const answer = await fetch('/_/auth', { headers, cache: 'no-store' });
       status = answer.status;
+      if (status === 200) holder = (await answer.json()).name;
     } catch { /* unreachable: status 0 */ }
     if (socket || retryTimer) return; // something else started meanwhile
     if (status === 401) {
-      askToken(token !== null);
+      askToken(token !== null ? 'refused' : null);
+    } else if (status === 200 && typeof holder === 'string' && holder !== name) {
+      // With a signed token the name is the token's: join with it.
+      name = holder;
+      store.set(localStorage, NAME_KEY, name);
+      showName();
+      connect();
+    } else if (status === 200) {
+      setState('refused', 'Not allowed', 'the token does not allow this room');
+      say('notice error', 'Your token does not allow this room.');
     } else if (status === 403) {
       setState('refused', 'Not allowed', 'the server does not allow this page\'s address (--allow-origin)');
       say('notice error', 'The server does not allow connections from this page\'s address.');
@@ -166,13 +182,16 @@
     retryTimer = setTimeout(() => { retryTimer = null; connect(); }, wait);
   }
 
-  function askToken(refused) {
-    if (refused && store.get(localStorage, TOKEN_KEY) === token) store.remove(localStorage, TOKEN_KEY);
-    setState('refused', refused ? 'Token refused' : 'Token needed', serverUrl());
+  // Why: null (none was sent), 'refused' or 'expired'.
+  function askToken(why) {
+    if (why && store.get(localStorage, TOKEN_KEY) === token) store.remove(localStorage, TOKEN_KEY);
+    const state = { refused: 'Token refused', expired: 'Token expired' }[why] || 'Token needed';
+    setState('refused', state, serverUrl());
     ui.retry.hidden = true;
-    ui.tokenLabel.textContent = refused
-      ? 'The server refused that token. Enter the chat\'s token:'
-      : 'This chat needs a token. Enter it to join:';
+    ui.tokenLabel.textContent = {
+      refused: 'The server refused that token. Enter the chat\'s token:',
+      expired: 'Your token expired. Enter a new one to join again:',
+    }[why] || 'This chat needs a token. Enter it to join:';
     show(ui.tokenForm, ui.tokenInput);
   }
 

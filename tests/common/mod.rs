@@ -3,6 +3,7 @@
 #![allow(dead_code)] // Each test file uses its own subset.
 
 pub mod instances;
+pub mod tokens;
 
 use std::net::SocketAddr;
 use std::process::{ExitStatus, Stdio};

@@ -366,7 +366,7 @@ impl RedisLog {
         record: &Record<'_>,
         line: Option<(&str, u64)>,
         presence: Option<Presence<'_>>,
-    ) -> impl Future<Output = redis::RedisResult<(Epoch, Published)>> + Send + 'static {
+    ) -> impl Future<Output = redis::RedisResult<(Epoch, Published)>> + Send + use<> {
         let keys = Keys::of(room);
         let (accepted, id) = match line {
             Some((client_id, id)) => (keys.accepted(client_id), id.to_string()),

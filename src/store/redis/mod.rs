@@ -8,6 +8,7 @@
 mod client;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -21,8 +22,8 @@ use super::{
     RoomLog, Store, Unavailable, lock,
 };
 use crate::metrics::Metrics;
-use crate::protocol::classic;
 use crate::protocol::structured::NoticeKind;
+use crate::protocol::{Epoch, classic};
 use client::{RESPONSE_TIMEOUT, RedisLog, member, room_of_channel};
 
 /// How often this instance asks Redis whether it is there.
@@ -123,20 +124,25 @@ impl Store for RedisStore {
         })
     }
 
+    fn append_to(&self, room: &str, record: &Record<'_>) -> Option<Later<(Epoch, Published)>> {
+        Some(Box::pin(self.0.append(room, record, None, None)))
+    }
+
     fn up(&self) -> Option<bool> {
         Some(self.0.up.load(Ordering::Relaxed))
     }
 }
 
 impl Inner {
-    /// Asks for `record` to be logged in `room` (see [`RoomLog::append`]).
+    /// Asks for `record` to be logged in `room` (see [`RoomLog::append`]); the
+    /// answer comes with the log's epoch.
     fn append(
         self: &Arc<Self>,
         room: &str,
         record: &Record<'_>,
         line: Option<(&str, u64)>,
         presence: Option<Presence<'_>>,
-    ) -> Later<Published> {
+    ) -> impl Future<Output = Result<(Epoch, Published), Unavailable>> + Send + use<> {
         let member = presence.map(|(Presence::Join(id, who) | Presence::Leave(id, who))| {
             member(self.instance, id, who)
         });
@@ -158,12 +164,7 @@ impl Inner {
         };
         let asked = self.log.submit(room, record, line, change);
         let inner = Arc::clone(self);
-        Box::pin(async move {
-            match asked.await {
-                Ok((_, published)) => Ok(published),
-                Err(e) => Err(inner.went_down(&e.to_string())),
-            }
-        })
+        async move { asked.await.map_err(|e| inner.went_down(&e.to_string())) }
     }
 
     /// Marks Redis down (logging it once per outage) and tells every room's members
@@ -197,7 +198,10 @@ impl RoomLog for RedisRoom {
         line: Option<(&str, u64)>,
         presence: Option<Presence<'_>>,
     ) -> Appending {
-        Appending::Later(self.inner.append(&self.room.name, record, line, presence))
+        let asked = self.inner.append(&self.room.name, record, line, presence);
+        Appending::Later(Box::pin(async move {
+            asked.await.map(|(_, published)| published)
+        }))
     }
 
     fn head(&self) -> Later<Head> {
@@ -275,7 +279,8 @@ impl RoomLog for RedisRoom {
         match last {
             Some(leave @ Presence::Leave(_, who)) if notice => {
                 let record = Record::presence(who, false, 0);
-                runtime.spawn(self.inner.append(name, &record, None, Some(leave)));
+                let asked = self.inner.append(name, &record, None, Some(leave));
+                runtime.spawn(asked);
             }
             Some(leave) => {
                 if let Some(unlisted) = self.list(leave) {
