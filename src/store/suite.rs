@@ -166,6 +166,33 @@ pub(crate) async fn appends_from_many_tasks_are_handed_over_in_offset_order(subj
     assert_eq!(recorder.offsets(400).await, given, "handed over in order");
 }
 
+pub(crate) async fn a_line_from_outside_goes_to_the_log_open_or_not(subject: Subject) {
+    let (log, recorder) = open(&subject, "open").await;
+    let record = Record::chat(0, "bot", "x");
+    let Some(appended) = subject.store.append_to("open", &record) else {
+        // Logs that live only while their room is open here: through the room.
+        assert!(subject.store.append_to("closed", &record).is_none());
+        return;
+    };
+    let (epoch, published) = appended.await.expect("append");
+    assert_eq!(Ok(published), logged(1));
+    assert_eq!(epoch, log.head().await.expect("head").epoch);
+    assert_eq!(recorder.offsets(1).await, [1], "the open room gets it");
+    let appended = subject
+        .store
+        .append_to("closed", &record)
+        .expect("the same store");
+    let (epoch, published) = appended.await.expect("append");
+    assert_eq!(Ok(published), logged(1));
+    let (closed, _) = open(&subject, "closed").await;
+    let head = closed.head().await.expect("head");
+    assert_eq!(
+        (head.epoch, head.head),
+        (epoch, 1),
+        "kept for when it opens"
+    );
+}
+
 pub(crate) async fn reads_start_after_the_offset_and_stop_at_the_limit(subject: Subject) {
     let (log, _recorder) = open(&subject, "r").await;
     assert_eq!(read(&*log, 0, 10).await, (0, vec![]));
@@ -347,6 +374,7 @@ macro_rules! stores {
                 the_oldest_go_first_beyond_the_bounds,
                 a_repeated_line_id_is_a_duplicate,
                 the_epoch_stays_while_the_log_lives,
+                a_line_from_outside_goes_to_the_log_open_or_not,
                 what_is_read_is_what_was_delivered,
             );
         }
