@@ -159,7 +159,10 @@ impl<'a> Outbox<'a> {
                 _ => Wrote::Emptied,
             });
         };
-        self.recover(ws, membership, behind).await?;
+        // Boxed: a session falls behind rarely, and its catch-up (a read of the log,
+        // through Redis a round trip) would otherwise take room in every session's
+        // task for good, whether it ever falls behind or not.
+        Box::pin(self.recover(ws, membership, behind)).await?;
         // Caught up, it writes one more batch of what the channel holds now and says
         // that more is waiting: a rest right after a catch-up would only let the
         // session fall behind again.
@@ -167,7 +170,7 @@ impl<'a> Outbox<'a> {
             return Ok(Wrote::MoreWaiting);
         };
         if let Some(behind) = self.write_batch(ws, rx, next).await?.behind {
-            self.recover(ws, membership, behind).await?;
+            Box::pin(self.recover(ws, membership, behind)).await?;
         }
         Ok(Wrote::MoreWaiting)
     }

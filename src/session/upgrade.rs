@@ -51,9 +51,13 @@ where
         match route::route(request, listener).map_err(Failure::Refused)? {
             Route::Chat(request) => join(&mut *stream, &request, addr, shared).await,
             Route::Plain(plain) => Ok(Handled::Answered(route::answer(plain, shared, addr.ip()))),
-            Route::Publish(request) => publish::publish(&mut *stream, request, addr.ip(), shared)
-                .await
-                .map(Handled::Answered),
+            // Boxed: a publish reads a body and waits for the store, several kB of
+            // state that every upgrade's future would otherwise reserve.
+            Route::Publish(request) => {
+                Box::pin(publish::publish(&mut *stream, request, addr.ip(), shared))
+                    .await
+                    .map(Handled::Answered)
+            }
         }
     };
     let handled = tokio::select! {
