@@ -167,13 +167,7 @@ async fn connect_with(url: &str, headers: &str) -> Ws {
 #[tokio::test]
 async fn a_separate_metrics_address_serves_the_metrics_and_the_chat_port_does_not() {
     let server = Server::start(&["--metrics-listen", "127.0.0.1:0"]).await;
-    let line = server.stderr.wait_for_event("serving /metrics").await;
-    let metrics_addr: std::net::SocketAddr = line
-        .split("addr=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line}"));
+    let metrics_addr = metrics_addr(&server).await;
     let here = raw_exchange(metrics_addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(here.starts_with("HTTP/1.1 200 OK\r\n"), "{here}");
     assert!(
@@ -403,13 +397,7 @@ async fn each_disconnection_reason_is_counted() {
 async fn a_shutdown_is_counted_while_the_close_handshakes_are_awaited() {
     let server =
         Server::start(&["--metrics-listen", "127.0.0.1:0", "--close-timeout", "10s"]).await;
-    let line = server.stderr.wait_for_event("serving /metrics").await;
-    let metrics_addr: std::net::SocketAddr = line
-        .split("addr=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line}"));
+    let metrics_addr = metrics_addr(&server).await;
     // Never polled: the server waits for its close handshake, and serves the
     // metrics meanwhile.
     let _deaf = connect(&server.url()).await;
@@ -574,4 +562,14 @@ async fn the_redis_metrics_follow_an_outage_of_one_instance() {
         Some(0.0),
         "A was never cut off"
     );
+}
+
+/// The `--metrics-listen` address the server logged it serves `/metrics` on.
+async fn metrics_addr(server: &Server) -> std::net::SocketAddr {
+    let line = server.stderr.wait_for_event("serving /metrics").await;
+    line.split("addr=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line}"))
 }

@@ -47,12 +47,13 @@ impl InProcess {
 /// Opens a connection and upgrades it by hand, reading the answer's head and the
 /// welcome frame; returns the raw TCP stream, which nobody polls unless the test does.
 async fn raw_client(addr: std::net::SocketAddr) -> TcpStream {
-    upgraded(TcpStream::connect(addr).await.expect("connect")).await
+    upgraded(TcpStream::connect(addr).await.expect("connect"), "").await
 }
 
-/// Upgrades `tcp` by hand, reading the answer's head and the welcome frame.
-async fn upgraded(mut tcp: TcpStream) -> TcpStream {
-    tcp.write_all(common::upgrade_request("/", "").as_bytes())
+/// Upgrades `tcp` by hand with the extra header lines `headers`, reading the
+/// answer's head and the welcome frame.
+async fn upgraded(mut tcp: TcpStream, headers: &str) -> TcpStream {
+    tcp.write_all(common::upgrade_request("/", headers).as_bytes())
         .await
         .expect("request");
     let mut head = Vec::new();
@@ -360,7 +361,7 @@ async fn a_client_that_stops_reading_is_dropped_at_the_write_timeout() {
     // A client with a small receive window that reads nothing after its welcome.
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
     socket.set_recv_buffer_size(4096).expect("receive buffer");
-    let mut stuck = upgraded(socket.connect(server.addr).await.expect("connect")).await;
+    let mut stuck = upgraded(socket.connect(server.addr).await.expect("connect"), "").await;
     assert_eq!(open_connections(server.addr).await, 2);
 
     // 8 MiB, twice what the kernel buffers for it: its session's write waits.
@@ -417,19 +418,10 @@ async fn a_signed_token_closes_its_session_exactly_when_it_expires() {
         publish: false,
     };
     let token = auth::mint(&SigningKey::from_bytes(secret).expect("key"), &claims).expect("token");
-    let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
     let header = format!("Authorization: Bearer {token}\r\n");
-    tcp.write_all(common::upgrade_request("/", &header).as_bytes())
-        .await
-        .expect("request");
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        head.push(tcp.read_u8().await.expect("answer"));
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+    let tcp = TcpStream::connect(server.addr).await.expect("connect");
+    let mut tcp = upgraded(tcp, &header).await;
     let start = Instant::now();
-    let welcome = read_frame(&mut tcp).await.expect("the welcome");
-    assert_eq!(welcome.1, b"Welcome to chat! Type a message");
     let told = read_frame(&mut tcp).await.expect("the notice");
     assert_eq!(
         told,
