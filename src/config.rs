@@ -100,6 +100,17 @@ pub struct ServerConfig {
     /// With a URL, the rooms' logs are in this Redis, shared with every instance
     /// that uses it; without, they are in this process.
     pub redis_url: Option<String>,
+    /// With a directory, the rooms' logs are kept there (an SQLite database), and
+    /// survive a restart and a crash.
+    pub data_dir: Option<std::path::PathBuf>,
+    /// With a data directory: how long an entry is kept; `None`, as long as
+    /// `resume_window` and `resume_bytes` let.
+    pub retention: Option<Duration>,
+    /// With a data directory: most rooms kept; the ones written longest ago go.
+    pub max_stored_rooms: usize,
+    /// With a data directory: most lines held while it cannot be written; past
+    /// them a line is refused, and its sender told.
+    pub outage_queue: usize,
 }
 
 impl Default for ServerConfig {
@@ -129,6 +140,10 @@ impl Default for ServerConfig {
             presence: false,
             no_echo: false,
             redis_url: None,
+            data_dir: None,
+            retention: None,
+            max_stored_rooms: 1000,
+            outage_queue: 10_000,
             metrics_listen: None,
         }
     }

@@ -35,6 +35,11 @@ pub enum Error {
         source: redis::RedisError,
     },
 
+    /// The data directory (`--data-dir`) cannot be used: another program's, of an
+    /// unknown format version, in use by another server, or unreadable.
+    #[error("{0}")]
+    DataDir(String),
+
     /// The URL is not a `ws://` or `wss://` URL the client can use.
     #[error("invalid URL {url:?}: {reason}")]
     InvalidUrl {

@@ -149,10 +149,16 @@ pub(crate) struct Metrics {
     pub(crate) redis_errors: Counter,
     /// With Redis: messages fetched from a stream to fill a gap.
     pub(crate) redis_recovered: Counter,
+    /// Lines the store refused (the data directory could not be written, and held
+    /// as many as it may): their senders were told.
+    pub(crate) not_accepted: Counter,
     open: Gauge,
     rooms: Gauge,
     log_bytes: Gauge,
     redis_up: Gauge,
+    disk_up: Gauge,
+    disk_flushes: Counter,
+    disk_lines: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -170,8 +176,11 @@ pub(crate) struct Now {
     pub(crate) rooms: usize,
     /// Bytes the rooms' logs in memory hold.
     pub(crate) log_bytes: usize,
-    /// With Redis, whether it answers.
-    pub(crate) redis_up: Option<bool>,
+    /// Where the logs are (`memory`, `disk`, `redis`), and whether Redis answers or
+    /// the data directory takes writes.
+    pub(crate) store: (&'static str, Option<bool>),
+    /// With a data directory: its flushes so far and the lines they held.
+    pub(crate) flushes: Option<(u64, u64)>,
 }
 
 /// Where metrics are registered from, for the recorder's metadata.
@@ -264,6 +273,23 @@ impl Metrics {
                 None,
                 "With --redis-url: 1 when Redis answers, 0 when it is out of reach",
             ),
+            disk_up: gauge(
+                "chat_disk_up",
+                None,
+                "With --data-dir: 1 when it takes writes, 0 while writes fail (lines are held)",
+            ),
+            disk_flushes: plain(
+                "chat_disk_flushes_total",
+                "With --data-dir: commits, each one flush to disk (fsync)",
+            ),
+            disk_lines: plain(
+                "chat_disk_lines_total",
+                "With --data-dir: entries the commits held (divided by the flushes: lines per flush)",
+            ),
+            not_accepted: plain(
+                "chat_messages_not_accepted_total",
+                "Lines refused because the data directory could not be written and held as many as it may; each sender was told",
+            ),
             handle,
             recorder,
         }
@@ -310,8 +336,14 @@ impl Metrics {
             self.rooms.set(now.rooms as f64);
             self.log_bytes.set(now.log_bytes as f64);
         }
-        self.redis_up
-            .set(f64::from(u8::from(now.redis_up.unwrap_or(false))));
+        let (store, up) = now.store;
+        let up = |kind| f64::from(u8::from(store == kind && up.unwrap_or(false)));
+        self.redis_up.set(up("redis"));
+        self.disk_up.set(up("disk"));
+        if let Some((flushes, lines)) = now.flushes {
+            self.disk_flushes.absolute(flushes);
+            self.disk_lines.absolute(lines);
+        }
         self.deliveries_total.absolute(self.deliveries.get());
         let mut text = self.handle.render();
         self.latency.render(LATENCY, LATENCY_HELP, &mut text);
@@ -474,7 +506,8 @@ mod tests {
             open: 2,
             rooms: 1,
             log_bytes: 100,
-            redis_up: None,
+            store: ("memory", None),
+            flushes: None,
         });
         for line in [
             "# HELP chat_connections_total Connections opened, by what became of them",

@@ -162,27 +162,35 @@ pub(crate) fn answer(plain: Plain, shared: &Shared, ip: IpAddr) -> Reply {
 /// The health check's answer, as JSON.
 #[derive(Debug, Serialize)]
 struct Health {
-    /// `ok`, or `degraded` when Redis does not answer (chat goes on locally).
+    /// `ok`, or `degraded` when Redis does not answer (chat goes on locally) or the
+    /// data directory cannot be written (lines are held).
     status: &'static str,
     /// The open connections, not counting the health check's own.
     connections: usize,
+    /// Where the rooms' logs are: `memory`, `disk` or `redis`.
+    store: &'static str,
     /// With Redis: `up` or `down`.
     #[serde(skip_serializing_if = "Option::is_none")]
     redis: Option<&'static str>,
+    /// With a data directory: `ok`, or `failing` while it cannot be written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    disk: Option<&'static str>,
 }
 
-/// The health check's answer: the open connections, not counting itself, and with
-/// Redis whether it answers.
+/// The health check's answer: the open connections, not counting itself, where
+/// the logs are, and whether Redis answers or the data directory takes writes.
 fn health(shared: &Shared) -> Reply {
-    let redis_up = shared.hub.redis_up();
+    let (store, up) = shared.hub.store_health();
     let health = Health {
-        status: if redis_up == Some(false) {
-            "degraded"
-        } else {
-            "ok"
-        },
+        status: if up == Some(false) { "degraded" } else { "ok" },
         connections: shared.open_connections().saturating_sub(1),
-        redis: redis_up.map(|up| if up { "up" } else { "down" }),
+        store,
+        redis: up
+            .filter(|_| store == "redis")
+            .map(|up| if up { "up" } else { "down" }),
+        disk: up
+            .filter(|_| store == "disk")
+            .map(|up| if up { "ok" } else { "failing" }),
     };
     // Cannot fail: a struct of strings and a number.
     let body = serde_json::to_string(&health).expect("the health check serializes");

@@ -18,7 +18,7 @@ use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::route::{self, Listener, Route};
 use crate::state::{ConnectionGuard, Shared};
-use crate::store::{MemoryStore, RedisStore, Store, window};
+use crate::store::{DiskBounds, DiskStore, MemoryStore, RedisStore, Store, window};
 use crate::{Error, Result, session};
 
 /// Pause after an accept error such as running out of file descriptors, so the
@@ -38,10 +38,12 @@ pub struct Server {
 
 impl Server {
     /// Makes the server's state; with `config.redis_url`, connects to Redis first;
-    /// with `config.metrics_listen`, binds the metrics address.
+    /// with `config.data_dir`, opens the data directory (and takes its lock); with
+    /// `config.metrics_listen`, binds the metrics address.
     ///
     /// # Errors
     /// [`Error::Redis`] when the Redis URL is invalid or Redis cannot be reached;
+    /// [`Error::DataDir`] when the data directory cannot be used;
     /// [`Error::MetricsListen`] when the metrics address cannot be bound.
     pub async fn start(config: ServerConfig) -> Result<Self> {
         let metrics_listener = match config.metrics_listen {
@@ -53,9 +55,19 @@ impl Server {
             None => None,
         };
         let metrics = Arc::new(Metrics::new());
-        let store: Arc<dyn Store> = match &config.redis_url {
-            None => Arc::new(MemoryStore::for_config(&config)),
-            Some(url) => {
+        let store: Arc<dyn Store> = match (&config.redis_url, &config.data_dir) {
+            (None, None) => Arc::new(MemoryStore::for_config(&config)),
+            (None, Some(dir)) => {
+                let (dir, bounds) = (dir.clone(), DiskBounds::for_config(&config));
+                // It reads the directory back, which may take a moment: off the runtime.
+                let store = tokio::task::spawn_blocking(move || DiskStore::open(&dir, bounds))
+                    .await
+                    .map_err(|e| Error::DataDir(e.to_string()))?
+                    .map_err(|e| Error::DataDir(e.to_string()))?;
+                survive_file_size_limit();
+                Arc::new(store)
+            }
+            (Some(url), _) => {
                 let store = RedisStore::connect(
                     url,
                     window(&config),
@@ -110,6 +122,20 @@ impl Server {
     /// The operating system's error if the socket cannot tell.
     pub fn metrics_addr(&self) -> Option<io::Result<SocketAddr>> {
         self.metrics_listener.as_ref().map(TcpListener::local_addr)
+    }
+}
+
+/// Has a write past the file-size limit (`ulimit -f`, RLIMIT_FSIZE) fail with
+/// EFBIG, a write error the disk store holds lines through, instead of ending the
+/// server: SIGXFSZ's default. tokio's handler, once installed, stays for good.
+fn survive_file_size_limit() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let xfsz = SignalKind::from_raw(rustix::process::Signal::XFSZ.as_raw());
+        if let Err(e) = signal(xfsz) {
+            warn!(error = %e, "cannot catch SIGXFSZ: a file-size limit will end the server");
+        }
     }
 }
 

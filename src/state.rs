@@ -68,7 +68,8 @@ impl Shared {
             open: self.open_connections(),
             rooms,
             log_bytes,
-            redis_up: self.hub.redis_up(),
+            store: self.hub.store_health(),
+            flushes: self.hub.flushes(),
         })
     }
 

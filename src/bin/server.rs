@@ -131,6 +131,31 @@ struct Cli {
         hide_env_values = true
     )]
     redis_url: Option<String>,
+    /// Keep every room's log, epoch and offsets in this directory (an SQLite
+    /// database made there), so that a restart or a crash loses nothing that was
+    /// acknowledged. Without it, rooms live in memory.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "CHAT_DATA_DIR",
+        conflicts_with = "redis_url"
+    )]
+    data_dir: Option<PathBuf>,
+    /// With --data-dir: drop entries older than this (e.g. 7d); 0 keeps them as
+    /// long as --resume-window and --resume-bytes let.
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = parse_duration,
+          requires = "data_dir")]
+    retention: Duration,
+    /// With --data-dir: most rooms kept; beyond it, the ones written longest ago
+    /// (and not open) are forgotten.
+    #[arg(long, value_name = "N", default_value_t = ServerConfig::default().max_stored_rooms,
+          requires = "data_dir")]
+    max_stored_rooms: usize,
+    /// With --data-dir: most lines held while it cannot be written (a full disk);
+    /// past them a line is refused and its sender told.
+    #[arg(long, value_name = "LINES", default_value_t = ServerConfig::default().outage_queue,
+          value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
+    outage_queue: usize,
     /// Worker threads; 0 means one per CPU core.
     #[arg(long, value_name = "N", env = "CHAT_THREADS", default_value_t = 0)]
     threads: usize,
@@ -270,6 +295,10 @@ impl Cli {
             presence: self.presence,
             no_echo: self.no_echo,
             redis_url,
+            data_dir: self.data_dir.clone().filter(|d| !d.as_os_str().is_empty()),
+            retention: Some(self.retention).filter(|r| !r.is_zero()),
+            max_stored_rooms: self.max_stored_rooms,
+            outage_queue: self.outage_queue,
             metrics_listen: self.metrics_listen,
             ..ServerConfig::default()
         })

@@ -4,15 +4,33 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use super::room::Room;
 use super::{CatchUp, Membership, SenderId};
-use crate::store::{Appending, Presence, Published, Record, lock};
+use crate::store::{Appending, Presence, Published, Record, Unavailable, lock};
 
 /// A line on its way to the room.
 pub(crate) enum Submitted {
-    /// Published already (the log answered at once).
-    Done(Published),
-    /// Published once the log answers.
-    Later(std::pin::Pin<Box<dyn Future<Output = Published> + Send>>),
+    /// Published already (the log answered at once), or refused.
+    Done(Result<Published, NotAccepted>),
+    /// Published (or refused) once the log answers.
+    Later(std::pin::Pin<Box<dyn Future<Output = Result<Published, NotAccepted>> + Send>>),
+}
+
+/// A line the room's log refused: it went nowhere, and its sender is to be told
+/// (the data directory cannot be written, and holds as many lines as it may).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NotAccepted;
+
+/// What a line becomes when the log did not take it: out of reach (Redis), sent
+/// to this instance's members only, unlogged; refused, nowhere.
+fn fallback(room: &Room, record: &Record<'_>, why: Unavailable) -> Result<Published, NotAccepted> {
+    match why {
+        Unavailable::OutOfReach => {
+            room.local.deliver_unlogged(record);
+            Ok(UNLOGGED)
+        }
+        Unavailable::Refused => Err(NotAccepted),
+    }
 }
 
 /// What a line that the log could not take becomes: sent to this instance's
@@ -26,10 +44,11 @@ impl Membership {
     /// Sends `text` to everyone in the room and waits until it is there (tests).
     #[cfg(test)]
     pub(crate) async fn publish(&self, text: &str, id: Option<u64>) -> Published {
-        match self.submit(text, id) {
+        let published = match self.submit(text, id) {
             Submitted::Done(published) => published,
             Submitted::Later(published) => published.await,
-        }
+        };
+        published.expect("the memory store takes every line")
     }
 
     /// Sends `text` to everyone in the room, this member included (sessions with
@@ -37,24 +56,19 @@ impl Membership {
     /// however often it is submitted under the client's id. Its place in the room
     /// is fixed now; what became of it is known at once (memory) or when the log
     /// answers (Redis), so a session can have many lines on their way, in order.
-    /// With the log out of reach, it goes to this instance's members only, unlogged.
+    /// With the log out of reach, it goes to this instance's members only, unlogged;
+    /// a line the log refused goes nowhere.
     pub(crate) fn submit(&self, text: &str, id: Option<u64>) -> Submitted {
         let line = id.map(|id| (&*self.client_id, id));
         let record = Record::chat(self.id, &self.who, text);
         match self.room.log.append(&record, line, None) {
-            Appending::Done(Ok(published)) => Submitted::Done(published),
-            Appending::Done(Err(_)) => {
-                self.room.local.deliver_unlogged(&record);
-                Submitted::Done(UNLOGGED)
-            }
+            Appending::Done(Ok(published)) => Submitted::Done(Ok(published)),
+            Appending::Done(Err(why)) => Submitted::Done(fallback(&self.room, &record, why)),
             Appending::Later(asked) => {
                 let room = Arc::clone(&self.room);
                 let record = record.owned();
                 Submitted::Later(Box::pin(async move {
-                    asked.await.unwrap_or_else(|_| {
-                        room.local.deliver_unlogged(&record);
-                        UNLOGGED
-                    })
+                    asked.await.or_else(|why| fallback(&room, &record, why))
                 }))
             }
         }

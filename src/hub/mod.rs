@@ -23,7 +23,7 @@ use room::Room;
 
 pub(crate) use crate::protocol::Format;
 pub(crate) use crate::store::{CatchUp, Delivery, Published, SERVER, SenderId, stamp};
-pub(crate) use membership::Submitted;
+pub(crate) use membership::{NotAccepted, Submitted};
 pub(crate) use publish::PublishError;
 
 /// Why a client could not join.
@@ -162,10 +162,15 @@ impl Hub {
         (rooms.len(), bytes)
     }
 
-    /// Whether the store (Redis) answered lately; `None` for one that cannot be out
-    /// of reach (memory).
-    pub(crate) fn redis_up(&self) -> Option<bool> {
-        self.store.up()
+    /// Where the rooms' logs are kept (`memory`, `disk`, `redis`), and whether that
+    /// store answered (Redis) or wrote (disk) lately; `None` for memory.
+    pub(crate) fn store_health(&self) -> (&'static str, Option<bool>) {
+        (self.store.kind(), self.store.up())
+    }
+
+    /// With a data directory: its flushes so far and the lines they held.
+    pub(crate) fn flushes(&self) -> Option<(u64, u64)> {
+        self.store.flushes()
     }
 
     /// Closes every room's channels, so that each session, once it has written what

@@ -71,6 +71,18 @@ pub const DEGRADED_NOTICE: &str = "* the chat's shared log is out of reach: mess
 pub const RESTORED_NOTICE: &str =
     "* the chat's shared log is back: messages reach everyone and are kept again";
 
+/// The notice every member gets when the data directory cannot be written.
+pub const DELAYED_NOTICE: &str =
+    "* the server cannot store messages now: they are held, and delivered once it can";
+
+/// The notice every member gets when the data directory takes writes again.
+pub const STORED_NOTICE: &str = "* the server stores messages again: the held ones follow";
+
+/// What a sender is told when its line was refused: the server holds as many
+/// lines as it may while it cannot store them (a classic client gets it as a
+/// `* ` notice, a structured one in an error frame).
+pub const NOT_ACCEPTED_TEXT: &str = "your line was not accepted: the server cannot store messages now, and holds as many as it may; send it again later";
+
 /// The notice a returning client gets when the log (Redis) is out of reach, so
 /// nothing can be replayed.
 pub const UNAVAILABLE_NOTICE: &str =

@@ -91,8 +91,13 @@ pub enum NoticeKind {
     /// Messages now reach only this server's members and are not logged: the log
     /// (Redis) is out of reach.
     Degraded,
-    /// The log is back: messages reach everyone and are logged again.
+    /// The log is back: messages reach everyone and are logged again (Redis), or
+    /// are kept again and the held ones follow (a data directory that took no
+    /// writes for a while).
     Restored,
+    /// The log cannot take messages now (the data directory cannot be written):
+    /// they are held, neither delivered nor acknowledged, until it can.
+    Delayed,
     /// The client's signed token expired: the server closes the connection next
     /// (close code 4001).
     Expired,
@@ -192,6 +197,9 @@ pub enum ErrorCode {
     /// A `send` from a client whose signed token is read-only: it never reaches
     /// the room.
     ReadOnly,
+    /// A `send` the server did not accept: it cannot store messages now and holds
+    /// as many as it may. The line reached no one; the client may send it again.
+    NotAccepted,
 }
 
 /// A frame the server did not understand, or a resumption it could not honour.

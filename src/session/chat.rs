@@ -19,7 +19,7 @@ use super::keepalive::{Keepalive, Tick};
 use super::outbox::{self, Outbox};
 use super::write_delay::WriteDelay;
 use super::{Dropped, End, bounded};
-use crate::hub::{Delivery, Format, Membership, Published, Submitted};
+use crate::hub::{Delivery, Format, Membership, NotAccepted, Published, Submitted};
 use crate::limits::{RateLimit, Verdict};
 use crate::protocol::structured::{ClientFrame, ErrorCode};
 use crate::protocol::{self, WHO_COMMAND, classic};
@@ -30,7 +30,9 @@ use crate::state::ConnectionGuard;
 const MAX_PENDING: usize = 64;
 
 /// Lines on their way to the room, in the order sent, with their ids.
-type Pending = FuturesOrdered<Pin<Box<dyn Future<Output = (Option<u64>, Published)> + Send>>>;
+type Pending = FuturesOrdered<
+    Pin<Box<dyn Future<Output = (Option<u64>, Result<Published, NotAccepted>)> + Send>>,
+>;
 
 /// What the client's signed token lets it do, decided at the upgrade: the token
 /// is never looked at again.
@@ -65,6 +67,9 @@ pub(super) struct Chat<'a> {
     /// Lines on their way to the room (with Redis), oldest first: the session
     /// reads on meanwhile, up to a bound, and acknowledges each in order.
     pending: Pending,
+    /// Whether a classic client was told that its line was not accepted, since
+    /// its last line that was: it is told once, not once a line.
+    told_not_accepted: bool,
 }
 
 impl<'a> Chat<'a> {
@@ -89,6 +94,7 @@ impl<'a> Chat<'a> {
                 Instant::now(),
             ),
             pending: Pending::new(),
+            told_not_accepted: false,
         }
     }
 
@@ -258,20 +264,37 @@ impl<'a> Chat<'a> {
     }
 
     /// A line reached the room: counts it and, for a structured client, says so.
+    /// A line the room's log refused: the client is told (a classic one once until
+    /// a line of its is accepted again; a structured one, in order, for each).
     async fn published<S>(
         &mut self,
         ws: &mut WebSocketStream<S>,
         id: Option<u64>,
-        published: Published,
+        published: Result<Published, NotAccepted>,
     ) -> Result<(), End>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        if !published.duplicate {
-            self.guard.shared().metrics.received.increment(1);
-        }
-        let ack = id.and_then(|id| self.frames.ack(id, published));
-        self.reply(ws, ack).await
+        let reply = match published {
+            Ok(published) => {
+                if !published.duplicate {
+                    self.guard.shared().metrics.received.increment(1);
+                }
+                self.told_not_accepted = false;
+                id.and_then(|id| self.frames.ack(id, published))
+            }
+            Err(NotAccepted) => {
+                self.guard.shared().metrics.not_accepted.increment(1);
+                match self.frames.0 {
+                    Format::Classic if std::mem::replace(&mut self.told_not_accepted, true) => None,
+                    _ => Some(
+                        self.frames
+                            .error(ErrorCode::NotAccepted, classic::NOT_ACCEPTED_TEXT),
+                    ),
+                }
+            }
+        };
+        self.reply(ws, reply).await
     }
 
     /// Writes `reply` to the client, if there is one.

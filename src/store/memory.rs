@@ -56,6 +56,10 @@ impl Store for MemoryStore {
     fn up(&self) -> Option<bool> {
         None
     }
+
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
 }
 
 /// One room's log in memory.
@@ -70,13 +74,14 @@ struct MemoryRoom {
     state: Mutex<RoomState>,
 }
 
-/// What a room log's lock guards.
+/// What a room log's lock guards (here, and in the disk store's rooms).
 #[derive(Debug)]
-struct RoomState {
-    log: MemoryLog,
+pub(super) struct RoomState {
+    /// The log's last entries.
+    pub(super) log: MemoryLog,
     /// The last line id accepted under each client id, with its offset, so
     /// that a line sent again after a reconnect is recognised.
-    accepted: HashMap<Box<str>, (u64, u64)>,
+    pub(super) accepted: HashMap<Box<str>, (u64, u64)>,
 }
 
 impl RoomLog for MemoryRoom {
@@ -109,23 +114,14 @@ impl RoomLog for MemoryRoom {
 
     fn head(&self) -> Later<Head> {
         let state = lock(&self.state);
-        let head = Head {
-            epoch: state.log.epoch(),
-            head: state.log.head(),
-            first: state.log.first(),
-        };
+        let head = state.log.where_it_stands();
+        self.fanout.baseline(head.epoch, head.head);
         Box::pin(std::future::ready(Ok(head)))
     }
 
     fn read(&self, after: u64, limit: usize, format: Format) -> Later<CatchUp> {
-        let state = lock(&self.state);
-        let missed = (state.log.first() - 1).saturating_sub(after);
-        let deliveries = state
-            .log
-            .read(after, limit)
-            .map(|e| e.delivery(format))
-            .collect();
-        Box::pin(std::future::ready(Ok(CatchUp { missed, deliveries })))
+        let read = lock(&self.state).log.catch_up(after, limit, format);
+        Box::pin(std::future::ready(Ok(read)))
     }
 
     fn members(&self) -> Later<Option<Vec<String>>> {
@@ -147,7 +143,7 @@ impl RoomState {
     /// Notes that line `id` under `client_id` went out at `offset`. Client ids whose
     /// last line has left the log are forgotten once they outnumber the log's
     /// entries: a line sent again that late cannot be told from a new one anyway.
-    fn remember(&mut self, client_id: &str, id: u64, offset: u64) {
+    pub(super) fn remember(&mut self, client_id: &str, id: u64, offset: u64) {
         match self.accepted.get_mut(client_id) {
             Some(last) => *last = (id, offset),
             None => {
@@ -162,8 +158,9 @@ impl RoomState {
 }
 
 /// A log in memory: a ring of the last entries, bounded by count and by bytes.
+/// The disk store keeps one for each open room too, of the entries on disk.
 #[derive(Debug)]
-struct MemoryLog {
+pub(super) struct MemoryLog {
     epoch: Epoch,
     head: u64,
     entries: VecDeque<Entry>,
@@ -178,13 +175,61 @@ struct MemoryLog {
 impl MemoryLog {
     /// An empty log with a new random epoch.
     fn new(max_entries: usize, max_bytes: usize) -> Self {
-        Self {
-            epoch: Epoch::random(),
-            head: 0,
+        Self::resume(Epoch::random(), 0, max_entries, max_bytes, Vec::new())
+    }
+
+    /// A log of `epoch` whose last offset was `head`, holding `kept`: its last
+    /// entries, oldest first, consecutive and ending at `head` (the disk store's,
+    /// read back).
+    pub(super) fn resume(
+        epoch: Epoch,
+        head: u64,
+        max_entries: usize,
+        max_bytes: usize,
+        kept: Vec<Entry>,
+    ) -> Self {
+        let mut log = Self {
+            epoch,
+            head: kept.first().map_or(head, |e| e.offset - 1),
             entries: VecDeque::new(),
             bytes: 0,
             max_entries,
             max_bytes,
+        };
+        for entry in kept {
+            log.push(entry);
+        }
+        log.head = log.head.max(head);
+        log
+    }
+
+    /// Where the log stands.
+    pub(super) fn where_it_stands(&self) -> Head {
+        Head {
+            epoch: self.epoch,
+            head: self.head,
+            first: self.first(),
+        }
+    }
+
+    /// What a session catching up after `after` reads: up to `limit` entries in
+    /// `format`, and how many after `after` are no longer held.
+    pub(super) fn catch_up(&self, after: u64, limit: usize, format: Format) -> CatchUp {
+        CatchUp {
+            missed: (self.first() - 1).saturating_sub(after),
+            deliveries: self
+                .read(after, limit)
+                .map(|e| e.delivery(format))
+                .collect(),
+        }
+    }
+
+    /// Drops every entry below `offset` (retention by age).
+    pub(super) fn drop_before(&mut self, offset: u64) {
+        while self.entries.front().is_some_and(|e| e.offset < offset) {
+            if let Some(old) = self.entries.pop_front() {
+                self.bytes -= old.size();
+            }
         }
     }
 
@@ -195,30 +240,30 @@ impl MemoryLog {
     }
 
     /// Bytes the kept entries hold.
-    fn bytes(&self) -> usize {
+    pub(super) fn bytes(&self) -> usize {
         self.bytes
     }
 }
 
 impl MemoryLog {
     /// The log's epoch: chosen at random when the log began.
-    fn epoch(&self) -> Epoch {
+    pub(super) fn epoch(&self) -> Epoch {
         self.epoch
     }
 
-    /// The last offset given out; 0 before the first message.
-    fn head(&self) -> u64 {
+    /// The last offset kept or given out; 0 before the first message.
+    pub(super) fn head(&self) -> u64 {
         self.head
     }
 
     /// The oldest offset still kept; `head() + 1` when none is.
-    fn first(&self) -> u64 {
+    pub(super) fn first(&self) -> u64 {
         self.entries.front().map_or(self.head + 1, |e| e.offset)
     }
 
     /// Keeps `entry`, whose offset must be `head() + 1`, dropping the oldest entries
     /// beyond the bounds.
-    fn push(&mut self, entry: Entry) {
+    pub(super) fn push(&mut self, entry: Entry) {
         debug_assert_eq!(entry.offset, self.head + 1, "offsets have no gaps");
         self.head = entry.offset;
         if self.max_entries == 0 {

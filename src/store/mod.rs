@@ -2,7 +2,8 @@
 //! this instance serves, which numbers what is said there, keeps the last of it and
 //! tells the room's local [`Fanout`] what was logged, in offset order. The hub holds
 //! only these traits; [`MemoryStore`] keeps each log in this process,
-//! [`RedisStore`] in a Redis shared by every instance.
+//! [`DiskStore`] in an SQLite database in the data directory, [`RedisStore`] in a
+//! Redis shared by every instance.
 //!
 //! # The promises every store keeps
 //! - **Offsets.** Within one epoch, a room's logged messages get offsets 1, 2, 3, ...
@@ -28,15 +29,21 @@
 //!   it publishes them, the store filling a gap from the log before what follows
 //!   it, or moving the fan-out past what the log no longer has (the sessions then
 //!   tell their clients what they missed).
-//! - **Errors.** An error ([`Unavailable`]) means the store is out of reach: a failed
-//!   append logged nothing, or (Redis) it is not known whether it did; when it did,
-//!   the message reaches every member through the log like any other. A failed read
-//!   changes nothing.
+//! - **Errors.** [`Unavailable::OutOfReach`] means the store is out of reach: a
+//!   failed append logged nothing, or (Redis) it is not known whether it did; when
+//!   it did, the message reaches every member through the log like any other.
+//!   [`Unavailable::Refused`] means the append logged nothing and the line is to go
+//!   nowhere (the disk store, past its bound while it cannot write). A failed read
+//!   changes nothing. A store that cannot write for a while (a full disk) holds
+//!   its appends, unanswered and undelivered, until it can.
 //! - **Durable** means that what an append acknowledged survives a restart of this
 //!   server. Memory keeps nothing durable: a log lives while its room has members
 //!   here. Redis keeps what its own persistence keeps. A store that writes to disk
-//!   acknowledges an append, and hands it to the fan-out, only once it is flushed.
+//!   acknowledges an append, and hands it to the fan-out, only once it is flushed
+//!   ([`DiskStore`]): its logs, epochs and repeated-id state survive a restart and
+//!   a crash.
 
+mod disk;
 mod memory;
 mod record;
 pub(crate) mod redis;
@@ -51,6 +58,7 @@ use std::sync::Arc;
 use crate::protocol::structured::NoticeKind;
 use crate::protocol::{Epoch, Format};
 
+pub(crate) use disk::{DiskBounds, DiskStore};
 pub(crate) use memory::MemoryStore;
 pub(crate) use record::{Delivery, Entry, Logged, Record, stamp};
 pub(crate) use redis::RedisStore;
@@ -60,9 +68,17 @@ pub(crate) type SenderId = u64;
 /// The sender of the server's own notices (presence), which no-echo never hides.
 pub(crate) const SERVER: SenderId = 0;
 
-/// The store cannot be reached now (Redis is away).
+/// Why a store did not do what it was asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Unavailable;
+pub(crate) enum Unavailable {
+    /// It cannot be reached now (Redis is away): a failed append may or may not
+    /// have logged the line.
+    OutOfReach,
+    /// It did not take the line, and logged nothing: it holds as many lines as it
+    /// may while it cannot write them (a full disk), or the room's log could not
+    /// be read. The line goes nowhere; its sender is told.
+    Refused,
+}
 
 /// A future a store answers with later.
 pub(crate) type Later<T> = Pin<Box<dyn Future<Output = Result<T, Unavailable>> + Send>>;
@@ -155,8 +171,16 @@ pub(crate) trait Store: Send + Sync + Debug {
     /// get it as any other. `None` from a store whose logs live only while their
     /// rooms have members here (memory): only an open room's log can take it.
     fn append_to(&self, room: &str, record: &Record<'_>) -> Option<Later<(Epoch, Published)>>;
-    /// Whether the store answered lately; `None` for one that cannot be out of reach.
+    /// Whether the store answered (Redis) or wrote (disk) lately; `None` for one
+    /// that cannot fail (memory).
     fn up(&self) -> Option<bool>;
+    /// What `/healthz` calls it: `memory`, `disk` or `redis`.
+    fn kind(&self) -> &'static str;
+    /// For a store that flushes to disk: its flushes so far, and the lines they
+    /// held (lines per flush shows the group commit at work).
+    fn flushes(&self) -> Option<(u64, u64)> {
+        None
+    }
 }
 
 /// One room's log and sequencer. Nothing here is called with a hub lock held other
@@ -174,6 +198,9 @@ pub(crate) trait RoomLog: Send + Sync + Debug {
         presence: Option<Presence<'_>>,
     ) -> Appending;
     /// Where the log stands, beginning it (with a new epoch) if it has not begun.
+    /// A store that hands entries to the fan-out under its own lock (memory, disk)
+    /// also has the fan-out follow the log from there ([`Fanout::baseline`]) under
+    /// that lock, so that nothing logged meanwhile falls between the two.
     fn head(&self) -> Later<Head>;
     /// Up to `limit` logged messages after `after`, oldest first, in `format`.
     fn read(&self, after: u64, limit: usize, format: Format) -> Later<CatchUp>;

@@ -33,11 +33,22 @@ const BOUNDS: Bounds = Bounds {
     bytes: usize::MAX,
 };
 
-/// A store under test, and whatever it needs kept alive (a `redis-server`).
+/// A store under test, and whatever it needs kept alive.
 pub(crate) struct Subject {
     pub(crate) store: Arc<dyn Store>,
-    pub(crate) _keep: Option<RedisServer>,
+    pub(crate) _keep: Option<Keep>,
 }
+
+/// What a store under test needs kept alive (never read: dropping it stops it).
+#[expect(dead_code, reason = "kept alive, never read")]
+pub(crate) enum Keep {
+    /// Its `redis-server`.
+    Redis(RedisServer),
+    /// Its data directory, removed when dropped.
+    Dir(TempDir),
+}
+
+pub(crate) use tempfile::TempDir;
 
 /// A fan-out that keeps what it is handed, in order, as a hub following the log
 /// from its start would deliver it.
@@ -392,6 +403,7 @@ macro_rules! stores {
 }
 
 stores!(memory, super::super::memory::subject);
+stores!(disk, super::super::disk::subject);
 stores!(
     redis,
     super::super::redis::subject,

@@ -131,6 +131,10 @@ impl Store for RedisStore {
     fn up(&self) -> Option<bool> {
         Some(self.0.up.load(Ordering::Relaxed))
     }
+
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
 }
 
 impl Inner {
@@ -175,7 +179,7 @@ impl Inner {
             warn!(error = %why, "Redis is out of reach: rooms go on locally, unlogged, until it is back");
             self.notify_all(NoticeKind::Degraded, classic::DEGRADED_NOTICE);
         }
-        Unavailable
+        Unavailable::OutOfReach
     }
 
     /// The rooms open now, to go through without holding the lock.
@@ -465,7 +469,7 @@ pub(super) async fn subject(bounds: super::suite::Bounds) -> super::suite::Subje
     let store = connect_to(&server, bounds.entries).await;
     super::suite::Subject {
         store: Arc::new(store),
-        _keep: Some(server),
+        _keep: Some(super::suite::Keep::Redis(server)),
     }
 }
 
