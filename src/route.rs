@@ -409,7 +409,10 @@ mod tests {
     #[test]
     fn the_health_check_is_json_with_the_other_connections() {
         let reply = get(ServerConfig::default(), "/healthz", &[]);
-        assert_eq!(reply.body, "{\"status\":\"ok\",\"connections\":0}");
+        assert_eq!(
+            reply.body,
+            "{\"status\":\"ok\",\"connections\":0,\"store\":\"memory\"}"
+        );
         assert_eq!(reply.header("Content-Type"), Some("application/json"));
     }
 
