@@ -2,6 +2,7 @@
 //! their lines, and talk WebSocket to the server. Every wait has a timeout.
 #![allow(dead_code)] // Each test file uses its own subset.
 
+pub mod durable;
 pub mod instances;
 pub mod tokens;
 
@@ -178,7 +179,7 @@ impl Lines {
 
     /// Waits until `done` holds for the lines printed so far; `what` names it for
     /// the panic message.
-    async fn wait_until(&self, what: &str, done: impl Fn(&[String]) -> bool) {
+    pub async fn wait_until(&self, what: &str, done: impl Fn(&[String]) -> bool) {
         let found = timeout(WAIT, async {
             loop {
                 let notified = self.changed.notified();
@@ -322,6 +323,17 @@ impl Server {
     /// Waits for the process to exit.
     pub async fn wait(&mut self) -> ExitStatus {
         wait_exit(&mut self.child).await
+    }
+
+    /// Kills it with SIGKILL, as a crash would (nothing flushed or closed on the
+    /// way out), and waits until it is gone, so that its port and its data
+    /// directory's lock are free.
+    pub async fn kill(mut self) {
+        use std::os::unix::process::ExitStatusExt;
+        // On Unix, `start_kill` sends SIGKILL.
+        self.child.start_kill().expect("send SIGKILL");
+        let status = self.wait().await;
+        assert_eq!(status.signal(), Some(9), "killed by SIGKILL: {status:?}");
     }
 }
 
