@@ -19,30 +19,34 @@ fn complete() -> serde_json::Value {
 #[tokio::test]
 async fn acknowledged_lines_survive_a_sigkill_under_traffic() {
     let data = DataDir::new(&["--max-rate", "0"]);
-    let server = data.start(0).await;
+    let mut server = data.start(0).await;
     let (port, room) = (server.port, format!("{}/r", server.url()));
     let mut members = Vec::new();
     for session in ["ann", "bob", "cat"] {
         members.push(Member::join(&room, session).await.0);
     }
-    let mut members = crash_under_traffic(server, members, 600).await;
-
-    // Back on the same data directory: each resumes and sends what was not acked.
-    let _server = data.start(port).await;
-    for member in &mut members {
-        assert_eq!(member.rejoin(&room).await, complete(), "{}", member.session);
-        member.resend_unacked();
+    // Three crashes, each with lines on their way: some flushed and not
+    // acknowledged, some not flushed, some not even received.
+    for _ in 0..3 {
+        members = crash_under_traffic(server, members, 600).await;
+        // Back on the same data directory: each resumes and sends what was not acked.
+        server = data.start(port).await;
+        for member in &mut members {
+            assert_eq!(member.rejoin(&room).await, complete(), "{}", member.session);
+            member.resend_unacked();
+        }
     }
     for member in &mut members {
         member
             .until("every line acknowledged", |m| m.unacked() == 0)
             .await;
     }
-    let total: u64 = members.iter().map(|m| m.sent.len() as u64).sum();
+    // A last line: who has it has everything before it.
+    members[0].say_next();
+    let last = members[0].sent.last().cloned().expect("a line");
     for member in &mut members {
-        member
-            .until("the last line", |m| m.last_seen() >= total)
-            .await;
+        let has_last = |m: &Member| m.seen.iter().any(|(_, text)| *text == last);
+        member.until("the last line", has_last).await;
     }
     let log = whole_log(&room, &members[0].epoch).await;
     assert_each_line_once(&members, &log);
@@ -53,34 +57,37 @@ async fn the_command_line_client_resumes_across_a_restart() {
     let data = DataDir::new(&[]);
     let server = data.start(0).await;
     let (port, room) = (server.port, format!("{}/r", server.url()));
-    let mut client = Client::start(&["--url", &room, "--reconnect", "--json"]);
-    let typed = [
-        "before 1",
-        "before 2",
-        "just before the kill",
-        "while down",
-        "after",
-    ];
+    // Through a proxy, so that the crash can take an ack on its way to the client.
+    let proxy = Proxy::start(server.addr()).await;
+    let url = format!("{}/r", proxy.url());
+    let mut client = Client::start(&["--url", &url, "--reconnect", "--json"]);
+    let (mut watcher, _) = Member::join(&room, "watcher").await;
+    let typed = ["before 1", "before 2", "ack lost", "while down", "after"];
     for line in &typed[..2] {
         client.send_line(line).await;
     }
     wait_for_frames(&client.stdout, "ack", 2).await;
-    // On its way, flushed or not, acknowledged or not, when the server dies.
+    // Logged (the watcher has it), its ack held back, then lost with the server.
+    proxy.hold_downstream(true);
     client.send_line(typed[2]).await;
+    watcher.until("the line", |m| m.last_seen() == 3).await;
+    proxy.set_down(true);
+    proxy.sever();
     server.kill().await;
+    proxy.hold_downstream(false);
     client.stderr.wait_for("reconnecting in").await;
     client.send_line(typed[3]).await;
 
     let _server = data.start(port).await;
-    let back = format!("reconnected to {room}");
-    client.stderr.wait_for_line(&back).await;
+    proxy.set_down(false);
+    client
+        .stderr
+        .wait_for_line(&format!("reconnected to {url}"))
+        .await;
     client.send_line(typed[4]).await;
     client.close_stdin();
-    assert_eq!(
-        client.wait().await.code(),
-        Some(0),
-        "every line acknowledged"
-    );
+    let code = client.wait().await.code();
+    assert_eq!(code, Some(0), "every line acknowledged");
     let frames = frames_of(&client.stdout.complete().await);
     let of = |kind: &'static str| frames.iter().filter(move |f| f["type"] == kind);
     let epochs: Vec<&str> = of("welcome")
@@ -88,14 +95,13 @@ async fn the_command_line_client_resumes_across_a_restart() {
         .collect();
     assert!(epochs.len() == 2 && epochs[0] == epochs[1], "{frames:#?}");
     assert_eq!(of("recovered").collect::<Vec<_>>(), [&complete()]);
+    let repeat = json!({"type": "ack", "id": 3, "offset": 3, "duplicate": true});
+    assert!(of("ack").any(|ack| *ack == repeat), "{frames:#?}");
     let shown: Vec<(u64, String)> = of("message").map(offset_and_text).collect();
     let expected: Vec<(u64, String)> = (1..).zip(typed.map(String::from)).collect();
     assert_eq!(shown, expected, "each line shown once, in order");
-    assert_eq!(
-        whole_log(&room, epochs[0]).await,
-        expected,
-        "each line logged once"
-    );
+    let logged = whole_log(&room, epochs[0]).await;
+    assert_eq!(logged, expected, "each line logged once");
 }
 
 #[tokio::test]

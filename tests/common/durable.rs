@@ -74,7 +74,12 @@ pub async fn refusal(dir: &Path, args: &[String]) -> String {
         .output();
     let output = timeout(WAIT, run)
         .await
-        .expect("the server exited in time")
+        .unwrap_or_else(|_| {
+            panic!(
+                "the server took {} (still running after {WAIT:?})",
+                dir.display()
+            )
+        })
         .expect("run the server");
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert_eq!(output.status.code(), Some(1), "{stderr}");
@@ -203,15 +208,32 @@ impl Member {
         frame
     }
 
-    /// Reads frames until `done` holds (`what` names it for the panic message).
+    /// Reads frames until `done` holds (`what` names it for the panic message),
+    /// within [`WAIT`].
     pub async fn until(&mut self, what: &str, done: impl Fn(&Member) -> bool) {
-        while !done(self) {
-            let frame = self.next().await;
-            assert!(frame.is_some(), "the connection ended before {what}");
+        let reached = timeout(WAIT, async {
+            while !done(self) {
+                let Some(text) = self.frames.recv().await else {
+                    return false;
+                };
+                self.keep(&text);
+            }
+            true
+        })
+        .await;
+        let (seen, acked) = (self.last_seen(), self.acked.len());
+        match reached {
+            Ok(true) => {}
+            Ok(false) => panic!("{}: the connection ended before {what}", self.session),
+            Err(_) => panic!(
+                "{}: waited {WAIT:?} for {what}; saw up to offset {seen}, {acked} of {} lines acknowledged",
+                self.session,
+                self.sent.len()
+            ),
         }
     }
 
-    /// Sends a line every millisecond, at most `window` of them unacknowledged,
+    /// Keeps `window` lines unacknowledged, topped up every millisecond,
     /// and counts acks into `acks`, until the connection ends (the server died).
     pub async fn talk_until_cut(mut self, window: usize, acks: &watch::Sender<usize>) -> Member {
         let mut tick = tokio::time::interval(Duration::from_millis(1));
@@ -223,7 +245,7 @@ impl Member {
                         acks.send_modify(|n| *n += 1);
                     }
                 }
-                _ = tick.tick() => if self.unacked() < window {
+                _ = tick.tick() => while self.unacked() < window {
                     self.say_next();
                 },
             }
