@@ -362,7 +362,11 @@ fn main() -> ExitCode {
 }
 
 async fn serve(cli: Cli) -> ExitCode {
+    // A log line that cannot be written (stderr a file on a full disk, or past a
+    // file-size limit) is dropped: tracing-subscriber would report it with
+    // `eprintln!`, which panics when stderr fails, in whatever task logged it.
     let logs = tracing_subscriber::fmt()
+        .log_internal_errors(false)
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

@@ -361,14 +361,17 @@ pub(super) fn commit(conn: &mut Connection, writes: &[Write<'_>]) -> rusqlite::R
 }
 
 /// Drops `room`'s entries below `first`, and the line ids of clients whose last
-/// line is among them.
-pub(super) fn trim(conn: &mut Connection, room: &str, first: u64) -> rusqlite::Result<()> {
+/// line is among them; returns how many rows went (none: nothing was written).
+pub(super) fn trim(conn: &mut Connection, room: &str, first: u64) -> rusqlite::Result<usize> {
     let tx = conn.transaction()?;
-    tx.prepare_cached("DELETE FROM entries WHERE room = ?1 AND offset < ?2")?
+    let entries = tx
+        .prepare_cached("DELETE FROM entries WHERE room = ?1 AND offset < ?2")?
         .execute(params![room, to_sql(first)])?;
-    tx.prepare_cached("DELETE FROM lines WHERE room = ?1 AND offset < ?2")?
+    let lines = tx
+        .prepare_cached("DELETE FROM lines WHERE room = ?1 AND offset < ?2")?
         .execute(params![room, to_sql(first)])?;
-    tx.commit()
+    tx.commit()?;
+    Ok(entries + lines)
 }
 
 /// Drops every entry logged before `cutoff` (seconds), in every room; returns the

@@ -152,7 +152,14 @@ fn trim(conn: &mut Connection, shared: &Shared) {
         let done = *lock(&core.trimmed);
         if first > done {
             match db::trim(conn, &core.name, first) {
-                Ok(()) => *lock(&core.trimmed) = first,
+                Ok(dropped) => {
+                    *lock(&core.trimmed) = first;
+                    // It wrote: after a failed trim (a quiet room, so no commit to
+                    // say so), the disk takes writes again.
+                    if dropped > 0 {
+                        shared.came_back();
+                    }
+                }
                 Err(e) => shared.went_down(&e.to_string()),
             }
         }
