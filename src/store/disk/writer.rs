@@ -79,6 +79,13 @@ pub(super) fn run(mut conn: Connection, shared: &Arc<Shared>, jobs: &Receiver<Jo
         }
         if !batch.is_empty() {
             commit(&mut conn, shared, &mut batch);
+        } else if shared.failing.load(Ordering::Relaxed) {
+            // Failing with nothing to commit (an upkeep write failed in a quiet
+            // server): a write of our own says when the disk takes writes again.
+            match db::probe(&conn) {
+                Ok(()) => shared.came_back(),
+                Err(e) => shared.went_down(&e.to_string()),
+            }
         }
         if stop {
             return;
@@ -172,6 +179,9 @@ fn expire(conn: &mut Connection, shared: &Shared) {
         let age = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
         match db::expire(conn, db::now().saturating_sub(age)) {
             Ok(expired) => {
+                if !expired.is_empty() {
+                    shared.came_back();
+                }
                 for (room, first) in expired {
                     if let Some(core) = shared.open_core(&room) {
                         lock(&core.state).room.log.drop_before(first);
@@ -184,11 +194,14 @@ fn expire(conn: &mut Connection, shared: &Shared) {
     let open: Vec<String> = shared.open_cores().iter().map(|c| c.name.clone()).collect();
     match db::forget_rooms(conn, shared.bounds.rooms, &open) {
         Ok(0) => {}
-        Ok(forgotten) => info!(
+        Ok(forgotten) => {
+            shared.came_back();
+            info!(
             forgotten,
             kept = shared.bounds.rooms,
             "forgot the rooms written longest ago (--max-stored-rooms)"
-        ),
+            );
+        }
         Err(e) => shared.went_down(&e.to_string()),
     }
 }
