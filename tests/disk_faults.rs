@@ -389,9 +389,14 @@ async fn the_client_exits_4_naming_the_line_the_server_did_not_accept() {
         .iter()
         .map(|l| serde_json::from_str(l).expect("JSON"))
         .collect();
-    assert_eq!(frames.len(), 2, "{stdout:#?}");
+    assert_eq!(frames.len(), 3, "{stdout:#?}");
     assert_eq!(frames[0]["type"], "welcome");
-    assert_eq!(frames[1], not_accepted());
+    assert_eq!(
+        frames[1],
+        notice("delayed", DELAYED_NOTICE),
+        "told on its way in"
+    );
+    assert_eq!(frames[2], not_accepted());
     let why = format!("error: the server refused line 1 (\"deploy done\"): {NOT_ACCEPTED_TEXT}");
     assert_eq!(stderr, [why]);
     limit_file_size(&server, LIFTED);
@@ -428,8 +433,8 @@ async fn a_server_logging_to_a_file_keeps_serving_while_its_files_take_no_writes
         .expect("a readiness line");
     let pid = child.id().expect("running");
 
-    limit_file_size_of(pid, UNWRITABLE);
     let (mut alice, welcome) = connect_structured(&format!("ws://127.0.0.1:{port}/r")).await;
+    limit_file_size_of(pid, UNWRITABLE);
     say(&mut alice, 1, "held").await;
     let delayed = recv_json(&mut alice).await;
     assert_eq!(delayed, notice("delayed", DELAYED_NOTICE));
@@ -505,4 +510,28 @@ async fn a_failed_trim_of_a_quiet_room_ends_when_writes_succeed() {
     let restored = recv_json(&mut alice).await;
     assert_eq!(restored, notice("restored", STORED_NOTICE));
     assert_eq!(health(&server).await, health_of(1, true));
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(has_prlimit),
+    ignore = "needs prlimit (apt-get install util-linux)"
+)]
+async fn a_newcomer_while_writes_fail_is_told_on_its_way_in() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let server = disk_server(&dir, &[]).await;
+    let room = format!("{}/r", server.url());
+    let (mut alice, welcome) = connect_structured(&room).await;
+    limit_file_size(&server, UNWRITABLE);
+    say(&mut alice, 1, "held").await;
+    assert_eq!(
+        recv_json(&mut alice).await,
+        notice("delayed", DELAYED_NOTICE)
+    );
+    let (mut bob, _) = connect_structured(&room).await;
+    assert_eq!(recv_json(&mut bob).await, notice("delayed", DELAYED_NOTICE));
+    limit_file_size(&server, LIFTED);
+    let frames = next_frames(&mut bob, 2).await;
+    assert_eq!(frames[0], notice("restored", STORED_NOTICE));
+    assert_eq!(frames[1], Sender::of(&welcome).message(1, "held"));
 }

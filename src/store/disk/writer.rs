@@ -197,9 +197,9 @@ fn expire(conn: &mut Connection, shared: &Shared) {
         Ok(forgotten) => {
             shared.came_back();
             info!(
-            forgotten,
-            kept = shared.bounds.rooms,
-            "forgot the rooms written longest ago (--max-stored-rooms)"
+                forgotten,
+                kept = shared.bounds.rooms,
+                "forgot the rooms written longest ago (--max-stored-rooms)"
             );
         }
         Err(e) => shared.went_down(&e.to_string()),
