@@ -21,6 +21,7 @@ const PROGRAMS: &[(&str, &str)] = &[
     ("jq", "has_jq"),
     ("zsh", "has_zsh"),
     ("fish", "has_fish"),
+    ("prlimit", "has_prlimit"),
 ];
 
 fn main() {

@@ -2,8 +2,18 @@
 
 #[path = "fanout/connection.rs"]
 mod connection;
+#[path = "fanout/crash.rs"]
+mod crash;
+#[path = "fanout/crash_client.rs"]
+mod crash_client;
+#[path = "fanout/datadir.rs"]
+mod datadir;
 #[path = "fanout/deploy.rs"]
 mod deploy;
+#[path = "fanout/disk.rs"]
+mod disk;
+#[path = "fanout/ledger.rs"]
+mod ledger;
 #[path = "fanout/load.rs"]
 mod load;
 #[path = "fanout/parse.rs"]
@@ -26,7 +36,10 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 use http::Uri;
 
+use crash::CrashPlan;
+use datadir::DataRoot;
 use deploy::ServerSource;
+use disk::{DISK, DiskTargets};
 use load::{Pace, Plan, Reconnect, Target};
 use report::{Headline, OURS, Report, Row, ServerInfo};
 use run::Setup;
@@ -68,6 +81,15 @@ struct Args {
     /// across them (labelled `redis-x2`; interleaved like --against)
     #[arg(long)]
     redis: bool,
+    /// Also run our server with `--data-dir` in a new directory for each run (labelled `disk`;
+    /// interleaved like --against), and judge it against ours in memory by the disk store's
+    /// targets
+    #[arg(long)]
+    disk: bool,
+    /// Where the runs with `--data-dir` (--disk, and the crash scenario) make their directories;
+    /// refused on a file system in memory [default: TARGET/fanout-data]
+    #[arg(long, value_name = "DIR")]
+    disk_dir: Option<PathBuf>,
     /// Pass `--buffer N` (broadcast channel capacity) to our spawned server
     #[arg(long)]
     buffer: Option<usize>,
@@ -109,10 +131,15 @@ enum Scenario {
     Busy,
     /// 5000 (then 10000) idle connections and one broadcast
     Idle,
+    /// Ours with --data-dir: 100 structured clients, 10 senders of 300 lines, 8 unacknowledged
+    /// at most each; SIGKILL once half are acknowledged, restart on the same directory and port,
+    /// resume, send again what was not acknowledged; every acknowledged line checked at every
+    /// client
+    Crash,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 7] = [
+    const ALL: [Scenario; 8] = [
         Scenario::Burst,
         Scenario::Crowd,
         Scenario::Steady,
@@ -120,6 +147,7 @@ impl Scenario {
         Scenario::Senders,
         Scenario::Busy,
         Scenario::Idle,
+        Scenario::Crash,
     ];
 
     /// The runs this scenario consists of; `idle` has a larger second one if fds allow.
@@ -171,6 +199,8 @@ impl Scenario {
                 }
                 plans
             }
+            // Not a fan-out plan: run by `crash::run`.
+            Scenario::Crash => Vec::new(),
         }
     }
 }
@@ -193,23 +223,65 @@ fn main() -> ExitCode {
 }
 
 async fn bench(args: Args) -> Result<(), String> {
-    let sources = servers(&args).await?;
+    let scenarios = match (&args.url, args.scenarios.is_empty()) {
+        // The crash scenario kills the server it started: not one running at a URL.
+        (Some(_), true) => Scenario::ALL
+            .into_iter()
+            .filter(|s| *s != Scenario::Crash)
+            .collect(),
+        (Some(_), false) if args.scenarios.contains(&Scenario::Crash) => {
+            return Err("the crash scenario kills the server it starts: drop --url".into());
+        }
+        (_, true) => Scenario::ALL.to_vec(),
+        (_, false) => args.scenarios.clone(),
+    };
+    let data_root = if args.disk || scenarios.contains(&Scenario::Crash) {
+        Some(DataRoot::new(args.disk_dir.clone())?)
+    } else {
+        None
+    };
+    let sources = servers(&args, data_root.as_ref()).await?;
     let setup = Setup {
         concurrency: args.concurrency as usize,
         delivery_timeout: Duration::from_secs(args.timeout),
         clock_ticks: server::clock_ticks_per_second(),
         epoch: Instant::now(),
     };
-    let scenarios = if args.scenarios.is_empty() {
-        Scenario::ALL.to_vec()
-    } else {
-        args.scenarios.clone()
-    };
     let fd_limit = server::open_files_soft_limit();
 
     let mut rows = Vec::new();
+    let mut crashes = Vec::new();
     let mut run_number = 0;
     for scenario in scenarios {
+        if scenario == Scenario::Crash {
+            let (ServerSource::Spawn(ours), Some(root)) = (&sources[0], &data_root) else {
+                unreachable!("without --url, ours is spawned and the crash has a data root");
+            };
+            let plan = CrashPlan {
+                concurrency: args.concurrency as usize,
+                timeout: Duration::from_secs(args.timeout),
+                ..CrashPlan::default()
+            };
+            for _ in 0..args.runs {
+                run_number += 1;
+                let tag = format!("fo{:x}r{run_number}", std::process::id());
+                let outcome = crash::run(&plan, ours, root, tag)
+                    .await
+                    .map_err(|e| format!("crash: {e}"))?;
+                eprintln!(
+                    "fanout: crash: {} lines acknowledged before the kill, {} lost, {} doubled, \
+                     recovery {}",
+                    outcome.acked_before_kill,
+                    outcome.lost,
+                    outcome.doubled,
+                    outcome
+                        .recovery
+                        .map_or("incomplete".to_owned(), |d| format!("{d:.1?}"))
+                );
+                crashes.push(outcome);
+            }
+            continue;
+        }
         for plan in scenario.plans(fd_limit) {
             // Interleaved: run 1 of every server, then run 2 of every server, so that a change
             // in the machine's load falls on all of them alike.
@@ -250,24 +322,37 @@ async fn bench(args: Args) -> Result<(), String> {
         runs: args.runs as usize,
         cores: std::thread::available_parallelism().map_or(0, usize::from),
     };
-    print!("{}", report::table(&report));
+    let targets = DiskTargets::default();
+    // Without a fan-out scenario (crash alone) there is no table of them.
+    if !report.rows.is_empty() {
+        print!("{}", report::table(&report));
+    }
+    print!("{}", disk::table(&report, &targets));
+    print!("{}", ledger::table(&crashes));
     if let Some(dir) = args.json.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
-    std::fs::write(&args.json, report::json(&report))
+    let sections = [
+        ("disk", disk::json(&report, &targets)),
+        ("crash", ledger::json(&crashes)),
+    ];
+    std::fs::write(&args.json, report::json(&report, &sections))
         .map_err(|e| format!("cannot write {}: {e}", args.json.display()))?;
     println!("JSON written to {}", args.json.display());
     Ok(())
 }
 
-/// The servers to run, ours first: ours, its variants, ours as instances sharing a Redis, then
-/// the others, building the examples among them. With `--url`, only the server there.
-async fn servers(args: &Args) -> Result<Vec<ServerSource>, String> {
+/// The servers to run, ours first: ours, its variants, ours with a data directory (in
+/// `data_root`), ours as instances sharing a Redis, then the others, building the examples among
+/// them. With `--url`, only the server there.
+async fn servers(args: &Args, data_root: Option<&DataRoot>) -> Result<Vec<ServerSource>, String> {
     if let Some(url) = &args.url {
-        if !args.against.is_empty() || !args.variant.is_empty() || args.redis {
+        if !args.against.is_empty() || !args.variant.is_empty() || args.redis || args.disk {
             return Err(
-                "--url measures one running server: drop --against, --variant and --redis".into(),
+                "--url measures one running server: drop --against, --variant, --redis \
+                        and --disk"
+                    .into(),
             );
         }
         return Ok(vec![ServerSource::Url(resolve(url).await?)]);
@@ -305,6 +390,15 @@ async fn servers(args: &Args) -> Result<Vec<ServerSource>, String> {
             args: ours_args.iter().chain(extra).cloned().collect(),
             env: env.clone(),
         }));
+    }
+    if let (true, Some(root)) = (args.disk, data_root) {
+        sources.push(ServerSource::Disk {
+            spec: ServerSpec {
+                label: DISK.to_owned(),
+                ..ours.clone()
+            },
+            root: root.clone(),
+        });
     }
     if args.redis {
         match redis::available() {

@@ -64,3 +64,4 @@ pub use config::{
     Secret, ServerConfig,
 };
 pub use error::{Error, Result};
+pub use store::disk::backup::{BackedUp, backup};

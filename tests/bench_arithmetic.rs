@@ -2,6 +2,15 @@
 //! from running, so its pure modules are compiled into this test as well.
 
 #[allow(dead_code)]
+#[path = "../benches/fanout/datadir.rs"]
+mod datadir;
+#[allow(dead_code)]
+#[path = "../benches/fanout/disk.rs"]
+mod disk;
+#[allow(dead_code)]
+#[path = "../benches/fanout/ledger.rs"]
+mod ledger;
+#[allow(dead_code)]
 #[path = "../benches/fanout/parse.rs"]
 mod parse;
 #[allow(dead_code)]
@@ -10,6 +19,12 @@ mod report;
 #[allow(dead_code)]
 #[path = "../benches/fanout/stats.rs"]
 mod stats;
+
+// The disk store's targets and the crash scenario's check, in files of their own.
+#[path = "bench_arithmetic/crash.rs"]
+mod crash_check;
+#[path = "bench_arithmetic/disk.rs"]
+mod disk_targets;
 
 use std::time::Duration;
 
@@ -372,8 +387,23 @@ fn structured_frames_give_offsets_epochs_and_the_bench_payload() {
         ),
         Frame::Notice { count: Some(3) }
     );
+    assert_eq!(
+        parse::frame(r#"{"type":"ack","id":1,"offset":42}"#, tag),
+        Frame::Ack {
+            id: 1,
+            duplicate: false
+        }
+    );
+    assert_eq!(
+        parse::frame(r#"{"type":"ack","id":7,"duplicate":true}"#, tag),
+        Frame::Ack {
+            id: 7,
+            duplicate: true
+        },
+        "a repeat of an older id comes without an offset"
+    );
     for other in [
-        r#"{"type":"ack","id":1,"offset":42}"#,
+        r#"{"type":"ack","offset":42}"#,
         r#"{"type":"error","code":"bad-offset","text":"beyond"}"#,
         r#"{"type":"welcome","epoch":"xyz","offset":1}"#,
         r#"{"type":"welcome","epoch":"3f9a0c12d4e5b678"}"#,
@@ -454,7 +484,7 @@ fn ratios_divide_the_other_median_run_by_ours() {
     let table = report::table(&r);
     assert!(table.contains("vs ours"), "{table}");
     assert!(table.contains("0.20x"), "{table}");
-    let json = report::json(&r);
+    let json = report::json(&r, &[]);
     assert!(json.contains("\"ratios\": ["), "{json}");
     assert!(json.contains("\"writes_per_delivery\": 12.5"), "{json}");
 
@@ -563,7 +593,7 @@ fn shared_instances_report_per_instance_throughput_and_redis_cpu_apart() {
     for expected in ["per inst", "redis s/M", "80000", "0.80x", "5.00"] {
         assert!(table.contains(expected), "{expected} missing from {table}");
     }
-    let json = report::json(&r);
+    let json = report::json(&r, &[]);
     assert!(json.contains("\"instances\": 2"), "{json}");
     assert!(json.contains("\"redis_cpu_s_per_million\": 5"), "{json}");
     assert!(

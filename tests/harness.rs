@@ -2,7 +2,7 @@
 //! is set, and the helpers read the server's log lines exactly.
 //!
 //! A test that needs a program (Redis, Prometheus, Chromium, openssl, jq, zsh,
-//! fish) is ignored, with the reason in the summary, where `build.rs` did not find
+//! fish, util-linux's prlimit) is ignored, with the reason in the summary, where `build.rs` did not find
 //! it on `PATH`; on CI the first test here fails naming it, so a green CI run is one
 //! where every test ran.
 

@@ -373,7 +373,7 @@ impl<'a> Receiver<'a> {
                 tally.announced_lost += count.unwrap_or(0);
                 None
             }
-            Frame::Welcome { .. } | Frame::Other => {
+            Frame::Welcome { .. } | Frame::Ack { .. } | Frame::Other => {
                 tally.other += 1;
                 None
             }

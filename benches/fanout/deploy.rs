@@ -1,16 +1,21 @@
-//! What a run measures: one spawned server, several instances of ours sharing a Redis started
-//! for the run, or a server already running; started, read from /proc and stopped as one.
+//! What a run measures: one spawned server, ours with a data directory made for the run,
+//! several instances of ours sharing a Redis started for the run, or a server already running;
+//! started, read from /proc and stopped as one.
 
 use std::net::{Ipv4Addr, SocketAddr};
 
+use crate::datadir::{DataDir, DataRoot};
 use crate::load::Target;
+use crate::parse;
 use crate::redis::{self, RedisProcess};
-use crate::server::{ServerProcess, ServerSpec};
+use crate::server::{self, ServerProcess, ServerSpec};
 
 /// A server to measure.
 pub enum ServerSource {
     /// Spawned per run.
     Spawn(ServerSpec),
+    /// Our server spawned per run with `--data-dir` in a new directory under `root`.
+    Disk { spec: ServerSpec, root: DataRoot },
     /// `instances` of our server spawned per run with `--redis-url` to a Redis spawned with them,
     /// the connections split across them.
     Shared { spec: ServerSpec, instances: usize },
@@ -21,7 +26,9 @@ pub enum ServerSource {
 impl ServerSource {
     pub fn label(&self) -> &str {
         match self {
-            ServerSource::Spawn(spec) | ServerSource::Shared { spec, .. } => &spec.label,
+            ServerSource::Spawn(spec)
+            | ServerSource::Disk { spec, .. }
+            | ServerSource::Shared { spec, .. } => &spec.label,
             ServerSource::Url(_) => crate::report::OURS,
         }
     }
@@ -30,6 +37,9 @@ impl ServerSource {
     pub fn command(&self) -> String {
         match self {
             ServerSource::Spawn(spec) => spec.command(),
+            ServerSource::Disk { spec, root } => {
+                format!("{} --data-dir {}", spec.command(), root.describe())
+            }
             ServerSource::Shared { spec, instances } => format!(
                 "{instances} x {} --redis-url redis://127.0.0.1:PORT, sharing {} --port PORT {} \
                  (both started for each run)",
@@ -50,22 +60,35 @@ pub struct Deployment {
     // Dropped in this order: the instances go before their Redis, so none of them sees it vanish.
     instances: Vec<ServerProcess>,
     redis: Option<RedisProcess>,
+    /// The data directory of a `Disk` run, removed once its server is gone.
+    data_dir: Option<DataDir>,
     /// Where to connect, one per instance (one for a URL).
     pub targets: Vec<Target>,
 }
 
 impl Deployment {
-    /// Starts `source`'s processes and waits until every one is ready.
-    pub fn start(source: &ServerSource) -> Result<Self, String> {
+    /// Starts `source`'s processes for the run tagged `tag` and waits until every one is ready.
+    pub fn start(source: &ServerSource, tag: &str) -> Result<Self, String> {
+        let mut data_dir = None;
         let (instances, redis) = match source {
             ServerSource::Url(target) => {
                 return Ok(Self {
                     instances: Vec::new(),
                     redis: None,
+                    data_dir,
                     targets: vec![target.clone()],
                 });
             }
             ServerSource::Spawn(spec) => (vec![ServerProcess::spawn(spec)?], None),
+            ServerSource::Disk { spec, root } => {
+                let dir = root.fresh(tag)?;
+                let mut spec = spec.clone();
+                spec.args.push("--data-dir".to_owned());
+                spec.args.push(dir.path.display().to_string());
+                let server = ServerProcess::spawn(&spec)?;
+                data_dir = Some(dir);
+                (vec![server], None)
+            }
             ServerSource::Shared { spec, instances } => {
                 let redis = RedisProcess::spawn()?;
                 let mut spec = spec.clone();
@@ -89,8 +112,29 @@ impl Deployment {
         Ok(Self {
             instances,
             redis,
+            data_dir,
             targets,
         })
+    }
+
+    /// With a data directory: its flushes and the lines they held so far, from the server's
+    /// /metrics.
+    pub async fn disk_counters(&self) -> Option<Result<(u64, u64), String>> {
+        self.data_dir.as_ref()?;
+        let target = self.targets.first()?;
+        let read = async {
+            let text = server::scrape(target.addr, "/metrics").await?;
+            let counter = |name| {
+                parse::metric(&text, name)
+                    .map(|v| v as u64)
+                    .ok_or_else(|| format!("/metrics has no {name}"))
+            };
+            Ok((
+                counter("chat_disk_flushes_total")?,
+                counter("chat_disk_lines_total")?,
+            ))
+        };
+        Some(read.await)
     }
 
     /// `read` summed over the instances; `None` without any, or if one could not be read.

@@ -95,7 +95,9 @@ pub enum Frame {
     },
     /// A notice (a lag notice carries a count).
     Notice { count: Option<u64> },
-    /// Anything else: acks, errors, frames that are not JSON of this protocol.
+    /// A line of this client's was accepted; `duplicate` when its id had been accepted before.
+    Ack { id: u64, duplicate: bool },
+    /// Anything else: errors, frames that are not JSON of this protocol.
     Other,
 }
 
@@ -118,6 +120,10 @@ struct RawFrame<'a> {
     restarted: bool,
     #[serde(default)]
     count: Option<u64>,
+    #[serde(default)]
+    id: Option<u64>,
+    #[serde(default)]
+    duplicate: bool,
 }
 
 /// Parses a server frame of `broadcast-chat.v1`; `tag` picks out this run's bench payloads.
@@ -149,6 +155,13 @@ pub fn frame(json: &str, tag: &[u8]) -> Frame {
             None => Frame::Other,
         },
         ("notice", _) => Frame::Notice { count: raw.count },
+        ("ack", _) => match raw.id {
+            Some(id) => Frame::Ack {
+                id,
+                duplicate: raw.duplicate,
+            },
+            None => Frame::Other,
+        },
         _ => Frame::Other,
     }
 }
@@ -168,4 +181,13 @@ pub fn session_target(path_and_query: &str, session: &str, resume: Option<(&str,
         }
         None => format!("{path_and_query}{separator}session={session}"),
     }
+}
+
+/// The value of the unlabelled metric `name` in a Prometheus text exposition: the line
+/// `name VALUE` (comments and other metrics, `name_other` and `name{...}` among them, skipped).
+pub fn metric(exposition: &str, name: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        let value = line.strip_prefix(name)?.strip_prefix(' ')?;
+        value.split_whitespace().next()?.parse().ok()
+    })
 }

@@ -85,6 +85,10 @@ pub struct Outcome {
     /// Write syscalls the server made over the send phase (`syscw` in /proc/PID/io).
     pub writes: Option<u64>,
     pub peak_rss_kb: Option<u64>,
+    /// With a data directory: its flushes (fsyncs) and the lines they held, from /metrics at
+    /// the end of the run (the directory is new for each run).
+    pub disk_flushes: Option<u64>,
+    pub disk_lines: Option<u64>,
     /// Server RSS growth over the connect phase, in kB.
     pub rss_growth_kb: Option<i64>,
     /// Connections that completed the upgrade and got the welcome.
@@ -134,6 +138,11 @@ impl Outcome {
     /// Server write syscalls per distinct delivery over the send phase.
     pub fn writes_per_delivery(&self) -> Option<f64> {
         stats::per_item(self.writes?, self.unique)
+    }
+
+    /// With a data directory: lines per flush (fsync), the group commit's batch.
+    pub fn lines_per_flush(&self) -> Option<f64> {
+        stats::per_item(self.disk_lines?, self.disk_flushes?)
     }
 
     pub fn peak_rss_mb(&self) -> Option<f64> {
@@ -549,8 +558,9 @@ pub fn table(report: &Report) -> String {
     out
 }
 
-/// The same figures as a JSON document: each row's median run and every run, and the ratios.
-pub fn json(report: &Report) -> String {
+/// The same figures as a JSON document: each row's median run and every run, the ratios, and
+/// `sections` (name, JSON value) after them.
+pub fn json(report: &Report, sections: &[(&str, String)]) -> String {
     let mut out = String::new();
     let servers: Vec<String> = report
         .servers
@@ -622,7 +632,11 @@ pub fn json(report: &Report) -> String {
             r.expected,
         );
     }
-    out.push_str("\n  ]\n}\n");
+    out.push_str("\n  ]");
+    for (name, value) in sections {
+        let _ = write!(out, ",\n  {}: {value}", json_string(name));
+    }
+    out.push_str("\n}\n");
     out
 }
 
@@ -638,7 +652,8 @@ fn run_json(o: &Outcome) -> String {
          \"latency_max_ms\": {}, \"server_cpu_s\": {}, \"server_cpu_s_from_ticks\": {}, \
          \"server_cpu_s_per_million\": {}, \"redis_cpu_s\": {}, \"redis_cpu_s_per_million\": {}, \
          \"server_writes\": {}, \"writes_per_delivery\": {}, \
-         \"server_peak_rss_mb\": {}, \"server_rss_per_connection_kb\": {}, \"connect_s\": {}, \
+         \"server_peak_rss_mb\": {}, \"server_rss_per_connection_kb\": {}, \
+         \"disk_flushes\": {}, \"disk_lines\": {}, \"connect_s\": {}, \
          \"connect_failures\": {}, \"timed_out\": {}, \"notes\": [{}]}}",
         o.instances(),
         o.receivers,
@@ -663,16 +678,21 @@ fn run_json(o: &Outcome) -> String {
         num(o.cpu_s_per_million()),
         num(o.redis_cpu_ns.map(|ns| ns as f64 / 1e9)),
         num(o.redis_cpu_s_per_million()),
-        o.writes
-            .map_or_else(|| "null".to_string(), |w| w.to_string()),
+        count(o.writes),
         num(o.writes_per_delivery()),
         num(o.peak_rss_mb()),
         num(o.rss_per_connection_kb()),
+        count(o.disk_flushes),
+        count(o.disk_lines),
         num(Some(o.connect_s)),
         o.connect_failures,
         o.timed_out,
         notes.join(", "),
     )
+}
+
+fn count(value: Option<u64>) -> String {
+    value.map_or_else(|| "null".to_string(), |v| v.to_string())
 }
 
 fn num(value: Option<f64>) -> String {

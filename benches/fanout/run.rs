@@ -40,7 +40,7 @@ pub async fn run(
     source: &ServerSource,
     tag: String,
 ) -> Result<Outcome, String> {
-    let mut deployment = Deployment::start(source)?;
+    let mut deployment = Deployment::start(source, &tag)?;
     let rss_before = deployment.rss_kb();
     let mut notes = Vec::new();
 
@@ -204,6 +204,14 @@ pub async fn run(
         notes.push(format!("{} senders failed, first: {first}", errors.len()));
     }
     notes.extend(deployment.log_notes());
+    let disk_counters = match deployment.disk_counters().await {
+        Some(Ok(counters)) => Some(counters),
+        Some(Err(why)) => {
+            notes.push(format!("no lines per flush: {why}"));
+            None
+        }
+        None => None,
+    };
     let instances = deployment.targets.len();
     drop(deployment);
     tasks.shutdown().await;
@@ -299,6 +307,7 @@ pub async fn run(
         outcome.writes = Some(after.saturating_sub(before));
     }
     outcome.peak_rss_kb = peak_rss_kb;
+    (outcome.disk_flushes, outcome.disk_lines) = disk_counters.unzip();
     if let (Some(before), Some(after)) = (rss_before, rss_connected) {
         outcome.rss_growth_kb = Some(after as i64 - before as i64);
     }

@@ -1,7 +1,8 @@
 //! The server under test as a child process: spawn, readiness line, CPU, writes and memory
-//! from /proc; and building the example servers it is compared with.
+//! from /proc, its /metrics, SIGKILL; and building the example servers it is compared with.
 
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -9,10 +10,15 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
 use crate::stats;
 
 /// How long the server may take to print its readiness line.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on one plain HTTP request to the server (its /metrics).
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How many of the server's stderr lines are kept to show in the report.
 const KEPT_LOG_LINES: usize = 3;
 
@@ -168,6 +174,18 @@ impl ServerProcess {
     pub fn log(&self) -> (u64, Vec<String>) {
         self.log.lock().expect("log mutex poisoned").clone()
     }
+
+    /// Sends the process SIGKILL (what `Child::kill` sends on Unix: no handler runs, nothing is
+    /// flushed or closed by the server) and waits until it is gone.
+    pub fn sigkill(&mut self) -> Result<(), String> {
+        self.child
+            .kill()
+            .map_err(|e| format!("cannot kill the server: {e}"))?;
+        self.child
+            .wait()
+            .map(drop)
+            .map_err(|e| format!("cannot reap the server: {e}"))
+    }
 }
 
 impl Drop for ServerProcess {
@@ -190,6 +208,37 @@ pub fn cpu_ns(pid: u32) -> Option<u64> {
         }
     }
     Some(total)
+}
+
+/// The body of `GET path` from the server at `addr` (plain HTTP/1.1, one request, the server
+/// closes the connection after it); `Err` unless the status is 200.
+pub async fn scrape(addr: SocketAddr, path: &str) -> Result<String, String> {
+    let request = async {
+        let mut tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        tcp.write_all(head.as_bytes())
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        let mut answer = Vec::new();
+        tcp.read_to_end(&mut answer)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        let answer = String::from_utf8_lossy(&answer);
+        let (head, body) = answer
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| "no end of the headers".to_owned())?;
+        let status = head.lines().next().unwrap_or_default();
+        if status.split(' ').nth(1) != Some("200") {
+            return Err(format!("{status:?}"));
+        }
+        Ok(body.to_owned())
+    };
+    tokio::time::timeout(SCRAPE_TIMEOUT, request)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {SCRAPE_TIMEOUT:?}")))
+        .map_err(|e| format!("GET {path} from {addr}: {e}"))
 }
 
 /// Clock ticks per second for /proc CPU times (`getconf CLK_TCK`, 100 if that fails).

@@ -173,6 +173,9 @@ enum Command {
     /// Print a signed token for one person (or a backend), for servers run with
     /// --auth-key.
     Token(TokenArgs),
+    /// Copy a data directory's database to a new file, while the server runs: the
+    /// copy, named chat.sqlite3 in an empty directory, is a data directory again.
+    Backup(BackupArgs),
     /// `completions` and `man`, as every binary has them.
     #[command(flatten)]
     Tool(Tool),
@@ -201,6 +204,38 @@ struct TokenArgs {
     /// The holder may post through the publish API (POST /_/rooms/NAME/messages).
     #[arg(long)]
     publish: bool,
+}
+
+/// `server backup`: which data directory, and where the copy goes.
+#[derive(Debug, clap::Args)]
+struct BackupArgs {
+    /// The data directory the server runs with.
+    #[arg(long, value_name = "DIR", env = "CHAT_DATA_DIR")]
+    data_dir: PathBuf,
+    /// The copy: a new file.
+    #[arg(value_name = "FILE")]
+    to: PathBuf,
+}
+
+/// Copies the data directory `args` names; one line either way (exit code 1 on
+/// failure).
+fn backup(args: &BackupArgs) -> ExitCode {
+    match broadcast_chat::backup(&args.data_dir, &args.to) {
+        Ok(copy) => {
+            println!(
+                "backed up {} rooms, {} entries, to {} ({} bytes)",
+                copy.rooms,
+                copy.entries,
+                args.to.display(),
+                copy.bytes
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Prints the token `args` describe; exit code 1 with one line if it cannot.
@@ -309,6 +344,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
         Some(Command::Token(args)) => return token(args),
+        Some(Command::Backup(args)) => return backup(args),
         Some(Command::Tool(tool)) => return tool.run(Cli::command()),
         None => {}
     }
@@ -326,7 +362,11 @@ fn main() -> ExitCode {
 }
 
 async fn serve(cli: Cli) -> ExitCode {
+    // A log line that cannot be written (stderr a file on a full disk, or past a
+    // file-size limit) is dropped: tracing-subscriber would report it with
+    // `eprintln!`, which panics when stderr fails, in whatever task logged it.
     let logs = tracing_subscriber::fmt()
+        .log_internal_errors(false)
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

@@ -94,6 +94,11 @@ impl Membership {
         members
     }
 
+    /// Whether the room's log is on a disk that takes no writes now (lines wait).
+    pub(crate) fn store_failing(&self) -> bool {
+        self.hub.store_health() == ("disk", Some(false))
+    }
+
     /// The room's name; `""` is the lobby.
     pub(crate) fn room(&self) -> &str {
         &self.room.name

@@ -100,6 +100,14 @@ impl Frames {
         }
     }
 
+    /// A notice of `kind` with its classic line `text`, and nothing else.
+    pub(super) fn notice(self, kind: NoticeKind, text: &str) -> Message {
+        match self.0 {
+            Format::Classic => Message::text(text.to_owned()),
+            Format::Structured => Self::structured(&ServerFrame::Notice(Notice::new(kind, text))),
+        }
+    }
+
     /// How a resumption went, after the replay; `None` when there is nothing to say
     /// (a classic client that lost nothing).
     pub(super) fn recovered(self, recovery: Recovery) -> Option<Message> {

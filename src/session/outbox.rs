@@ -16,7 +16,8 @@ use super::frames::Frames;
 use super::{End, bounded};
 use crate::hub::{Delivery, Membership, Recovery, SenderId, stamp};
 use crate::metrics::Metrics;
-use crate::protocol::{self, Epoch};
+use crate::protocol::structured::NoticeKind;
+use crate::protocol::{self, Epoch, classic};
 
 /// What to do with one delivery.
 #[derive(Debug)]
@@ -327,6 +328,14 @@ impl<'a> Outbox<'a> {
             .and_then(|r| self.frames.recovered(r))
         {
             bounded(self.write_timeout, ws.send(recovered)).await?;
+        }
+        // A newcomer while the data directory takes no writes learns it as the
+        // members did: its lines will wait.
+        if membership.store_failing() {
+            let notice = self
+                .frames
+                .notice(NoticeKind::Delayed, classic::DELAYED_NOTICE);
+            bounded(self.write_timeout, ws.send(notice)).await?;
         }
         Ok(())
     }

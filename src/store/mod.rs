@@ -43,7 +43,7 @@
 //!   ([`DiskStore`]): its logs, epochs and repeated-id state survive a restart and
 //!   a crash.
 
-mod disk;
+pub(crate) mod disk;
 mod memory;
 mod record;
 pub(crate) mod redis;

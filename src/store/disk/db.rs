@@ -142,6 +142,25 @@ pub(super) fn open_writer(path: &Path) -> Result<Connection, String> {
         .map_err(|e| e.to_string())?;
     conn.pragma_update(None, "journal_size_limit", 0)
         .map_err(|e| e.to_string())?;
+    match check(&conn) {
+        Ok(()) => {}
+        Err(reason) if reason == NEW => {
+            conn.execute_batch(&format!(
+                "BEGIN; {SCHEMA} PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {VERSION}; COMMIT;"
+            ))
+            .map_err(|e| e.to_string())?;
+        }
+        Err(reason) => return Err(reason),
+    }
+    Ok(conn)
+}
+
+/// What [`check`] says of an empty database: one to make the tables in.
+const NEW: &str = "a new database";
+
+/// Checks that the database `conn` is ours, of a layout this server knows; an
+/// empty one is [`NEW`].
+pub(super) fn check(conn: &Connection) -> Result<(), String> {
     let application: i64 = conn
         .pragma_query_value(None, "application_id", |row| row.get(0))
         .map_err(|e| describe(&e))?;
@@ -152,25 +171,15 @@ pub(super) fn open_writer(path: &Path) -> Result<Connection, String> {
         .query_row("SELECT count(*) FROM sqlite_schema", [], |row| row.get(0))
         .map_err(|e| e.to_string())?;
     match (application, version) {
-        (0, 0) if tables == 0 => {
-            conn.execute_batch(&format!(
-                "BEGIN; {SCHEMA} PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {VERSION}; COMMIT;"
-            ))
-            .map_err(|e| e.to_string())?;
-        }
-        (APPLICATION_ID, VERSION) => {}
-        (APPLICATION_ID, later) => {
-            return Err(format!(
-                "its format is version {later}, and this server knows version {VERSION}: run the server that wrote it, or a newer one"
-            ));
-        }
-        _ => {
-            return Err(format!(
-                "{FILE} is an SQLite database of another program: give an empty or new directory"
-            ));
-        }
+        (0, 0) if tables == 0 => Err(NEW.to_owned()),
+        (APPLICATION_ID, VERSION) => Ok(()),
+        (APPLICATION_ID, later) => Err(format!(
+            "its format is version {later}, and this server knows version {VERSION}: run the server that wrote it, or a newer one"
+        )),
+        _ => Err(format!(
+            "{FILE} is an SQLite database of another program: give an empty or new directory"
+        )),
     }
-    Ok(conn)
 }
 
 /// Opens a second connection for reading rooms back.
@@ -351,15 +360,24 @@ pub(super) fn commit(conn: &mut Connection, writes: &[Write<'_>]) -> rusqlite::R
     tx.commit()
 }
 
+/// A write that changes nothing (the layout's version, written again), to learn
+/// whether the database takes writes.
+pub(super) fn probe(conn: &Connection) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "user_version", VERSION)
+}
+
 /// Drops `room`'s entries below `first`, and the line ids of clients whose last
-/// line is among them.
-pub(super) fn trim(conn: &mut Connection, room: &str, first: u64) -> rusqlite::Result<()> {
+/// line is among them; returns how many rows went (none: nothing was written).
+pub(super) fn trim(conn: &mut Connection, room: &str, first: u64) -> rusqlite::Result<usize> {
     let tx = conn.transaction()?;
-    tx.prepare_cached("DELETE FROM entries WHERE room = ?1 AND offset < ?2")?
+    let entries = tx
+        .prepare_cached("DELETE FROM entries WHERE room = ?1 AND offset < ?2")?
         .execute(params![room, to_sql(first)])?;
-    tx.prepare_cached("DELETE FROM lines WHERE room = ?1 AND offset < ?2")?
+    let lines = tx
+        .prepare_cached("DELETE FROM lines WHERE room = ?1 AND offset < ?2")?
         .execute(params![room, to_sql(first)])?;
-    tx.commit()
+    tx.commit()?;
+    Ok(entries + lines)
 }
 
 /// Drops every entry logged before `cutoff` (seconds), in every room; returns the

@@ -14,6 +14,7 @@
 //! its is on the way, so that a room that closes and opens again at once goes on
 //! from what it gave out, not from what the disk has so far.
 
+pub(crate) mod backup;
 mod db;
 mod writer;
 

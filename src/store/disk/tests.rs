@@ -88,7 +88,7 @@ async fn a_room_that_empties_and_fills_again_keeps_its_epoch_and_log() {
         .collect();
     log.close(None, false);
     drop(log);
-    let (again, _) = suite::open(&subject, "r").await;
+    let (again, reopened) = suite::open(&subject, "r").await;
     for (offset, appending) in (1..).zip(asked) {
         let Appending::Later(later) = appending else {
             panic!("a line is answered once flushed");
@@ -103,8 +103,15 @@ async fn a_room_that_empties_and_fills_again_keeps_its_epoch_and_log() {
     );
     let head = again.head().await.expect("head");
     assert_eq!((head.epoch, head.head, head.first), (epoch, 51, 1));
+    let new = reopened.wait(1).await;
+    assert_eq!(
+        new.last().map(|e| e.offset),
+        Some(51),
+        "the room open now gets it"
+    );
+    let old = recorder.wait(0).await;
     assert!(
-        recorder.offsets(0).await.len() <= 50,
+        old.iter().all(|e| e.offset <= 50),
         "the closed room's fan-out gets no more"
     );
 }

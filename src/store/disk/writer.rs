@@ -79,6 +79,13 @@ pub(super) fn run(mut conn: Connection, shared: &Arc<Shared>, jobs: &Receiver<Jo
         }
         if !batch.is_empty() {
             commit(&mut conn, shared, &mut batch);
+        } else if shared.failing.load(Ordering::Relaxed) {
+            // Failing with nothing to commit (an upkeep write failed in a quiet
+            // server): a write of our own says when the disk takes writes again.
+            match db::probe(&conn) {
+                Ok(()) => shared.came_back(),
+                Err(e) => shared.went_down(&e.to_string()),
+            }
         }
         if stop {
             return;
@@ -152,7 +159,14 @@ fn trim(conn: &mut Connection, shared: &Shared) {
         let done = *lock(&core.trimmed);
         if first > done {
             match db::trim(conn, &core.name, first) {
-                Ok(()) => *lock(&core.trimmed) = first,
+                Ok(dropped) => {
+                    *lock(&core.trimmed) = first;
+                    // It wrote: after a failed trim (a quiet room, so no commit to
+                    // say so), the disk takes writes again.
+                    if dropped > 0 {
+                        shared.came_back();
+                    }
+                }
                 Err(e) => shared.went_down(&e.to_string()),
             }
         }
@@ -165,6 +179,9 @@ fn expire(conn: &mut Connection, shared: &Shared) {
         let age = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
         match db::expire(conn, db::now().saturating_sub(age)) {
             Ok(expired) => {
+                if !expired.is_empty() {
+                    shared.came_back();
+                }
                 for (room, first) in expired {
                     if let Some(core) = shared.open_core(&room) {
                         lock(&core.state).room.log.drop_before(first);
@@ -177,11 +194,14 @@ fn expire(conn: &mut Connection, shared: &Shared) {
     let open: Vec<String> = shared.open_cores().iter().map(|c| c.name.clone()).collect();
     match db::forget_rooms(conn, shared.bounds.rooms, &open) {
         Ok(0) => {}
-        Ok(forgotten) => info!(
-            forgotten,
-            kept = shared.bounds.rooms,
-            "forgot the rooms written longest ago (--max-stored-rooms)"
-        ),
+        Ok(forgotten) => {
+            shared.came_back();
+            info!(
+                forgotten,
+                kept = shared.bounds.rooms,
+                "forgot the rooms written longest ago (--max-stored-rooms)"
+            );
+        }
         Err(e) => shared.went_down(&e.to_string()),
     }
 }
