@@ -133,6 +133,12 @@ pub(super) fn claim(dir: &Path) -> Result<(File, PathBuf), DataDirError> {
 /// checks that it is ours and of a layout this server knows.
 pub(super) fn open_writer(path: &Path) -> Result<Connection, String> {
     let conn = Connection::open(path).map_err(|e| e.to_string())?;
+    // Checked before anything is set: another program's file is left as it was.
+    let new = match check(&conn) {
+        Ok(()) => false,
+        Err(reason) if reason == NEW => true,
+        Err(reason) => return Err(reason),
+    };
     // WAL: readers (room loads) never wait for the writer. FULL: a commit is on
     // disk when it returns. journal_size_limit 0: the log file is cut back when it
     // starts over, so that its length tells where its last whole write ends.
@@ -142,15 +148,11 @@ pub(super) fn open_writer(path: &Path) -> Result<Connection, String> {
         .map_err(|e| e.to_string())?;
     conn.pragma_update(None, "journal_size_limit", 0)
         .map_err(|e| e.to_string())?;
-    match check(&conn) {
-        Ok(()) => {}
-        Err(reason) if reason == NEW => {
-            conn.execute_batch(&format!(
-                "BEGIN; {SCHEMA} PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {VERSION}; COMMIT;"
-            ))
-            .map_err(|e| e.to_string())?;
-        }
-        Err(reason) => return Err(reason),
+    if new {
+        conn.execute_batch(&format!(
+            "BEGIN; {SCHEMA} PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {VERSION}; COMMIT;"
+        ))
+        .map_err(|e| e.to_string())?;
     }
     Ok(conn)
 }
