@@ -136,19 +136,27 @@ fn commit(conn: &mut Connection, shared: &Shared, batch: &mut Vec<Job>) {
     let lines = batch.iter().filter(|j| matches!(j, Job::Append(_))).count();
     shared.flushes.fetch_add(1, Ordering::Relaxed);
     shared.lines.fetch_add(lines as u64, Ordering::Relaxed);
+    // The senders first: each is woken before the room's members are, so that its
+    // session, running ahead of theirs, writes its own copy (and ack) at once, as
+    // in memory, and its client sends on while the members' sessions catch up;
+    // woken after them, it would wait behind every member's write. The entry
+    // goes to the fan-out a moment later, before that session can run.
+    let mut flushed = Vec::with_capacity(batch.len());
     for job in batch.drain(..) {
         if let Job::Append(append) = job {
             shared.waiting.fetch_sub(1, Ordering::Relaxed);
-            let offset = append.entry.offset;
-            append.core.durable(append.entry);
             if let Some(done) = append.done {
                 // A sender that went away needs no answer.
                 let _ = done.send(Published {
-                    offset: Some(offset),
+                    offset: Some(append.entry.offset),
                     duplicate: false,
                 });
             }
+            flushed.push((append.core, append.entry));
         }
+    }
+    for (core, entry) in flushed {
+        core.durable(entry);
     }
 }
 
