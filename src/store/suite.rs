@@ -84,6 +84,23 @@ impl Recorder {
         self.wait(count).await.iter().map(|e| e.offset).collect()
     }
 
+    /// The entries handed over, once `offset` is among them, within [`WAIT`].
+    pub(crate) async fn until(&self, offset: u64) -> Vec<Entry> {
+        let waited = tokio::time::timeout(WAIT, async {
+            loop {
+                let arrived = self.arrived.notified();
+                {
+                    let entries = lock(&self.entries);
+                    if entries.iter().any(|e| e.offset == offset) {
+                        return entries.clone();
+                    }
+                }
+                arrived.await;
+            }
+        });
+        waited.await.expect("the store hands over what it logged")
+    }
+
     /// The entries handed over, once there are `count`, within [`WAIT`].
     pub(crate) async fn wait(&self, count: usize) -> Vec<Entry> {
         let waited = tokio::time::timeout(WAIT, async {

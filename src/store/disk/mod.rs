@@ -397,17 +397,21 @@ impl Shared {
 }
 
 impl Core {
-    /// `entry` is flushed: it joins the room's log in memory and goes to the room's
-    /// fan-out, under the room's lock, so in offset order.
-    fn durable(&self, entry: super::Entry) {
-        let offset = entry.offset;
-        let mut state = lock(&self.state);
+    /// `entry` is flushed: it joins the room's log in memory (reads, history and a
+    /// room opened again find it there) and may be answered as a repeat.
+    fn keep(&self, entry: &super::Entry) {
+        lock(&self.state).room.log.push(entry.clone());
+        self.durable.send_replace(entry.offset);
+    }
+
+    /// `entry`, kept, goes to the room's fan-out, under the room's lock, so in
+    /// offset order. A fan-out that began following the log after the entry was
+    /// kept has it already (its joiner's replay reads it): it passes over it.
+    fn deliver(&self, entry: &super::Entry) {
+        let state = lock(&self.state);
         if let Some(fanout) = &state.fanout {
-            fanout.take(&entry);
+            fanout.take(entry);
         }
-        state.room.log.push(entry);
-        drop(state);
-        self.durable.send_replace(offset);
     }
 }
 

@@ -103,7 +103,7 @@ async fn a_room_that_empties_and_fills_again_keeps_its_epoch_and_log() {
     );
     let head = again.head().await.expect("head");
     assert_eq!((head.epoch, head.head, head.first), (epoch, 51, 1));
-    let new = reopened.wait(1).await;
+    let new = reopened.until(51).await;
     assert_eq!(
         new.last().map(|e| e.offset),
         Some(51),

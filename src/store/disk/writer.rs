@@ -136,27 +136,31 @@ fn commit(conn: &mut Connection, shared: &Shared, batch: &mut Vec<Job>) {
     let lines = batch.iter().filter(|j| matches!(j, Job::Append(_))).count();
     shared.flushes.fetch_add(1, Ordering::Relaxed);
     shared.lines.fetch_add(lines as u64, Ordering::Relaxed);
-    // The senders first: each is woken before the room's members are, so that its
-    // session, running ahead of theirs, writes its own copy (and ack) at once, as
-    // in memory, and its client sends on while the members' sessions catch up;
-    // woken after them, it would wait behind every member's write. The entry
-    // goes to the fan-out a moment later, before that session can run.
+    // Each entry joins its room's log in memory first, so that a sender answered
+    // next finds its line there (a read, a room opened again). Then the senders
+    // are woken, before the room's members are, so that each sender's session
+    // writes its own copy (and ack) at once and its client sends on while the
+    // members' sessions write; woken after them, it would wait behind every
+    // member's write. Then the fan-out, in offset order, before those sessions run.
     let mut flushed = Vec::with_capacity(batch.len());
     for job in batch.drain(..) {
         if let Job::Append(append) = job {
             shared.waiting.fetch_sub(1, Ordering::Relaxed);
-            if let Some(done) = append.done {
-                // A sender that went away needs no answer.
-                let _ = done.send(Published {
-                    offset: Some(append.entry.offset),
-                    duplicate: false,
-                });
-            }
-            flushed.push((append.core, append.entry));
+            append.core.keep(&append.entry);
+            flushed.push(append);
         }
     }
-    for (core, entry) in flushed {
-        core.durable(entry);
+    for append in &mut flushed {
+        if let Some(done) = append.done.take() {
+            // A sender that went away needs no answer.
+            let _ = done.send(Published {
+                offset: Some(append.entry.offset),
+                duplicate: false,
+            });
+        }
+    }
+    for append in flushed {
+        append.core.deliver(&append.entry);
     }
 }
 
