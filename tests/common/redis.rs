@@ -52,6 +52,17 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// Stops it (`SIGSTOP`): its connections stay open but nothing is answered, as
+    /// with a Redis that hangs or a network that drops packets.
+    pub fn stop(&self) {
+        signal(&self.child, "STOP");
+    }
+
+    /// Lets a stopped one go on (`SIGCONT`): it answers what waited meanwhile.
+    pub fn resume(&self) {
+        signal(&self.child, "CONT");
+    }
+
     /// Kills it at once, as a crash would, and waits until it is gone.
     pub async fn kill(mut self) {
         signal(&self.child, "KILL");
