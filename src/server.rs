@@ -18,7 +18,7 @@ use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::route::{self, Listener, Route};
 use crate::state::{ConnectionGuard, Shared};
-use crate::store::{DiskBounds, DiskStore, MemoryStore, RedisStore, Store, window};
+use crate::store::{DiskBounds, DiskStore, MemoryStore, RedisBounds, RedisStore, Store, window};
 use crate::{Error, Result, session};
 
 /// Pause after an accept error such as running out of file descriptors, so the
@@ -72,6 +72,7 @@ impl Server {
                     url,
                     window(&config),
                     REDIS_CONNECT_TIMEOUT,
+                    RedisBounds::default(),
                     Arc::clone(&metrics),
                 )
                 .await

@@ -6,8 +6,10 @@
 //! presence is a sorted set of members with expiry times, kept fresh by a heartbeat.
 //!
 //! The connection is the `redis` crate's `ConnectionManager` over RESP3: it
-//! reconnects by itself, resubscribes to the rooms' channels, and hands published
-//! messages to [`RedisLog::connect`]'s receiver.
+//! reconnects (one attempt each time it is used after the connection was lost;
+//! see [`RedisBounds`]), resubscribes to the rooms' channels, and hands published
+//! messages to [`RedisLog::connect`]'s receiver. Publishes go through
+//! [`pipeline`].
 
 use std::future::Future;
 use std::time::Duration;
@@ -15,14 +17,14 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::StreamRangeReply;
 use redis::{AsyncCommands, Client, IntoConnectionInfo, ProtocolVersion, PushInfo, Script};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 
+use super::bounds::RedisBounds;
+use super::pipeline::{self, Publish, gone};
 use crate::protocol::Epoch;
-use crate::store::{Head, Logged, Published, Record};
+use crate::store::{Head, Logged, Record};
 
-/// Time one Redis command may take; a connection that answers nothing for this
-/// long is taken for dead and replaced.
-pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a presence entry lives without a heartbeat: an instance that dies
 /// without saying goodbye leaves its members listed for at most this long.
 pub(crate) const PRESENCE_TTL: Duration = Duration::from_secs(15);
@@ -155,87 +157,6 @@ pub(crate) enum Presence<'a> {
     Leave(&'a str),
 }
 
-/// A publish waiting for its turn: the script's call, and where its result goes.
-struct Publish {
-    call: redis::Cmd,
-    reply: oneshot::Sender<redis::RedisResult<(Epoch, Published)>>,
-}
-
-/// Most publishes sent in one round trip.
-const PUBLISH_BATCH: usize = 256;
-
-/// Sends publishes to Redis in the order they were asked for, as many as are
-/// waiting in one pipeline: a sender waits one round trip for a whole batch, not
-/// one per line, and Redis runs them in that order. The script is loaded first, and
-/// again if Redis lost it (a restart); a batch refused for that ran none of its
-/// calls, so sending it again keeps the order.
-async fn publish_in_batches(
-    mut manager: ConnectionManager,
-    script: Script,
-    mut orders: mpsc::UnboundedReceiver<Publish>,
-) {
-    let mut batch = Vec::with_capacity(PUBLISH_BATCH);
-    while let Some(first) = orders.recv().await {
-        batch.push(first);
-        while batch.len() < PUBLISH_BATCH {
-            match orders.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
-        }
-        let mut pipeline = redis::pipe();
-        for publish in &mut batch {
-            pipeline.add_command(std::mem::take(&mut publish.call));
-        }
-        let mut answers = pipeline
-            .query_async::<Vec<(String, String, u8)>>(&mut manager)
-            .await;
-        if answers
-            .as_ref()
-            .is_err_and(|e| e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
-        {
-            answers = match script.prepare_invoke().load_async(&mut manager).await {
-                Ok(_) => pipeline.query_async(&mut manager).await,
-                Err(e) => Err(e),
-            };
-        }
-        match answers {
-            Ok(answers) if answers.len() == batch.len() => {
-                for (publish, (epoch, offset, duplicate)) in batch.drain(..).zip(answers) {
-                    let answer = epoch.parse().map_err(invalid).map(|epoch| {
-                        let published = Published {
-                            offset: offset.parse().ok(),
-                            duplicate: duplicate == 1,
-                        };
-                        (epoch, published)
-                    });
-                    let _ = publish.reply.send(answer);
-                }
-            }
-            Ok(answers) => {
-                let e = invalid(format!(
-                    "{} answers to {} publishes",
-                    answers.len(),
-                    batch.len()
-                ));
-                for publish in batch.drain(..) {
-                    let _ = publish.reply.send(Err(e.clone()));
-                }
-            }
-            Err(e) => {
-                for publish in batch.drain(..) {
-                    let _ = publish.reply.send(Err(e.clone()));
-                }
-            }
-        }
-    }
-}
-
-/// The error for a publish whose publisher is gone (the server is stopping).
-fn gone() -> redis::RedisError {
-    redis::RedisError::from((redis::ErrorKind::Client, "the publisher has stopped"))
-}
-
 /// A subscription change, carried out in the order asked.
 enum Subscription {
     Subscribe(String, oneshot::Sender<redis::RedisResult<()>>),
@@ -268,8 +189,11 @@ impl std::fmt::Debug for RedisLog {
 
 impl RedisLog {
     /// Connects to the Redis at `url` (RESP3, so that published messages come on the
-    /// same connection), within `timeout`. Published messages and connection events
-    /// go to the returned receiver.
+    /// same connection), within `timeout`, trying again while it refuses (it may
+    /// be starting); then each command and reconnection is bounded by `bounds`, and
+    /// publishes are answered at once, unsent, while `up` says Redis is away.
+    /// Published messages and connection events go to the first receiver returned,
+    /// the errors of batches of publishes sent to Redis to the second.
     ///
     /// # Errors
     /// The `redis` crate's error when the URL is invalid or Redis cannot be reached.
@@ -277,7 +201,13 @@ impl RedisLog {
         url: &str,
         window: usize,
         timeout: Duration,
-    ) -> redis::RedisResult<(Self, mpsc::UnboundedReceiver<PushInfo>)> {
+        bounds: &RedisBounds,
+        up: watch::Receiver<bool>,
+    ) -> redis::RedisResult<(
+        Self,
+        mpsc::UnboundedReceiver<PushInfo>,
+        mpsc::UnboundedReceiver<String>,
+    )> {
         let info = url.into_connection_info()?;
         let settings = info
             .redis_settings()
@@ -285,23 +215,23 @@ impl RedisLog {
             .set_protocol(ProtocolVersion::RESP3);
         let client = Client::open(info.set_redis_settings(settings))?;
         let (push_tx, push_rx) = mpsc::unbounded_channel();
-        let config = ConnectionManagerConfig::new()
+        let config = bounds
+            .manager_config()
             .set_push_sender(push_tx)
-            .set_automatic_resubscription()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_max_delay(Duration::from_secs(5));
-        let manager =
-            tokio::time::timeout(timeout, client.get_connection_manager_with_config(config))
-                .await
-                .map_err(|_| {
-                    redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
-                })??;
+            .set_automatic_resubscription();
+        let manager = first_connection(&client, &config, timeout, bounds.retry_every).await?;
         let (subscriptions, orders) = mpsc::unbounded_channel();
         tokio::spawn(Self::subscribe_in_order(manager.clone(), orders));
         let publish = Script::new(PUBLISH);
         let (publishes, queue) = mpsc::unbounded_channel();
-        tokio::spawn(publish_in_batches(manager.clone(), publish.clone(), queue));
+        let (failures, failed) = mpsc::unbounded_channel();
+        tokio::spawn(pipeline::publish_in_batches(
+            manager.clone(),
+            publish.clone(),
+            queue,
+            up,
+            failures,
+        ));
         let log = Self {
             manager,
             publishes,
@@ -312,7 +242,7 @@ impl RedisLog {
             window: window.max(1),
             subscriptions,
         };
-        Ok((log, push_rx))
+        Ok((log, push_rx, failed))
     }
 
     /// Carries out subscription changes one after the other.
@@ -354,19 +284,21 @@ impl RedisLog {
     /// (a session and a line id), recognises a repeat; with `presence`, updates the
     /// room's members and puts their count in the record. Publishes go to Redis in
     /// the order they are asked for, many in one round trip (see
-    /// [`publish_in_batches`]). The returned future says how it went. Asking is
-    /// what fixes the order: a session that asks for two lines one after the other
-    /// has them logged in that order, whatever it awaits.
+    /// [`pipeline::publish_in_batches`]). The returned future says how it went, by
+    /// `deadline` (it is never sent after it). Asking is what fixes the order: a
+    /// session that asks for two lines one after the other has them logged in that
+    /// order, whatever it awaits.
     ///
-    /// The future's error is Redis's; nothing was published then, or it is not
-    /// known.
+    /// The future's error is Redis's, or a time-out; nothing was published then, or
+    /// it is not known.
     pub(crate) fn submit(
         &self,
         room: &str,
         record: &Record<'_>,
         line: Option<(&str, u64)>,
         presence: Option<Presence<'_>>,
-    ) -> impl Future<Output = redis::RedisResult<(Epoch, Published)>> + Send + use<> {
+        deadline: Instant,
+    ) -> impl Future<Output = pipeline::Answer> + Send + use<> {
         let keys = Keys::of(room);
         let (accepted, id) = match line {
             Some((client_id, id)) => (keys.accepted(client_id), id.to_string()),
@@ -395,7 +327,11 @@ impl RedisLog {
             .arg(PRESENCE_TTL.as_millis() as u64)
             .arg(ROOM_TTL.as_secs());
         let (reply, answer) = oneshot::channel();
-        let asked = self.publishes.send(Publish { call, reply });
+        let asked = self.publishes.send(Publish {
+            call,
+            deadline,
+            reply,
+        });
         async move {
             if asked.is_err() {
                 return Err(gone());
@@ -505,8 +441,10 @@ impl RedisLog {
         Ok(())
     }
 
-    /// Asks Redis for an answer, within [`RESPONSE_TIMEOUT`]: a connection that
-    /// answers nothing is replaced by the connection manager.
+    /// Asks Redis for an answer, within [`RedisBounds::wait`]. While the connection
+    /// is lost, each ping makes the connection manager try one new one; a
+    /// connection that answers nothing (a stopped Redis) is kept, and answers
+    /// again when Redis goes on.
     ///
     /// # Errors
     /// Redis's error, a time-out included.
@@ -518,8 +456,34 @@ impl RedisLog {
     }
 }
 
+/// The first connection to Redis, within `within`: tried again every `every`
+/// while Redis refuses it; the last error past that.
+async fn first_connection(
+    client: &Client,
+    config: &ConnectionManagerConfig,
+    within: Duration,
+    every: Duration,
+) -> redis::RedisResult<ConnectionManager> {
+    let deadline = Instant::now() + within;
+    loop {
+        let attempt = client.get_connection_manager_with_config(config.clone());
+        match tokio::time::timeout_at(deadline, attempt).await {
+            Ok(Ok(manager)) => return Ok(manager),
+            Ok(Err(e)) if e.is_io_error() && Instant::now() + every < deadline => {
+                tokio::time::sleep(every).await;
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(redis::RedisError::from(std::io::Error::from(
+                    std::io::ErrorKind::TimedOut,
+                )));
+            }
+        }
+    }
+}
+
 /// An error for an answer from Redis that is not what we wrote there.
-fn invalid(what: impl std::fmt::Display) -> redis::RedisError {
+pub(super) fn invalid(what: impl std::fmt::Display) -> redis::RedisError {
     redis::RedisError::from((
         redis::ErrorKind::Parse,
         "unexpected answer from Redis",

@@ -2,20 +2,24 @@
 //! ([`client`] holds the scripts and commands), and what keeps this instance's
 //! rooms in step with it: a task that hands what Redis publishes to the local
 //! fan-out in offset order (filling gaps from the stream), the presence heartbeat,
-//! and the health check that notices an outage, tells the members, and catches up
-//! when Redis is back.
+//! and ([`health`]) the health check that notices an outage, tells the members,
+//! and catches up when Redis is back. No session waits on Redis longer than
+//! [`RedisBounds::wait`] ([`bounds`] says why it needs saying).
 
+mod bounds;
 mod client;
+mod health;
+mod pipeline;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use redis::{PushInfo, PushKind};
 use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tokio::time::Instant;
+use tracing::warn;
 
 use super::{
     Appending, CatchUp, Fanout, Format, Head, Intake, Later, Logged, Presence, Published, Record,
@@ -24,10 +28,9 @@ use super::{
 use crate::metrics::Metrics;
 use crate::protocol::structured::NoticeKind;
 use crate::protocol::{Epoch, classic};
-use client::{RESPONSE_TIMEOUT, RedisLog, member, room_of_channel};
+pub(crate) use bounds::RedisBounds;
+use client::{RedisLog, member, room_of_channel};
 
-/// How often this instance asks Redis whether it is there.
-const HEALTH_EVERY: Duration = Duration::from_secs(1);
 /// How often this instance's members are listed again in their rooms' presence.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 /// Most messages fetched from the stream at once to fill a gap.
@@ -45,9 +48,13 @@ struct Inner {
     log: RedisLog,
     /// This instance's random id, which keeps its presence entries apart.
     instance: u64,
-    /// Whether Redis answered lately; read by `/healthz`, changed by the health
-    /// check and by failed commands.
-    up: AtomicBool,
+    /// How long sessions wait on Redis, and how often it is checked.
+    bounds: RedisBounds,
+    /// Whether Redis answered lately; read by `/healthz` and by every session's
+    /// call (while it is false they are answered at once, without asking Redis,
+    /// and those waiting end when it turns false), changed by the health check and
+    /// by failed commands. A `watch`, so that waits can end on the change.
+    up: watch::Sender<bool>,
     /// Where failures and recovered messages are counted.
     metrics: Arc<Metrics>,
     /// The rooms open here, by name, for what Redis publishes. std `Mutex`: never
@@ -76,7 +83,8 @@ struct RedisRoom {
 
 impl RedisStore {
     /// Connects to the Redis at `url` within `timeout`, its rooms' streams kept to
-    /// about `window` messages; failures and recovered messages go to `metrics`.
+    /// about `window` messages, sessions' waits on it within `bounds`; failures
+    /// and recovered messages go to `metrics`.
     ///
     /// # Errors
     /// The `redis` crate's error when the URL is invalid or Redis cannot be reached.
@@ -84,20 +92,25 @@ impl RedisStore {
         url: &str,
         window: usize,
         timeout: Duration,
+        bounds: RedisBounds,
         metrics: Arc<Metrics>,
     ) -> redis::RedisResult<Self> {
-        let (log, pushes) = RedisLog::connect(url, window, timeout).await?;
+        let up = watch::Sender::new(true);
+        let (log, pushes, failures) =
+            RedisLog::connect(url, window, timeout, &bounds, up.subscribe()).await?;
         let inner = Arc::new(Inner {
             log,
             instance: fastrand::u64(..),
-            up: AtomicBool::new(true),
+            bounds,
+            up,
             metrics,
             rooms: Mutex::new(HashMap::new()),
         });
         let weak = Arc::downgrade(&inner);
         tokio::spawn(dispatch(weak.clone(), pushes));
+        tokio::spawn(health::publishes_failed(weak.clone(), failures));
         tokio::spawn(heartbeat(weak.clone()));
-        tokio::spawn(health(weak));
+        tokio::spawn(health::health(weak));
         Ok(Self(inner))
     }
 }
@@ -129,7 +142,7 @@ impl Store for RedisStore {
     }
 
     fn up(&self) -> Option<bool> {
-        Some(self.0.up.load(Ordering::Relaxed))
+        Some(self.0.is_up())
     }
 
     fn kind(&self) -> &'static str {
@@ -139,7 +152,10 @@ impl Store for RedisStore {
 
 impl Inner {
     /// Asks for `record` to be logged in `room` (see [`RoomLog::append`]); the
-    /// answer comes with the log's epoch.
+    /// answer comes with the log's epoch, within [`RedisBounds::wait`]. While Redis
+    /// is taken for away it is not sent, and is answered "out of reach" as soon as
+    /// the lines asked before it are answered (so their order holds; see
+    /// [`pipeline::publish_in_batches`]).
     fn append(
         self: &Arc<Self>,
         room: &str,
@@ -166,20 +182,63 @@ impl Inner {
             }
             _ => (record, None),
         };
-        let asked = self.log.submit(room, record, line, change);
+        // Asked while Redis is away, it is answered without being tried: no error
+        // of Redis's to count.
+        let up = self.is_up();
+        let deadline = Instant::now() + self.bounds.wait;
+        let asked = self.log.submit(room, record, line, change, deadline);
         let inner = Arc::clone(self);
-        async move { asked.await.map_err(|e| inner.went_down(&e.to_string())) }
+        async move {
+            asked.await.map_err(|e| match up {
+                true => inner.went_down(&e.to_string()),
+                false => Unavailable::OutOfReach,
+            })
+        }
     }
 
-    /// Marks Redis down (logging it once per outage) and tells every room's members
-    /// that their messages reach only this instance for now.
+    /// Waits for `asked` on a session's behalf: "out of reach" at once while Redis
+    /// is taken for away, without asking it; otherwise its answer within
+    /// [`RedisBounds::wait`], an error or no answer by then taking Redis for away,
+    /// and "out of reach" as soon as anything else takes it for away meanwhile.
+    async fn bounded<T>(
+        &self,
+        asked: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, Unavailable> {
+        let mut up = self.up.subscribe();
+        if !*up.borrow_and_update() {
+            return Err(Unavailable::OutOfReach);
+        }
+        tokio::select! {
+            answer = tokio::time::timeout(self.bounds.wait, asked) => match answer {
+                Ok(Ok(answer)) => Ok(answer),
+                Ok(Err(e)) => Err(self.went_down(&e.to_string())),
+                Err(_) => Err(self.went_down("no answer from Redis in time")),
+            },
+            _ = up.wait_for(|up| !up) => Err(Unavailable::OutOfReach),
+        }
+    }
+
+    /// Whether Redis is taken to answer.
+    fn is_up(&self) -> bool {
+        *self.up.borrow()
+    }
+
+    /// Counts a failed or unanswered call, marks Redis down (logging it once per
+    /// outage) and tells every room's members that their messages reach only this
+    /// instance for now.
     fn went_down(&self, why: &str) -> Unavailable {
         self.metrics.redis_errors.increment(1);
-        if self.up.swap(false, Ordering::Relaxed) {
+        self.lost(why);
+        Unavailable::OutOfReach
+    }
+
+    /// Takes Redis for away, and says so (once per outage) in the log and to
+    /// every room's members.
+    fn lost(&self, why: &str) {
+        if self.up.send_replace(false) {
             warn!(error = %why, "Redis is out of reach: rooms go on locally, unlogged, until it is back");
             self.notify_all(NoticeKind::Degraded, classic::DEGRADED_NOTICE);
         }
-        Unavailable::OutOfReach
     }
 
     /// The rooms open now, to go through without holding the lock.
@@ -211,23 +270,22 @@ impl RoomLog for RedisRoom {
     fn head(&self) -> Later<Head> {
         let (room, inner) = (Arc::clone(&self.room), Arc::clone(&self.inner));
         Box::pin(async move {
-            let mut subscribed = room.subscribed.subscribe();
-            let _ = tokio::time::timeout(RESPONSE_TIMEOUT, subscribed.wait_for(|s| *s)).await;
-            inner
-                .log
-                .head(&room.name)
-                .await
-                .map_err(|e| inner.went_down(&e.to_string()))
+            // The subscription's confirmation and the read share the one bound.
+            let asked = async {
+                let mut subscribed = room.subscribed.subscribe();
+                let _ = subscribed.wait_for(|s| *s).await;
+                inner.log.head(&room.name).await
+            };
+            inner.bounded(asked).await
         })
     }
 
     fn read(&self, after: u64, limit: usize, format: Format) -> Later<CatchUp> {
         let (room, inner) = (Arc::clone(&self.room), Arc::clone(&self.inner));
         Box::pin(async move {
-            let logged = match inner.log.read(&room.name, after, limit).await {
-                Ok(logged) => logged,
-                Err(e) => return Err(inner.went_down(&e.to_string())),
-            };
+            let logged = inner
+                .bounded(inner.log.read(&room.name, after, limit))
+                .await?;
             let first = logged.first().map_or(after + 1, |l| l.offset);
             Ok(CatchUp {
                 missed: first.saturating_sub(after + 1),
@@ -241,12 +299,7 @@ impl RoomLog for RedisRoom {
 
     fn members(&self) -> Later<Option<Vec<String>>> {
         let (room, inner) = (Arc::clone(&self.room), Arc::clone(&self.inner));
-        Box::pin(async move {
-            match inner.log.who(&room.name).await {
-                Ok(members) => Ok(Some(members)),
-                Err(e) => Err(inner.went_down(&e.to_string())),
-            }
-        })
+        Box::pin(async move { inner.bounded(inner.log.who(&room.name)).await.map(Some) })
     }
 
     fn list(&self, change: Presence<'_>) -> Option<Later<()>> {
@@ -256,12 +309,14 @@ impl RoomLog for RedisRoom {
             Presence::Leave(id, who) => (false, member(inner.instance, id, who)),
         };
         Some(Box::pin(async move {
-            let done = if listed {
-                inner.log.heartbeat(&room.name, &[member]).await
-            } else {
-                inner.log.unlist(&room.name, &member).await
+            let done = async {
+                if listed {
+                    inner.log.heartbeat(&room.name, &[member]).await
+                } else {
+                    inner.log.unlist(&room.name, &member).await
+                }
             };
-            done.map_err(|e| inner.went_down(&e.to_string()))
+            inner.bounded(done).await
         }))
     }
 
@@ -382,6 +437,11 @@ async fn heartbeat(inner: Weak<Inner>) {
     loop {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else { return };
+        // Redis away: nothing to renew it in; the first heartbeat once it is
+        // back lists everyone again.
+        if !inner.is_up() {
+            continue;
+        }
         for room in inner.rooms() {
             let members: Vec<String> = room
                 .fanout
@@ -395,71 +455,6 @@ async fn heartbeat(inner: Weak<Inner>) {
             }
         }
     }
-}
-
-/// Asks Redis whether it is there, each [`HEALTH_EVERY`]; when it comes back after
-/// an outage, catches the rooms up and tells their members.
-async fn health(inner: Weak<Inner>) {
-    let mut tick = tokio::time::interval(HEALTH_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(inner) = inner.upgrade() else { return };
-        match inner.log.ping().await {
-            Ok(()) if !inner.up.load(Ordering::Relaxed) => came_back(&inner).await,
-            Ok(()) => {}
-            Err(e) => {
-                inner.went_down(&e.to_string());
-            }
-        }
-    }
-}
-
-/// Redis answers again: catch every room up from its stream (or see that its log
-/// began again), then tell the members.
-async fn came_back(inner: &Inner) {
-    for room in &inner.rooms() {
-        // A room made while Redis was away could not subscribe to its channel, and
-        // the connection resubscribes only what it had: ask again (a second
-        // subscription to a channel is harmless), before reading where the room
-        // stands, so nothing published after that read is missed.
-        match inner.log.subscribe(&room.name).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                warn!(error = %e, "Redis answers, but subscribing to a room failed; trying again");
-                return;
-            }
-            Err(_) => return,
-        }
-        let head = match inner.log.head(&room.name).await {
-            Ok(head) => head,
-            Err(e) => {
-                warn!(error = %e, "Redis answers, but reading a room failed; trying again");
-                return;
-            }
-        };
-        // A room whose members all came while Redis was away starts here.
-        let (epoch, mut after) = room.fanout.baseline(head.epoch, head.head);
-        if epoch != head.epoch {
-            after = 0;
-        }
-        // Fetch in order what was published while this instance was cut off; each
-        // is delivered as if it had just arrived.
-        while after < head.head {
-            let Ok(batch) = inner.log.read(&room.name, after, GAP_BATCH).await else {
-                return;
-            };
-            let Some(last) = batch.last() else { break };
-            after = last.offset;
-            inner.metrics.redis_recovered.increment(batch.len() as u64);
-            for logged in &batch {
-                ingest(inner, room, logged).await;
-            }
-        }
-    }
-    inner.up.store(true, Ordering::Relaxed);
-    info!("Redis is back: rooms are logged and shared again");
-    inner.notify_all(NoticeKind::Restored, classic::RESTORED_NOTICE);
 }
 
 /// A Redis store on a `redis-server` of its own, for the shared suite.
@@ -476,9 +471,16 @@ pub(super) async fn subject(bounds: super::suite::Bounds) -> super::suite::Subje
 #[cfg(test)]
 async fn connect_to(server: &super::suite::RedisServer, window: usize) -> RedisStore {
     let metrics = Arc::new(Metrics::new());
-    RedisStore::connect(&server.url(), window, Duration::from_secs(5), metrics)
-        .await
-        .expect("connects to redis-server")
+    let bounds = RedisBounds::default();
+    RedisStore::connect(
+        &server.url(),
+        window,
+        Duration::from_secs(5),
+        bounds,
+        metrics,
+    )
+    .await
+    .expect("connects to redis-server")
 }
 
 #[cfg(test)]

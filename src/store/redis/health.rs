@@ -1,0 +1,100 @@
+//! Noticing that Redis is away and that it is back: the health check, which pings
+//! it (often while it is away, each ping trying a new connection), catches the
+//! rooms up when it answers again and tells their members; and the publishes'
+//! failures, which take it for away at once.
+
+use std::sync::Weak;
+
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::{GAP_BATCH, Inner, ingest};
+use crate::protocol::classic;
+use crate::protocol::structured::NoticeKind;
+
+/// Takes Redis for away when a batch of publishes failed or went unanswered: its
+/// senders may not be waiting on it now (a session reading Redis for `/who` waits
+/// there), and every wait is to end as soon as one has found Redis away.
+pub(super) async fn publishes_failed(
+    inner: Weak<Inner>,
+    mut failures: mpsc::UnboundedReceiver<String>,
+) {
+    while let Some(why) = failures.recv().await {
+        let Some(inner) = inner.upgrade() else { return };
+        inner.lost(&why);
+    }
+}
+
+/// Asks Redis whether it is there, each [`check_every`] while it
+/// answers and each [`retry_every`] while it is away (each ping then
+/// tries a new connection); when it comes back after an outage, catches the rooms
+/// up and tells their members.
+///
+/// [`check_every`]: super::RedisBounds::check_every
+/// [`retry_every`]: super::RedisBounds::retry_every
+pub(super) async fn health(inner: Weak<Inner>) {
+    loop {
+        let Some(every) = inner.upgrade().map(|inner| match inner.is_up() {
+            true => inner.bounds.check_every,
+            false => inner.bounds.retry_every,
+        }) else {
+            return;
+        };
+        tokio::time::sleep(every).await;
+        let Some(inner) = inner.upgrade() else { return };
+        match inner.log.ping().await {
+            Ok(()) if !inner.is_up() => came_back(&inner).await,
+            Ok(()) => {}
+            Err(e) => {
+                inner.went_down(&e.to_string());
+            }
+        }
+    }
+}
+
+/// Redis answers again: catch every room up from its stream (or see that its log
+/// began again), then tell the members.
+async fn came_back(inner: &Inner) {
+    for room in &inner.rooms() {
+        // A room made while Redis was away could not subscribe to its channel, and
+        // the connection resubscribes only what it had: ask again (a second
+        // subscription to a channel is harmless), before reading where the room
+        // stands, so nothing published after that read is missed.
+        match inner.log.subscribe(&room.name).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                warn!(error = %e, "Redis answers, but subscribing to a room failed; trying again");
+                return;
+            }
+            Err(_) => return,
+        }
+        let head = match inner.log.head(&room.name).await {
+            Ok(head) => head,
+            Err(e) => {
+                warn!(error = %e, "Redis answers, but reading a room failed; trying again");
+                return;
+            }
+        };
+        // A room whose members all came while Redis was away starts here.
+        let (epoch, mut after) = room.fanout.baseline(head.epoch, head.head);
+        if epoch != head.epoch {
+            after = 0;
+        }
+        // Fetch in order what was published while this instance was cut off; each
+        // is delivered as if it had just arrived.
+        while after < head.head {
+            let Ok(batch) = inner.log.read(&room.name, after, GAP_BATCH).await else {
+                return;
+            };
+            let Some(last) = batch.last() else { break };
+            after = last.offset;
+            inner.metrics.redis_recovered.increment(batch.len() as u64);
+            for logged in &batch {
+                ingest(inner, room, logged).await;
+            }
+        }
+    }
+    inner.up.send_replace(true);
+    info!("Redis is back: rooms are logged and shared again");
+    inner.notify_all(NoticeKind::Restored, classic::RESTORED_NOTICE);
+}
