@@ -542,6 +542,15 @@ pub async fn open_connections(addr: SocketAddr) -> usize {
         .unwrap_or_else(|| panic!("unexpected health answer {answer:?}"))
 }
 
+/// The server's answer to `GET /healthz`, parsed.
+pub async fn health(addr: SocketAddr) -> serde_json::Value {
+    let answer = raw_exchange(addr, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    let (_, body) = answer
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no body in {answer:?}"));
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"))
+}
+
 /// The server process's resident memory, in kB.
 pub fn rss_kb(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");

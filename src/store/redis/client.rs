@@ -505,6 +505,11 @@ impl RedisLog {
         Ok(())
     }
 
+    /// The connection, for commands of other concerns (the persistence check).
+    pub(crate) fn connection(&self) -> ConnectionManager {
+        self.manager.clone()
+    }
+
     /// Asks Redis for an answer, within [`RESPONSE_TIMEOUT`]: a connection that
     /// answers nothing is replaced by the connection manager.
     ///

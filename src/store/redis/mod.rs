@@ -3,9 +3,10 @@
 //! rooms in step with it: a task that hands what Redis publishes to the local
 //! fan-out in offset order (filling gaps from the stream), the presence heartbeat,
 //! and the health check that notices an outage, tells the members, and catches up
-//! when Redis is back.
+//! when Redis is back ([`persistence`] reads, then and at connect, what Redis keeps).
 
 mod client;
+mod persistence;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -25,6 +26,7 @@ use crate::metrics::Metrics;
 use crate::protocol::structured::NoticeKind;
 use crate::protocol::{Epoch, classic};
 use client::{RESPONSE_TIMEOUT, RedisLog, member, room_of_channel};
+use persistence::Watched;
 
 /// How often this instance asks Redis whether it is there.
 const HEALTH_EVERY: Duration = Duration::from_secs(1);
@@ -48,6 +50,8 @@ struct Inner {
     /// Whether Redis answered lately; read by `/healthz`, changed by the health
     /// check and by failed commands.
     up: AtomicBool,
+    /// What Redis keeps across its restarts, read at connect and when it is back.
+    persistence: Watched,
     /// Where failures and recovered messages are counted.
     metrics: Arc<Metrics>,
     /// The rooms open here, by name, for what Redis publishes. std `Mutex`: never
@@ -91,9 +95,11 @@ impl RedisStore {
             log,
             instance: fastrand::u64(..),
             up: AtomicBool::new(true),
+            persistence: Watched::default(),
             metrics,
             rooms: Mutex::new(HashMap::new()),
         });
+        inner.persistence.check(inner.log.connection()).await;
         let weak = Arc::downgrade(&inner);
         tokio::spawn(dispatch(weak.clone(), pushes));
         tokio::spawn(heartbeat(weak.clone()));
@@ -134,6 +140,10 @@ impl Store for RedisStore {
 
     fn kind(&self) -> &'static str {
         "redis"
+    }
+
+    fn persistence(&self) -> Option<&'static str> {
+        Some(self.0.persistence.now().name())
     }
 }
 
@@ -418,6 +428,8 @@ async fn health(inner: Weak<Inner>) {
 /// Redis answers again: catch every room up from its stream (or see that its log
 /// began again), then tell the members.
 async fn came_back(inner: &Inner) {
+    // The Redis that answers may be another one, or the same with other settings.
+    inner.persistence.check(inner.log.connection()).await;
     for room in &inner.rooms() {
         // A room made while Redis was away could not subscribe to its channel, and
         // the connection resubscribes only what it had: ask again (a second
