@@ -536,9 +536,10 @@ pub async fn open_connections(addr: SocketAddr) -> usize {
         .expect("answer in time")
         .expect("read");
     let body = answer.split("\r\n\r\n").nth(1).expect("a body");
-    body.split("\"connections\":")
-        .nth(1)
-        .and_then(|rest| rest.trim_end_matches(['}', '\n']).parse().ok())
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|health| health["connections"].as_u64())
+        .and_then(|n| usize::try_from(n).ok())
         .unwrap_or_else(|| panic!("unexpected health answer {answer:?}"))
 }
 
