@@ -35,7 +35,9 @@ async fn a_redis_outage_keeps_local_chat_going_and_a_restart_is_said() {
     a.stderr.wait_for_event(REDIS_DOWN).await;
     let health = raw_exchange(a.addr(), b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(
-        health.ends_with("{\"status\":\"degraded\",\"connections\":2,\"store\":\"redis\",\"redis\":\"down\",\"redis_persistence\":\"none\"}\n"),
+        health.ends_with(
+            "{\"status\":\"degraded\",\"connections\":2,\"store\":\"redis\",\"redis\":\"down\",\"redis_persistence\":\"none\"}\n"
+        ),
         "{health}"
     );
 
@@ -59,7 +61,9 @@ async fn a_redis_outage_keeps_local_chat_going_and_a_restart_is_said() {
     }
     let health = raw_exchange(a.addr(), b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(
-        health.ends_with("{\"status\":\"ok\",\"connections\":2,\"store\":\"redis\",\"redis\":\"up\",\"redis_persistence\":\"none\"}\n"),
+        health.ends_with(
+            "{\"status\":\"ok\",\"connections\":2,\"store\":\"redis\",\"redis\":\"up\",\"redis_persistence\":\"none\"}\n"
+        ),
         "{health}"
     );
 }
