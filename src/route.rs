@@ -172,13 +172,18 @@ struct Health {
     /// With Redis: `up` or `down`.
     #[serde(skip_serializing_if = "Option::is_none")]
     redis: Option<&'static str>,
+    /// With Redis: what it keeps across its own restart, as last read (`none`,
+    /// `aof`, `rdb`, `aof+rdb`, `unknown`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis_persistence: Option<&'static str>,
     /// With a data directory: `ok`, or `failing` while it cannot be written.
     #[serde(skip_serializing_if = "Option::is_none")]
     disk: Option<&'static str>,
 }
 
 /// The health check's answer: the open connections, not counting itself, where
-/// the logs are, and whether Redis answers or the data directory takes writes.
+/// the logs are, whether Redis answers (and what it keeps) or the data directory
+/// takes writes.
 fn health(shared: &Shared) -> Reply {
     let (store, up) = shared.hub.store_health();
     let health = Health {
@@ -188,6 +193,7 @@ fn health(shared: &Shared) -> Reply {
         redis: up
             .filter(|_| store == "redis")
             .map(|up| if up { "up" } else { "down" }),
+        redis_persistence: shared.hub.store_persistence(),
         disk: up
             .filter(|_| store == "disk")
             .map(|up| if up { "ok" } else { "failing" }),

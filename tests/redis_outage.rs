@@ -36,7 +36,7 @@ async fn a_redis_outage_keeps_local_chat_going_and_a_restart_is_said() {
     let health = raw_exchange(a.addr(), b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(
         health.ends_with(
-            "{\"status\":\"degraded\",\"connections\":2,\"store\":\"redis\",\"redis\":\"down\"}\n"
+            "{\"status\":\"degraded\",\"connections\":2,\"store\":\"redis\",\"redis\":\"down\",\"redis_persistence\":\"none\"}\n"
         ),
         "{health}"
     );
@@ -62,7 +62,7 @@ async fn a_redis_outage_keeps_local_chat_going_and_a_restart_is_said() {
     let health = raw_exchange(a.addr(), b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(
         health.ends_with(
-            "{\"status\":\"ok\",\"connections\":2,\"store\":\"redis\",\"redis\":\"up\"}\n"
+            "{\"status\":\"ok\",\"connections\":2,\"store\":\"redis\",\"redis\":\"up\",\"redis_persistence\":\"none\"}\n"
         ),
         "{health}"
     );

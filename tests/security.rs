@@ -83,7 +83,7 @@ async fn health_check_answers_without_the_token() {
         "{answer}"
     );
     assert!(
-        answer.ends_with("\r\n\r\n{\"status\":\"ok\",\"connections\":0}\n"),
+        answer.ends_with("\r\n\r\n{\"status\":\"ok\",\"connections\":0,\"store\":\"memory\"}\n"),
         "{answer}"
     );
 }

@@ -168,6 +168,11 @@ impl Hub {
         (self.store.kind(), self.store.up())
     }
 
+    /// With Redis: what it keeps across its restarts (see `Store::persistence`).
+    pub(crate) fn store_persistence(&self) -> Option<&'static str> {
+        self.store.persistence()
+    }
+
     /// With a data directory: its flushes so far and the lines they held.
     pub(crate) fn flushes(&self) -> Option<(u64, u64)> {
         self.store.flushes()

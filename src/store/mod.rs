@@ -176,6 +176,12 @@ pub(crate) trait Store: Send + Sync + Debug {
     fn up(&self) -> Option<bool>;
     /// What `/healthz` calls it: `memory`, `disk` or `redis`.
     fn kind(&self) -> &'static str;
+    /// For a store kept by another service (Redis): what that service keeps across
+    /// its own restart, as `/healthz` says it (`none`, `aof`, `rdb`, `aof+rdb`,
+    /// `unknown`). `None` for a store that is its own persistence (memory, disk).
+    fn persistence(&self) -> Option<&'static str> {
+        None
+    }
     /// For a store that flushes to disk: its flushes so far, and the lines they
     /// held (lines per flush shows the group commit at work).
     fn flushes(&self) -> Option<(u64, u64)> {

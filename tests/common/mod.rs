@@ -522,24 +522,20 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
 
 /// The server's open connections, from its health check.
 pub async fn open_connections(addr: SocketAddr) -> usize {
-    use tokio::io::AsyncReadExt;
-    let mut tcp = timeout(WAIT, TcpStream::connect(addr))
-        .await
-        .expect("connect in time")
-        .expect("connect");
-    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .await
-        .expect("write");
-    let mut answer = String::new();
-    timeout(WAIT, tcp.read_to_string(&mut answer))
-        .await
-        .expect("answer in time")
-        .expect("read");
-    let body = answer.split("\r\n\r\n").nth(1).expect("a body");
-    body.split("\"connections\":")
-        .nth(1)
-        .and_then(|rest| rest.trim_end_matches(['}', '\n']).parse().ok())
-        .unwrap_or_else(|| panic!("unexpected health answer {answer:?}"))
+    let health = health(addr).await;
+    health["connections"]
+        .as_u64()
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or_else(|| panic!("unexpected health answer {health}"))
+}
+
+/// The server's answer to `GET /healthz`, parsed.
+pub async fn health(addr: SocketAddr) -> serde_json::Value {
+    let answer = raw_exchange(addr, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    let (_, body) = answer
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no body in {answer:?}"));
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"))
 }
 
 /// The server process's resident memory, in kB.

@@ -158,13 +158,29 @@ impl DiskStore {
     /// [`DataDirError`] when the directory is another program's, of an unknown
     /// format version, in use by another server, or cannot be read or written.
     pub(crate) fn open(dir: &Path, bounds: DiskBounds) -> Result<Self, DataDirError> {
+        let had_lock = dir.join(db::LOCK).exists();
+        let (lock, path) = db::claim(dir)?;
+        let opened = Self::start(dir, &path, lock, bounds);
+        if opened.is_err() && !had_lock {
+            // A directory refused keeps nothing of ours.
+            let _ = std::fs::remove_file(dir.join(db::LOCK));
+        }
+        opened
+    }
+
+    /// Opens the claimed directory's database at `path` and starts the writer.
+    fn start(
+        dir: &Path,
+        path: &Path,
+        lock: File,
+        bounds: DiskBounds,
+    ) -> Result<Self, DataDirError> {
         let refuse = |reason: String| DataDirError {
             dir: dir.to_owned(),
             reason,
         };
-        let (lock, path) = db::claim(dir)?;
         let wal = std::fs::metadata(dir.join(format!("{}-wal", db::FILE))).map_or(0, |m| m.len());
-        let conn = db::open_writer(&path).map_err(&refuse)?;
+        let conn = db::open_writer(path).map_err(&refuse)?;
         let cut = db::cut_short(&conn, wal).map_err(|e| refuse(e.to_string()))?;
         if cut > 0 {
             warn!(
@@ -173,7 +189,7 @@ impl DiskStore {
                 "the last write before the server stopped was cut short: every room is as of its last whole write"
             );
         }
-        let reader = db::open_reader(&path).map_err(&refuse)?;
+        let reader = db::open_reader(path).map_err(&refuse)?;
         let (jobs, queue) = mpsc::channel();
         let shared = Arc::new(Shared {
             bounds,

@@ -155,6 +155,7 @@ fn a_directory_that_is_not_ours_is_refused() {
     drop(other);
     let refused = DiskStore::open(dir.path(), test_bounds(BOUNDS)).expect_err("refused");
     assert!(refused.reason.contains("another program"), "{refused}");
+    assert!(!dir.path().join(db::LOCK).exists(), "nothing of ours left");
 }
 
 #[test]

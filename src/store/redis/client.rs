@@ -441,6 +441,11 @@ impl RedisLog {
         Ok(())
     }
 
+    /// The connection, for commands of other concerns (the persistence check).
+    pub(crate) fn connection(&self) -> ConnectionManager {
+        self.manager.clone()
+    }
+
     /// Asks Redis for an answer, within [`RedisBounds::wait`]. While the connection
     /// is lost, each ping makes the connection manager try one new one; a
     /// connection that answers nothing (a stopped Redis) is kept, and answers

@@ -55,6 +55,8 @@ pub(super) async fn health(inner: Weak<Inner>) {
 /// Redis answers again: catch every room up from its stream (or see that its log
 /// began again), then tell the members.
 async fn came_back(inner: &Inner) {
+    // The Redis that answers may be another one, or the same with other settings.
+    inner.persistence.check(inner.log.connection()).await;
     for room in &inner.rooms() {
         // A room made while Redis was away could not subscribe to its channel, and
         // the connection resubscribes only what it had: ask again (a second

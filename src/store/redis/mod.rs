@@ -3,12 +3,14 @@
 //! rooms in step with it: a task that hands what Redis publishes to the local
 //! fan-out in offset order (filling gaps from the stream), the presence heartbeat,
 //! and ([`health`]) the health check that notices an outage, tells the members,
-//! and catches up when Redis is back. No session waits on Redis longer than
-//! [`RedisBounds::wait`] ([`bounds`] says why it needs saying).
+//! and catches up when Redis is back ([`persistence`] reads, then and at connect,
+//! what Redis keeps). No session waits on Redis longer than [`RedisBounds::wait`]
+//! ([`bounds`] says why it needs saying).
 
 mod bounds;
 mod client;
 mod health;
+mod persistence;
 mod pipeline;
 
 use std::collections::HashMap;
@@ -30,6 +32,7 @@ use crate::protocol::structured::NoticeKind;
 use crate::protocol::{Epoch, classic};
 pub(crate) use bounds::RedisBounds;
 use client::{RedisLog, member, room_of_channel};
+use persistence::Watched;
 
 /// How often this instance's members are listed again in their rooms' presence.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
@@ -55,6 +58,8 @@ struct Inner {
     /// and those waiting end when it turns false), changed by the health check and
     /// by failed commands. A `watch`, so that waits can end on the change.
     up: watch::Sender<bool>,
+    /// What Redis keeps across its restarts, read at connect and when it is back.
+    persistence: Watched,
     /// Where failures and recovered messages are counted.
     metrics: Arc<Metrics>,
     /// The rooms open here, by name, for what Redis publishes. std `Mutex`: never
@@ -103,9 +108,11 @@ impl RedisStore {
             instance: fastrand::u64(..),
             bounds,
             up,
+            persistence: Watched::default(),
             metrics,
             rooms: Mutex::new(HashMap::new()),
         });
+        inner.persistence.check(inner.log.connection()).await;
         let weak = Arc::downgrade(&inner);
         tokio::spawn(dispatch(weak.clone(), pushes));
         tokio::spawn(health::publishes_failed(weak.clone(), failures));
@@ -147,6 +154,10 @@ impl Store for RedisStore {
 
     fn kind(&self) -> &'static str {
         "redis"
+    }
+
+    fn persistence(&self) -> Option<&'static str> {
+        Some(self.0.persistence.now().name())
     }
 }
 
