@@ -30,6 +30,17 @@ pub const SHARED_WRITE_DELAY: Duration = Duration::from_millis(20);
 /// not per connection.
 pub const SHARED_BUFFER: usize = 4096;
 
+/// The Redis Sentinels that name the primary to use (`--redis-sentinel`,
+/// `--redis-master`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisSentinel {
+    /// The Sentinels' addresses, `host:port` (or `redis://` URLs, for a password);
+    /// asked in this order.
+    pub sentinels: Vec<String>,
+    /// The name they monitor the primary under (`sentinel monitor NAME ...`).
+    pub master: String,
+}
+
 /// The server's limits and timeouts. `Default` gives the values the binary uses
 /// when no flag says otherwise.
 #[derive(Debug, Clone)]
@@ -100,6 +111,9 @@ pub struct ServerConfig {
     /// With a URL, the rooms' logs are in this Redis, shared with every instance
     /// that uses it; without, they are in this process.
     pub redis_url: Option<String>,
+    /// With Sentinels, the rooms' logs are in the Redis primary they name, followed
+    /// to the replica they promote when it fails; instead of `redis_url`.
+    pub redis_sentinel: Option<RedisSentinel>,
     /// With a directory, the rooms' logs are kept there (an SQLite database), and
     /// survive a restart and a crash.
     pub data_dir: Option<std::path::PathBuf>,
@@ -140,6 +154,7 @@ impl Default for ServerConfig {
             presence: false,
             no_echo: false,
             redis_url: None,
+            redis_sentinel: None,
             data_dir: None,
             retention: None,
             max_stored_rooms: 1000,

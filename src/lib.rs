@@ -60,8 +60,8 @@ pub mod tls;
 mod web;
 
 pub use config::{
-    ClientConfig, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_URL, SHARED_BUFFER, SHARED_WRITE_DELAY,
-    Secret, ServerConfig,
+    ClientConfig, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_URL, RedisSentinel, SHARED_BUFFER,
+    SHARED_WRITE_DELAY, Secret, ServerConfig,
 };
 pub use error::{Error, Result};
 pub use store::disk::backup::{BackedUp, backup};

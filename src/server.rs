@@ -18,7 +18,9 @@ use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::route::{self, Listener, Route};
 use crate::state::{ConnectionGuard, Shared};
-use crate::store::{DiskBounds, DiskStore, MemoryStore, RedisBounds, RedisStore, Store, window};
+use crate::store::{
+    DiskBounds, DiskStore, MemoryStore, RedisBounds, RedisStore, RedisTarget, Store, window,
+};
 use crate::{Error, Result, session};
 
 /// Pause after an accept error such as running out of file descriptors, so the
@@ -55,7 +57,8 @@ impl Server {
             None => None,
         };
         let metrics = Arc::new(Metrics::new());
-        let store: Arc<dyn Store> = match (&config.redis_url, &config.data_dir) {
+        let redis = redis_target(&config);
+        let store: Arc<dyn Store> = match (redis, &config.data_dir) {
             (None, None) => Arc::new(MemoryStore::for_config(&config)),
             (None, Some(dir)) => {
                 let (dir, bounds) = (dir.clone(), DiskBounds::for_config(&config));
@@ -67,9 +70,10 @@ impl Server {
                 survive_file_size_limit();
                 Arc::new(store)
             }
-            (Some(url), _) => {
+            (Some(target), _) => {
+                let url = describe(&target);
                 let store = RedisStore::connect(
-                    url,
+                    target,
                     window(&config),
                     REDIS_CONNECT_TIMEOUT,
                     RedisBounds::default(),
@@ -77,10 +81,10 @@ impl Server {
                 )
                 .await
                 .map_err(|source| Error::Redis {
-                    url: redact(url),
+                    url: url.clone(),
                     source,
                 })?;
-                info!(url = %redact(url), "connected to Redis");
+                info!(%url, "connected to Redis");
                 Arc::new(store)
             }
         };
@@ -179,6 +183,31 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     Server::start(config).await?.serve(listener, shutdown).await
+}
+
+/// The Redis to keep the rooms in, if any: Sentinel's primary, or the URL's.
+fn redis_target(config: &ServerConfig) -> Option<RedisTarget> {
+    match (&config.redis_sentinel, &config.redis_url) {
+        (Some(sentinel), _) => Some(RedisTarget::Sentinel(sentinel.clone())),
+        (None, Some(url)) => Some(RedisTarget::Url(url.clone())),
+        (None, None) => None,
+    }
+}
+
+/// Where `target` is, for the log and errors: the URL without its password, or
+/// the primary's name and its Sentinels (without theirs).
+fn describe(target: &RedisTarget) -> String {
+    match target {
+        RedisTarget::Url(url) => redact(url),
+        RedisTarget::Sentinel(sentinel) => {
+            let sentinels: Vec<String> = sentinel.sentinels.iter().map(|s| redact(s)).collect();
+            format!(
+                "the primary {:?} named by Sentinel {}",
+                sentinel.master,
+                sentinels.join(", ")
+            )
+        }
+    }
 }
 
 /// A URL with its user and password, if any, left out: `redis://***@host:6379`.

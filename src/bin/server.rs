@@ -9,8 +9,8 @@ use broadcast_chat::auth::{self, SigningKey};
 use broadcast_chat::cli::Tool;
 use broadcast_chat::config::parse_duration;
 use broadcast_chat::{
-    DEFAULT_HOST, DEFAULT_PORT, SHARED_BUFFER, SHARED_WRITE_DELAY, Secret, ServerConfig, server,
-    tls,
+    DEFAULT_HOST, DEFAULT_PORT, RedisSentinel, SHARED_BUFFER, SHARED_WRITE_DELAY, Secret,
+    ServerConfig, server, tls,
 };
 use clap::builder::TypedValueParser;
 use clap::{CommandFactory, Parser, Subcommand};
@@ -131,6 +131,27 @@ struct Cli {
         hide_env_values = true
     )]
     redis_url: Option<String>,
+    /// Instead of --redis-url: ask these Redis Sentinels (HOST:PORT; repeat the
+    /// flag, or separate with commas) for the primary named by --redis-master,
+    /// and move to the replica they promote when it fails.
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        env = "CHAT_REDIS_SENTINEL",
+        value_delimiter = ',',
+        conflicts_with = "redis_url",
+        requires = "redis_master"
+    )]
+    redis_sentinel: Vec<String>,
+    /// With --redis-sentinel: the name the Sentinels monitor the primary under
+    /// (`sentinel monitor NAME ...` in their configuration).
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "CHAT_REDIS_MASTER",
+        requires = "redis_sentinel"
+    )]
+    redis_master: Option<String>,
     /// Keep every room's log, epoch and offsets in this directory (an SQLite
     /// database made there), so that a restart or a crash loses nothing that was
     /// acknowledged. Without it, rooms live in memory.
@@ -138,7 +159,7 @@ struct Cli {
         long,
         value_name = "DIR",
         env = "CHAT_DATA_DIR",
-        conflicts_with = "redis_url"
+        conflicts_with_all = ["redis_url", "redis_sentinel"]
     )]
     data_dir: Option<PathBuf>,
     /// With --data-dir: drop entries older than this (e.g. 7d); 0 keeps them as
@@ -294,10 +315,14 @@ impl Cli {
             .map(auth::VerifyingKey::load)
             .transpose()?;
         let redis_url = self.redis_url.clone().filter(|u| !u.is_empty());
+        let redis_sentinel = self.redis_master.clone().map(|master| RedisSentinel {
+            sentinels: self.redis_sentinel.clone(),
+            master,
+        });
         // Two defaults differ with Redis (see their constants).
-        let (buffer, write_delay) = match redis_url {
-            Some(_) => (SHARED_BUFFER, SHARED_WRITE_DELAY),
-            None => {
+        let (buffer, write_delay) = match redis_url.is_some() || redis_sentinel.is_some() {
+            true => (SHARED_BUFFER, SHARED_WRITE_DELAY),
+            false => {
                 let defaults = ServerConfig::default();
                 (defaults.buffer, defaults.write_delay)
             }
@@ -330,6 +355,7 @@ impl Cli {
             presence: self.presence,
             no_echo: self.no_echo,
             redis_url,
+            redis_sentinel,
             data_dir: self.data_dir.clone().filter(|d| !d.as_os_str().is_empty()),
             retention: Some(self.retention).filter(|r| !r.is_zero()),
             max_stored_rooms: self.max_stored_rooms,

@@ -61,7 +61,7 @@ use crate::protocol::{Epoch, Format};
 pub(crate) use disk::{DiskBounds, DiskStore};
 pub(crate) use memory::MemoryStore;
 pub(crate) use record::{Delivery, Entry, Logged, Record, stamp};
-pub(crate) use redis::{RedisBounds, RedisStore};
+pub(crate) use redis::{RedisBounds, RedisStore, RedisTarget};
 
 /// Who sent a delivery: a member's connection id, or [`SERVER`].
 pub(crate) type SenderId = u64;

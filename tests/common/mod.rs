@@ -26,7 +26,7 @@ mod ws;
 pub use {
     proxy::Proxy,
     pty::{PtyClient, Screen},
-    redis::RedisServer,
+    redis::{RedisServer, SENTINEL_MASTER, SentinelSet},
     ws::*,
 };
 

@@ -14,14 +14,15 @@
 use std::future::Future;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::streams::StreamRangeReply;
-use redis::{AsyncCommands, Client, IntoConnectionInfo, ProtocolVersion, PushInfo, Script};
+use redis::{AsyncCommands, PushInfo, Script};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::bounds::RedisBounds;
 use super::pipeline::{self, Publish, gone};
+use super::primary::{Primary, RedisTarget};
 use crate::protocol::Epoch;
 use crate::store::{Head, Logged, Record};
 
@@ -165,7 +166,8 @@ enum Subscription {
 
 /// This instance's connection to Redis: the log, the sequencer, presence.
 pub(crate) struct RedisLog {
-    manager: ConnectionManager,
+    /// The connection in use, swapped when Sentinel names another primary.
+    primary: Primary,
     publish: Script,
     head: Script,
     who: Script,
@@ -188,17 +190,17 @@ impl std::fmt::Debug for RedisLog {
 }
 
 impl RedisLog {
-    /// Connects to the Redis at `url` (RESP3, so that published messages come on the
-    /// same connection), within `timeout`, trying again while it refuses (it may
+    /// Connects to `target`'s Redis (see [`Primary`]; RESP3, so that published
+    /// messages come on the same connection), within `timeout`, trying again while it refuses (it may
     /// be starting); then each command and reconnection is bounded by `bounds`, and
     /// publishes are answered at once, unsent, while `up` says Redis is away.
     /// Published messages and connection events go to the first receiver returned,
     /// the errors of batches of publishes sent to Redis to the second.
     ///
     /// # Errors
-    /// The `redis` crate's error when the URL is invalid or Redis cannot be reached.
+    /// The `redis` crate's error when the target is invalid or Redis cannot be reached.
     pub(crate) async fn connect(
-        url: &str,
+        target: RedisTarget,
         window: usize,
         timeout: Duration,
         bounds: &RedisBounds,
@@ -208,32 +210,27 @@ impl RedisLog {
         mpsc::UnboundedReceiver<PushInfo>,
         mpsc::UnboundedReceiver<String>,
     )> {
-        let info = url.into_connection_info()?;
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let client = Client::open(info.set_redis_settings(settings))?;
         let (push_tx, push_rx) = mpsc::unbounded_channel();
         let config = bounds
             .manager_config()
             .set_push_sender(push_tx)
             .set_automatic_resubscription();
-        let manager = first_connection(&client, &config, timeout, bounds.retry_every).await?;
+        let primary =
+            Primary::connect(target, config, timeout, bounds.retry_every, bounds.wait).await?;
         let (subscriptions, orders) = mpsc::unbounded_channel();
-        tokio::spawn(Self::subscribe_in_order(manager.clone(), orders));
+        tokio::spawn(Self::subscribe_in_order(primary.follow(), orders));
         let publish = Script::new(PUBLISH);
         let (publishes, queue) = mpsc::unbounded_channel();
         let (failures, failed) = mpsc::unbounded_channel();
         tokio::spawn(pipeline::publish_in_batches(
-            manager.clone(),
+            primary.follow(),
             publish.clone(),
             queue,
             up,
             failures,
         ));
         let log = Self {
-            manager,
+            primary,
             publishes,
             publish,
             head: Script::new(HEAD),
@@ -245,12 +242,14 @@ impl RedisLog {
         Ok((log, push_rx, failed))
     }
 
-    /// Carries out subscription changes one after the other.
+    /// Carries out subscription changes one after the other, on the connection in
+    /// use when each comes.
     async fn subscribe_in_order(
-        mut manager: ConnectionManager,
+        connection: watch::Receiver<ConnectionManager>,
         mut orders: mpsc::UnboundedReceiver<Subscription>,
     ) {
         while let Some(order) = orders.recv().await {
+            let mut manager = connection.borrow().clone();
             match order {
                 Subscription::Subscribe(channel, done) => {
                     let _ = done.send(manager.subscribe(&channel).await);
@@ -351,7 +350,7 @@ impl RedisLog {
             .key(&keys.meta)
             .key(&keys.log)
             .arg(Epoch::random().to_string())
-            .invoke_async(&mut self.manager.clone())
+            .invoke_async(&mut self.primary.manager())
             .await?;
         let first = match first.strip_prefix("0-") {
             Some(offset) => offset.parse().map_err(|_| invalid(first.clone()))?,
@@ -375,8 +374,8 @@ impl RedisLog {
         limit: usize,
     ) -> redis::RedisResult<Vec<Logged>> {
         let reply: StreamRangeReply = self
-            .manager
-            .clone()
+            .primary
+            .manager()
             .xrange_count(Keys::of(room).log, format!("(0-{after}"), "+", limit)
             .await?;
         reply
@@ -397,7 +396,7 @@ impl RedisLog {
         let members: Vec<String> = self
             .who
             .key(Keys::of(room).who)
-            .invoke_async(&mut self.manager.clone())
+            .invoke_async(&mut self.primary.manager())
             .await?;
         let mut labels: Vec<String> = members
             .iter()
@@ -423,7 +422,7 @@ impl RedisLog {
         for member in members {
             invocation.arg(member);
         }
-        let _: i64 = invocation.invoke_async(&mut self.manager.clone()).await?;
+        let _: i64 = invocation.invoke_async(&mut self.primary.manager()).await?;
         Ok(())
     }
 
@@ -436,53 +435,42 @@ impl RedisLog {
         let _: i64 = redis::cmd("ZREM")
             .arg(Keys::of(room).who)
             .arg(member)
-            .query_async(&mut self.manager.clone())
+            .query_async(&mut self.primary.manager())
             .await?;
         Ok(())
     }
 
-    /// The connection, for commands of other concerns (the persistence check).
+    /// The connection in use, for commands of other concerns (the persistence check).
     pub(crate) fn connection(&self) -> ConnectionManager {
-        self.manager.clone()
+        self.primary.manager()
+    }
+
+    /// The connection and where it goes (see [`Primary`]).
+    pub(crate) fn primary(&self) -> &Primary {
+        &self.primary
     }
 
     /// Asks Redis for an answer, within [`RedisBounds::wait`]. While the connection
     /// is lost, each ping makes the connection manager try one new one; a
     /// connection that answers nothing (a stopped Redis) is kept, and answers
-    /// again when Redis goes on.
+    /// again when Redis goes on. Through Sentinel it asks for the Redis's role:
+    /// one that answers as a replica (a primary demoted in a failover, back on its
+    /// old address) is not the one to write to, and counts as away.
     ///
     /// # Errors
-    /// Redis's error, a time-out included.
+    /// Redis's error, a time-out included, or one for a Redis that is a replica.
     pub(crate) async fn ping(&self) -> redis::RedisResult<()> {
-        let _: String = redis::cmd("PING")
-            .query_async(&mut self.manager.clone())
-            .await?;
-        Ok(())
-    }
-}
-
-/// The first connection to Redis, within `within`: tried again every `every`
-/// while Redis refuses it; the last error past that.
-async fn first_connection(
-    client: &Client,
-    config: &ConnectionManagerConfig,
-    within: Duration,
-    every: Duration,
-) -> redis::RedisResult<ConnectionManager> {
-    let deadline = Instant::now() + within;
-    loop {
-        let attempt = client.get_connection_manager_with_config(config.clone());
-        match tokio::time::timeout_at(deadline, attempt).await {
-            Ok(Ok(manager)) => return Ok(manager),
-            Ok(Err(e)) if e.is_io_error() && Instant::now() + every < deadline => {
-                tokio::time::sleep(every).await;
-            }
-            Ok(Err(e)) => return Err(e),
-            Err(_) => {
-                return Err(redis::RedisError::from(std::io::Error::from(
-                    std::io::ErrorKind::TimedOut,
-                )));
-            }
+        let mut manager = self.primary.manager();
+        if !self.primary.follows_sentinel() {
+            let _: String = redis::cmd("PING").query_async(&mut manager).await?;
+            return Ok(());
+        }
+        match redis::cmd("ROLE").query_async(&mut manager).await? {
+            redis::Role::Primary { .. } => Ok(()),
+            _ => Err(redis::RedisError::from((
+                redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly),
+                "the Redis in use is no longer the primary",
+            ))),
         }
     }
 }

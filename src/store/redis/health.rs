@@ -6,7 +6,7 @@
 use std::sync::Weak;
 
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{GAP_BATCH, Inner, ingest};
 use crate::protocol::classic;
@@ -27,7 +27,7 @@ pub(super) async fn publishes_failed(
 
 /// Asks Redis whether it is there, each [`check_every`] while it
 /// answers and each [`retry_every`] while it is away (each ping then
-/// tries a new connection); when it comes back after an outage, catches the rooms
+/// tries a new connection, to the primary Sentinel names now, if it follows one); when it comes back after an outage, catches the rooms
 /// up and tells their members.
 ///
 /// [`check_every`]: super::RedisBounds::check_every
@@ -42,6 +42,13 @@ pub(super) async fn health(inner: Weak<Inner>) {
         };
         tokio::time::sleep(every).await;
         let Some(inner) = inner.upgrade() else { return };
+        // Away: through Sentinel, the primary may be another server now.
+        if !inner.is_up()
+            && let Err(e) = inner.log.primary().find_again().await
+        {
+            debug!(error = %e, "Sentinel names no primary that answers yet");
+            continue;
+        }
         match inner.log.ping().await {
             Ok(()) if !inner.is_up() => came_back(&inner).await,
             Ok(()) => {}

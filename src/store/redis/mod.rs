@@ -12,6 +12,7 @@ mod client;
 mod health;
 mod persistence;
 mod pipeline;
+mod primary;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -33,6 +34,7 @@ use crate::protocol::{Epoch, classic};
 pub(crate) use bounds::RedisBounds;
 use client::{RedisLog, member, room_of_channel};
 use persistence::Watched;
+pub(crate) use primary::RedisTarget;
 
 /// How often this instance's members are listed again in their rooms' presence.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
@@ -87,14 +89,14 @@ struct RedisRoom {
 }
 
 impl RedisStore {
-    /// Connects to the Redis at `url` within `timeout`, its rooms' streams kept to
+    /// Connects to `target`'s Redis within `timeout`, its rooms' streams kept to
     /// about `window` messages, sessions' waits on it within `bounds`; failures
     /// and recovered messages go to `metrics`.
     ///
     /// # Errors
-    /// The `redis` crate's error when the URL is invalid or Redis cannot be reached.
+    /// The `redis` crate's error when the target is invalid or Redis cannot be reached.
     pub(crate) async fn connect(
-        url: &str,
+        target: RedisTarget,
         window: usize,
         timeout: Duration,
         bounds: RedisBounds,
@@ -102,7 +104,7 @@ impl RedisStore {
     ) -> redis::RedisResult<Self> {
         let up = watch::Sender::new(true);
         let (log, pushes, failures) =
-            RedisLog::connect(url, window, timeout, &bounds, up.subscribe()).await?;
+            RedisLog::connect(target, window, timeout, &bounds, up.subscribe()).await?;
         let inner = Arc::new(Inner {
             log,
             instance: fastrand::u64(..),
@@ -484,7 +486,7 @@ async fn connect_to(server: &super::suite::RedisServer, window: usize) -> RedisS
     let metrics = Arc::new(Metrics::new());
     let bounds = RedisBounds::default();
     RedisStore::connect(
-        &server.url(),
+        RedisTarget::Url(server.url()),
         window,
         Duration::from_secs(5),
         bounds,

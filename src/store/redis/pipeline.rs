@@ -47,7 +47,7 @@ pub(super) struct Publish {
 /// `failures`, at once: its senders may be busy elsewhere, and every other wait is
 /// to end as soon as one found Redis away.
 pub(super) async fn publish_in_batches(
-    mut manager: ConnectionManager,
+    connection: watch::Receiver<ConnectionManager>,
     script: Script,
     mut orders: mpsc::UnboundedReceiver<Publish>,
     mut up: watch::Receiver<bool>,
@@ -66,6 +66,8 @@ pub(super) async fn publish_in_batches(
         let answers = match deadline {
             _ if !*up.borrow_and_update() => Err(away()),
             Some(deadline) if deadline > Instant::now() => {
+                // The connection in use now: Sentinel may have named another primary.
+                let mut manager = connection.borrow().clone();
                 let sent = send(&mut manager, &script, &mut batch);
                 let answers = tokio::select! {
                     answers = tokio::time::timeout_at(deadline, sent) => {
