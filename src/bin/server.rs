@@ -505,4 +505,41 @@ mod tests {
         );
         assert!(Cli::try_parse_from(["server", "--buffer", "0"]).is_err());
     }
+
+    #[test]
+    fn sentinels_are_given_with_the_primary_s_name_instead_of_a_url() {
+        let config = config_of(&[
+            "--redis-sentinel",
+            "s1:26379,s2:26379",
+            "--redis-sentinel",
+            "s3:26379",
+            "--redis-master",
+            "mymaster",
+        ]);
+        let sentinels = ["s1:26379", "s2:26379", "s3:26379"].map(String::from);
+        assert_eq!(
+            config.redis_sentinel,
+            Some(RedisSentinel {
+                sentinels: sentinels.to_vec(),
+                master: "mymaster".to_owned(),
+            })
+        );
+        assert_eq!(config.redis_url, None);
+        assert_eq!(
+            (config.buffer, config.write_delay),
+            (SHARED_BUFFER, SHARED_WRITE_DELAY),
+            "the defaults of shared rooms"
+        );
+        let refused = |args: &[&str]| Cli::try_parse_from(["server"].iter().chain(args)).is_err();
+        assert!(
+            refused(&["--redis-sentinel", "s1:26379"]),
+            "no primary named"
+        );
+        assert!(refused(&["--redis-master", "mymaster"]), "no Sentinel");
+        let both = ["--redis-sentinel", "s1:1", "--redis-master", "m"];
+        assert!(refused(
+            &[&both[..], &["--redis-url", "redis://x"]].concat()
+        ));
+        assert!(refused(&[&both[..], &["--data-dir", "d"]].concat()));
+    }
 }

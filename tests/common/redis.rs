@@ -89,7 +89,8 @@ pub const SENTINEL_MASTER: &str = "mymaster";
 pub struct SentinelSet {
     pub primary: RedisServer,
     pub replica: RedisServer,
-    sentinel: Child,
+    /// Kept for its `kill_on_drop`.
+    _sentinel: Child,
     /// The Sentinel's log (`+sdown`, `+switch-master`, ...).
     pub sentinel_log: Lines,
     pub sentinel_port: u16,
@@ -145,7 +146,7 @@ impl SentinelSet {
         SentinelSet {
             primary,
             replica,
-            sentinel,
+            _sentinel: sentinel,
             sentinel_log,
             sentinel_port,
             _dir: dir,
@@ -160,10 +161,5 @@ impl SentinelSet {
             "--redis-master".to_owned(),
             SENTINEL_MASTER.to_owned(),
         ]
-    }
-
-    /// The Sentinel's process, for signals.
-    pub fn sentinel(&self) -> &Child {
-        &self.sentinel
     }
 }
