@@ -27,7 +27,8 @@ pub(super) async fn publishes_failed(
 
 /// Asks Redis whether it is there, each [`check_every`] while it
 /// answers and each [`retry_every`] while it is away (each ping then
-/// tries a new connection, to the primary Sentinel names now, if it follows one); when it comes back after an outage, catches the rooms
+/// tries a new connection); through Sentinel, asks it for the primary first, each
+/// time, and moves to the one it names; when it comes back after an outage, catches the rooms
 /// up and tells their members.
 ///
 /// [`check_every`]: super::RedisBounds::check_every
@@ -42,12 +43,20 @@ pub(super) async fn health(inner: Weak<Inner>) {
         };
         tokio::time::sleep(every).await;
         let Some(inner) = inner.upgrade() else { return };
-        // Away: through Sentinel, the primary may be another server now.
-        if !inner.is_up()
-            && let Err(e) = inner.log.primary().find_again().await
-        {
-            debug!(error = %e, "Sentinel names no primary that answers yet");
-            continue;
+        // Through Sentinel, the primary may be another server now (see
+        // `primary`); a new connection is taken up as Redis back.
+        match inner.log.primary().find_again().await {
+            Ok(true) if inner.is_up() => {
+                inner.lost("Sentinel names another primary");
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) if !inner.is_up() => {
+                debug!(error = %e, "Sentinel names no primary that answers yet");
+                continue;
+            }
+            // Redis answering, a Sentinel that does not is no outage.
+            Err(e) => debug!(error = %e, "Sentinel does not answer; keeping the primary"),
         }
         match inner.log.ping().await {
             Ok(()) if !inner.is_up() => came_back(&inner).await,

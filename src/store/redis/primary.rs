@@ -4,9 +4,13 @@
 //!
 //! The `redis` crate's `ConnectionManager` reconnects to one fixed address, and its
 //! `SentinelClient` finds the primary but does not reconnect. So [`Primary`] holds
-//! the connection in use and swaps it: while Redis is taken for away, the health
-//! check asks the Sentinels for the primary each time, and when they name another
-//! one (a replica they promoted), a new connection to it replaces the old one.
+//! the connection in use and swaps it: the health check asks the Sentinels for the
+//! primary each time, and when they name another one (a replica they promoted), a
+//! new connection to it replaces the old one. Each time, not only while Redis is
+//! away: in a failover asked of Sentinel (`SENTINEL FAILOVER`), or one where only
+//! Sentinel lost the primary, the old primary goes on answering as a primary until
+//! Sentinel makes it a replica, up to 10 s later, and what is written to it
+//! meanwhile is lost then.
 //! Every user of the connection takes the current one each time it is used.
 
 use std::time::Duration;
@@ -156,20 +160,22 @@ impl Primary {
 
     /// Asks the Sentinels for the primary and, when they name another one than
     /// the one in use, connects to it and puts that connection in use, warning
-    /// once (old and new address). Without Sentinels, does nothing.
+    /// once (old and new address); says whether it did. Without Sentinels, does
+    /// nothing. The new connection has no subscriptions: the caller takes Redis
+    /// for away, so that coming back resubscribes and catches the rooms up.
     ///
     /// # Errors
     /// The Sentinels' error (none answers, or none knows a primary that answers
     /// as one, as during a failover), or the new primary's.
-    pub(crate) async fn find_again(&self) -> redis::RedisResult<()> {
+    pub(crate) async fn find_again(&self) -> redis::RedisResult<bool> {
         let Some(sentinel) = &self.sentinel else {
-            return Ok(());
+            return Ok(false);
         };
         let client = self.target.client(Some(sentinel), self.wait).await?;
         let address = address_of(&client);
         let old = self.address();
         if address == old {
-            return Ok(());
+            return Ok(false);
         }
         let connecting = client.get_connection_manager_with_config(self.config.clone());
         let manager = tokio::time::timeout(self.wait, connecting)
@@ -178,7 +184,7 @@ impl Primary {
         *crate::store::lock(&self.address) = address.clone();
         self.current.send_replace(manager);
         warn!(%old, new = %address, "the Redis primary changed: Sentinel names another; following it");
-        Ok(())
+        Ok(true)
     }
 }
 
