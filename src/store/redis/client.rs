@@ -8,8 +8,9 @@
 //! The connection is the `redis` crate's `ConnectionManager` over RESP3: it
 //! reconnects (one attempt each time it is used after the connection was lost;
 //! see [`RedisBounds`]), resubscribes to the rooms' channels, and hands published
-//! messages to [`RedisLog::connect`]'s receiver. Publishes go through
-//! [`pipeline`].
+//! messages to [`RedisLog::connect`]'s receiver; [`Primary`] holds it and swaps
+//! it for one to another server when Sentinel names another primary. Publishes go
+//! through [`pipeline`].
 
 use std::future::Future;
 use std::time::Duration;

@@ -4,7 +4,8 @@
 //! fan-out in offset order (filling gaps from the stream), the presence heartbeat,
 //! and ([`health`]) the health check that notices an outage, tells the members,
 //! and catches up when Redis is back ([`persistence`] reads, then and at connect,
-//! what Redis keeps). No session waits on Redis longer than [`RedisBounds::wait`]
+//! what Redis keeps; [`primary`] finds the Redis to use, through Sentinel if
+//! asked). No session waits on Redis longer than [`RedisBounds::wait`]
 //! ([`bounds`] says why it needs saying).
 
 mod bounds;
