@@ -19,7 +19,7 @@
 //! - `terminal`: the interactive terminal ([`Terminal`]) and the piped line reader
 //!   ([`stdin_lines`]); the only part that knows about the user's screen.
 //!
-//! Data flows one way: input lines → [`chat()`] → socket → [`render`] → output.
+//! Data flows one way: input lines → [`chat()`] → socket → [`render()`] → output.
 
 mod backoff;
 mod chat;
