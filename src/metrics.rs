@@ -14,6 +14,8 @@ use metrics::{Counter, Gauge, Key, KeyName, Label, Level, Metadata, Recorder, Un
 use metrics_exporter_prometheus::formatting::{write_help_line, write_type_line};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
+use crate::store::StoreKind;
+
 /// The media type of the exposition.
 pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -178,7 +180,7 @@ pub(crate) struct Now {
     pub(crate) log_bytes: usize,
     /// Where the logs are (`memory`, `disk`, `redis`), and whether Redis answers or
     /// the data directory takes writes.
-    pub(crate) store: (&'static str, Option<bool>),
+    pub(crate) store: (StoreKind, Option<bool>),
     /// With a data directory: its flushes so far and the lines they held.
     pub(crate) flushes: Option<(u64, u64)>,
 }
@@ -338,8 +340,8 @@ impl Metrics {
         }
         let (store, up) = now.store;
         let up = |kind| f64::from(u8::from(store == kind && up.unwrap_or(false)));
-        self.redis_up.set(up("redis"));
-        self.disk_up.set(up("disk"));
+        self.redis_up.set(up(StoreKind::Redis));
+        self.disk_up.set(up(StoreKind::Disk));
         if let Some((flushes, lines)) = now.flushes {
             self.disk_flushes.absolute(flushes);
             self.disk_lines.absolute(lines);
@@ -506,7 +508,7 @@ mod tests {
             open: 2,
             rooms: 1,
             log_bytes: 100,
-            store: ("memory", None),
+            store: (StoreKind::Memory, None),
             flushes: None,
         });
         for line in [

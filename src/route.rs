@@ -14,6 +14,7 @@ use crate::admit::admit;
 use crate::handshake::{self, Reply, Request, UpgradeRequest};
 use crate::publish::{self, PublishRequest};
 use crate::state::Shared;
+use crate::store::StoreKind;
 use crate::web::{self, AUTH_FILE, FILES_PREFIX};
 
 /// The path of the health check.
@@ -189,13 +190,13 @@ fn health(shared: &Shared) -> Reply {
     let health = Health {
         status: if up == Some(false) { "degraded" } else { "ok" },
         connections: shared.open_connections().saturating_sub(1),
-        store,
+        store: store.name(),
         redis: up
-            .filter(|_| store == "redis")
+            .filter(|_| store == StoreKind::Redis)
             .map(|up| if up { "up" } else { "down" }),
         redis_persistence: shared.hub.store_persistence(),
         disk: up
-            .filter(|_| store == "disk")
+            .filter(|_| store == StoreKind::Disk)
             .map(|up| if up { "ok" } else { "failing" }),
     };
     // Cannot fail: a struct of strings and a number.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::room::Room;
 use super::{CatchUp, Membership, SenderId};
-use crate::store::{Appending, Presence, Published, Record, Unavailable, lock};
+use crate::store::{Appending, Presence, Published, Record, StoreKind, Unavailable, lock};
 
 /// A line on its way to the room.
 pub(crate) enum Submitted {
@@ -96,7 +96,7 @@ impl Membership {
 
     /// Whether the room's log is on a disk that takes no writes now (lines wait).
     pub(crate) fn store_failing(&self) -> bool {
-        self.hub.store_health() == ("disk", Some(false))
+        self.hub.store_health() == (StoreKind::Disk, Some(false))
     }
 
     /// The room's name; `""` is the lobby.

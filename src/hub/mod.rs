@@ -18,7 +18,7 @@ use tokio::sync::broadcast;
 
 use crate::config::ServerConfig;
 use crate::protocol::{Epoch, Resume};
-use crate::store::{Store, lock};
+use crate::store::{Store, StoreKind, lock};
 use room::Room;
 
 pub(crate) use crate::protocol::Format;
@@ -164,7 +164,7 @@ impl Hub {
 
     /// Where the rooms' logs are kept (`memory`, `disk`, `redis`), and whether that
     /// store answered (Redis) or wrote (disk) lately; `None` for memory.
-    pub(crate) fn store_health(&self) -> (&'static str, Option<bool>) {
+    pub(crate) fn store_health(&self) -> (StoreKind, Option<bool>) {
         (self.store.kind(), self.store.up())
     }
 

@@ -57,8 +57,8 @@ impl Store for MemoryStore {
         None
     }
 
-    fn kind(&self) -> &'static str {
-        "memory"
+    fn kind(&self) -> super::StoreKind {
+        super::StoreKind::Memory
     }
 }
 

@@ -80,6 +80,28 @@ pub(crate) enum Unavailable {
     Refused,
 }
 
+/// Which store keeps the rooms' logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StoreKind {
+    /// In this process.
+    Memory,
+    /// In the data directory.
+    Disk,
+    /// In Redis.
+    Redis,
+}
+
+impl StoreKind {
+    /// What `/healthz` calls it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            StoreKind::Memory => "memory",
+            StoreKind::Disk => "disk",
+            StoreKind::Redis => "redis",
+        }
+    }
+}
+
 /// A future a store answers with later.
 pub(crate) type Later<T> = Pin<Box<dyn Future<Output = Result<T, Unavailable>> + Send>>;
 
@@ -174,8 +196,8 @@ pub(crate) trait Store: Send + Sync + Debug {
     /// Whether the store answered (Redis) or wrote (disk) lately; `None` for one
     /// that cannot fail (memory).
     fn up(&self) -> Option<bool>;
-    /// What `/healthz` calls it: `memory`, `disk` or `redis`.
-    fn kind(&self) -> &'static str;
+    /// Which store it is.
+    fn kind(&self) -> StoreKind;
     /// For a store kept by another service (Redis): what that service keeps across
     /// its own restart, as `/healthz` says it (`none`, `aof`, `rdb`, `aof+rdb`,
     /// `unknown`). `None` for a store that is its own persistence (memory, disk).

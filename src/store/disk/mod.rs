@@ -256,8 +256,8 @@ impl Store for DiskStore {
         Some(!self.shared.failing.load(Ordering::Relaxed))
     }
 
-    fn kind(&self) -> &'static str {
-        "disk"
+    fn kind(&self) -> super::StoreKind {
+        super::StoreKind::Disk
     }
 
     fn flushes(&self) -> Option<(u64, u64)> {

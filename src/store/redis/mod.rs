@@ -155,8 +155,8 @@ impl Store for RedisStore {
         Some(self.0.is_up())
     }
 
-    fn kind(&self) -> &'static str {
-        "redis"
+    fn kind(&self) -> super::StoreKind {
+        super::StoreKind::Redis
     }
 
     fn persistence(&self) -> Option<&'static str> {
