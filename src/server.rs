@@ -76,7 +76,10 @@ impl Server {
                     target,
                     window(&config),
                     REDIS_CONNECT_TIMEOUT,
-                    RedisBounds::default(),
+                    RedisBounds {
+                        outage_queue: config.outage_queue,
+                        ..RedisBounds::default()
+                    },
                     Arc::clone(&metrics),
                 )
                 .await

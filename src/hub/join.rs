@@ -96,7 +96,7 @@ impl Hub {
             Some(room) => Arc::clone(room),
             None if rooms.len() >= self.max_rooms => return Err(JoinError::TooManyRooms),
             None => {
-                let local = Arc::new(Local::new(newcomer.room, self.capacity));
+                let local = Arc::new(Local::new(self.capacity));
                 let fanout: Arc<dyn Fanout> = Arc::clone(&local) as _;
                 let room = Arc::new(Room {
                     name: newcomer.room.to_owned(),

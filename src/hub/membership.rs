@@ -4,9 +4,9 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use super::room::Room;
 use super::{CatchUp, Membership, SenderId};
-use crate::store::{Appending, Presence, Published, Record, StoreKind, Unavailable, lock};
+use crate::protocol::classic;
+use crate::store::{Appending, Presence, Published, Record, StoreKind, lock};
 
 /// A line on its way to the room.
 pub(crate) enum Submitted {
@@ -17,28 +17,11 @@ pub(crate) enum Submitted {
 }
 
 /// A line the room's log refused: it went nowhere, and its sender is to be told
-/// (the data directory cannot be written, and holds as many lines as it may).
+/// (the store holds as many lines as it may while it cannot log them: a data
+/// directory that takes no writes, Redis out of reach). A line is never delivered
+/// unlogged: a room has one history.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct NotAccepted;
-
-/// What a line becomes when the log did not take it: out of reach (Redis), sent
-/// to this instance's members only, unlogged; refused, nowhere.
-fn fallback(room: &Room, record: &Record<'_>, why: Unavailable) -> Result<Published, NotAccepted> {
-    match why {
-        Unavailable::OutOfReach => {
-            room.local.deliver_unlogged(record);
-            Ok(UNLOGGED)
-        }
-        Unavailable::Refused => Err(NotAccepted),
-    }
-}
-
-/// What a line that the log could not take becomes: sent to this instance's
-/// members only, unlogged, and acknowledged without an offset.
-const UNLOGGED: Published = Published {
-    offset: None,
-    duplicate: false,
-};
 
 impl Membership {
     /// Sends `text` to everyone in the room and waits until it is there (tests).
@@ -56,20 +39,18 @@ impl Membership {
     /// however often it is submitted under the client's id. Its place in the room
     /// is fixed now; what became of it is known at once (memory) or when the log
     /// answers (Redis), so a session can have many lines on their way, in order.
-    /// With the log out of reach, it goes to this instance's members only, unlogged;
-    /// a line the log refused goes nowhere.
+    /// While the store cannot log (Redis out of reach, a disk that takes no
+    /// writes) the line waits; a line the log refused goes nowhere.
     pub(crate) fn submit(&self, text: &str, id: Option<u64>) -> Submitted {
         let line = id.map(|id| (&*self.client_id, id));
         let record = Record::chat(self.id, &self.who, text);
         match self.room.log.append(&record, line, None) {
             Appending::Done(Ok(published)) => Submitted::Done(Ok(published)),
-            Appending::Done(Err(why)) => Submitted::Done(fallback(&self.room, &record, why)),
+            Appending::Done(Err(_)) => Submitted::Done(Err(NotAccepted)),
             Appending::Later(asked) => {
-                let room = Arc::clone(&self.room);
-                let record = record.owned();
-                Submitted::Later(Box::pin(async move {
-                    asked.await.or_else(|why| fallback(&room, &record, why))
-                }))
+                Submitted::Later(Box::pin(
+                    async move { asked.await.map_err(|_| NotAccepted) },
+                ))
             }
         }
     }
@@ -94,9 +75,14 @@ impl Membership {
         members
     }
 
-    /// Whether the room's log is on a disk that takes no writes now (lines wait).
-    pub(crate) fn store_failing(&self) -> bool {
-        self.hub.store_health() == (StoreKind::Disk, Some(false))
+    /// How the room's store tells a newcomer that lines wait now (a disk that
+    /// takes no writes, Redis out of reach), if they do.
+    pub(crate) fn store_delaying(&self) -> Option<&'static str> {
+        match self.hub.store_health() {
+            (StoreKind::Disk, Some(false)) => Some(classic::DELAYED_NOTICE),
+            (StoreKind::Redis, Some(false)) => Some(classic::DEGRADED_NOTICE),
+            _ => None,
+        }
     }
 
     /// The room's name; `""` is the lobby.

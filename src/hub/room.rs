@@ -11,7 +11,7 @@ use tokio_websockets::Message;
 use super::{Delivery, Format, SERVER, SenderId};
 use crate::protocol::Epoch;
 use crate::protocol::structured::{Notice, NoticeKind, ServerFrame};
-use crate::store::{Entry, Fanout, Intake, Record, RoomLog, lock, stamp};
+use crate::store::{Entry, Fanout, Intake, RoomLog, lock, stamp};
 
 /// One room.
 #[derive(Debug)]
@@ -27,8 +27,6 @@ pub(crate) struct Room {
 /// A room's members and channels here.
 #[derive(Debug)]
 pub(crate) struct Local {
-    /// The room's name.
-    name: String,
     /// The epoch a room is said to have before it follows a log (its log was out
     /// of reach when it was made).
     epoch: Epoch,
@@ -55,9 +53,8 @@ pub(super) struct LocalState {
 
 impl Local {
     /// A room with no members yet, channels of `capacity`.
-    pub(super) fn new(name: &str, capacity: usize) -> Self {
+    pub(super) fn new(capacity: usize) -> Self {
         Self {
-            name: name.to_owned(),
             epoch: Epoch::random(),
             state: Mutex::new(LocalState {
                 members: HashMap::new(),
@@ -67,13 +64,6 @@ impl Local {
                 structured_tx: None,
             }),
         }
-    }
-
-    /// Sends a message that is not in the log (offset 0) to this instance's members.
-    pub(super) fn deliver_unlogged(&self, record: &Record<'_>) {
-        let state = lock(&self.state);
-        let entry = record.encode(&self.name, state.position(self.epoch).0, 0);
-        state.deliver(&entry);
     }
 
     /// Where the room stands here: the epoch it follows and the last offset

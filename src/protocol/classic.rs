@@ -65,11 +65,10 @@ pub const LOG_LOST_NOTICE: &str =
     "* the room's log was lost and began again: messages sent meanwhile may be lost";
 
 /// The notice every member gets when the shared log (Redis) goes out of reach.
-pub const DEGRADED_NOTICE: &str = "* the chat's shared log is out of reach: messages now reach only the people on this server, and are not kept";
+pub const DEGRADED_NOTICE: &str = "* the chat's shared log is out of reach: messages are held, and delivered to everyone once it is back";
 
 /// The notice every member gets when the shared log (Redis) is back.
-pub const RESTORED_NOTICE: &str =
-    "* the chat's shared log is back: messages reach everyone and are kept again";
+pub const RESTORED_NOTICE: &str = "* the chat's shared log is back: the held messages follow";
 
 /// The notice every member gets when the data directory cannot be written.
 pub const DELAYED_NOTICE: &str =

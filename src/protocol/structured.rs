@@ -88,15 +88,15 @@ pub enum NoticeKind {
     SlowDown,
     /// The room's log began again (a new epoch): messages may have been lost.
     Restarted,
-    /// Messages now reach only this server's members and are not logged: the log
-    /// (Redis) is out of reach.
+    /// Sent by earlier servers only, whose members' lines reached only their own
+    /// server while Redis was out of reach; kept so that a client still reads it.
     Degraded,
-    /// The log is back: messages reach everyone and are logged again (Redis), or
-    /// are kept again and the held ones follow (a data directory that took no
-    /// writes for a while).
+    /// The log takes messages again (Redis is back, or the data directory takes
+    /// writes): the held ones follow, in order.
     Restored,
-    /// The log cannot take messages now (the data directory cannot be written):
-    /// they are held, neither delivered nor acknowledged, until it can.
+    /// The log cannot take messages now (Redis is out of reach, or the data
+    /// directory cannot be written): they are held, neither delivered nor
+    /// acknowledged, until it can.
     Delayed,
     /// The client's signed token expired: the server closes the connection next
     /// (close code 4001).

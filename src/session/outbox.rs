@@ -17,7 +17,7 @@ use super::{End, bounded};
 use crate::hub::{Delivery, Membership, Recovery, SenderId, stamp};
 use crate::metrics::Metrics;
 use crate::protocol::structured::NoticeKind;
-use crate::protocol::{self, Epoch, classic};
+use crate::protocol::{self, Epoch};
 
 /// What to do with one delivery.
 #[derive(Debug)]
@@ -329,12 +329,11 @@ impl<'a> Outbox<'a> {
         {
             bounded(self.write_timeout, ws.send(recovered)).await?;
         }
-        // A newcomer while the data directory takes no writes learns it as the
-        // members did: its lines will wait.
-        if membership.store_failing() {
-            let notice = self
-                .frames
-                .notice(NoticeKind::Delayed, classic::DELAYED_NOTICE);
+        // A newcomer while the store cannot log (a data directory that takes no
+        // writes, Redis out of reach) learns it as the members did: its lines
+        // will wait.
+        if let Some(text) = membership.store_delaying() {
+            let notice = self.frames.notice(NoticeKind::Delayed, text);
             bounded(self.write_timeout, ws.send(notice)).await?;
         }
         Ok(())

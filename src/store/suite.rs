@@ -334,7 +334,12 @@ pub(crate) struct RedisServer {
 impl RedisServer {
     /// Starts one on a free port, once it accepts connections.
     pub(crate) async fn start() -> Self {
-        let port = free_port();
+        Self::start_at(free_port()).await
+    }
+
+    /// Starts one on `port` (that of one killed before), once it accepts
+    /// connections.
+    pub(crate) async fn start_at(port: u16) -> Self {
         let mut child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
@@ -367,6 +372,23 @@ impl RedisServer {
     /// Its URL.
     pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Its port.
+    pub(crate) fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Sends it `signal` (`STOP`: its connections stay open and answer nothing;
+    /// `CONT`: it goes on, and runs what waited; `KILL`).
+    pub(crate) fn signal(&self, signal: &str) {
+        let pid = self._child.id().expect("redis-server running");
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid}");
     }
 }
 

@@ -6,11 +6,10 @@ use serde_json::{Value, json};
 use super::{RedisServer, Server, Ws, recv_json, recv_text, send};
 
 /// What an instance logs when it loses Redis.
-pub const REDIS_DOWN: &str =
-    "Redis is out of reach: rooms go on locally, unlogged, until it is back";
+pub const REDIS_DOWN: &str = "Redis is out of reach: members' lines are held until it is back";
 
 /// What an instance logs when Redis is back.
-pub const REDIS_BACK: &str = "Redis is back: rooms are logged and shared again";
+pub const REDIS_BACK: &str = "Redis is back: the held lines go out, and rooms are shared again";
 
 /// Sends a structured `send` frame.
 pub async fn say(ws: &mut Ws, id: u64, text: &str) {

@@ -20,20 +20,23 @@ use redis::aio::ConnectionManagerConfig;
 /// The waits on Redis and the checks that notice an outage and its end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RedisBounds {
-    /// The most a session waits on Redis for one thing: a line's append (from
-    /// when it is asked, its turn behind earlier lines included), a join's read of
-    /// where the room stands, its listing in the room's presence, `/who`, a
-    /// resume's read. Past it the store answers "out of reach" (a line is then
-    /// delivered here only, unlogged, and acknowledged without an offset) and
-    /// takes Redis for away; while it is away, sessions are answered that at once,
-    /// without asking Redis. Redis answers in well under a millisecond here, and a
-    /// batch of 256 publishes in a few: one second is an outage, not a busy Redis.
+    /// The most a session waits on Redis for one thing: a join's read of where
+    /// the room stands, its listing in the room's presence, `/who`, a resume's
+    /// read, a publish through the API; and the most a batch of lines waits for
+    /// Redis's answer. Past it the store takes Redis for away: reads are answered
+    /// "out of reach" (and at once while it is away, without asking Redis), and a
+    /// member's lines are held, unanswered and undelivered, until Redis is back.
+    /// Redis answers in well under a millisecond here, and a batch of 256
+    /// publishes in a few: one second is an outage, not a busy Redis.
     pub(crate) wait: Duration,
     /// How often the health check pings Redis while it answers.
     pub(crate) check_every: Duration,
     /// How often the health check pings Redis while it is away; each ping then
     /// tries one new connection, so Redis back is noticed within two of these.
     pub(crate) retry_every: Duration,
+    /// The most lines this instance holds while Redis is out of reach
+    /// (`--outage-queue`): past them a line is refused, and its sender told.
+    pub(crate) outage_queue: usize,
 }
 
 impl Default for RedisBounds {
@@ -42,6 +45,7 @@ impl Default for RedisBounds {
             wait: Duration::from_secs(1),
             check_every: Duration::from_secs(1),
             retry_every: Duration::from_millis(200),
+            outage_queue: crate::config::ServerConfig::default().outage_queue,
         }
     }
 }

@@ -19,10 +19,9 @@ use redis::aio::ConnectionManager;
 use redis::streams::StreamRangeReply;
 use redis::{AsyncCommands, PushInfo, Script};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::time::Instant;
 
 use super::bounds::RedisBounds;
-use super::pipeline::{self, Publish, gone};
+use super::pipeline::{self, Failure, Publish, Wait, gone};
 use super::primary::{Primary, RedisTarget};
 use crate::protocol::Epoch;
 use crate::store::{Head, Logged, Record};
@@ -37,26 +36,45 @@ const ACCEPTED_TTL: Duration = Duration::from_secs(3600);
 const ROOM_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Takes the room's next offset, appends to its stream, publishes; recognises a
-/// repeated line id; keeps presence when asked.
+/// repeated line id, under a client's id or under an instance's token; keeps
+/// presence when asked.
 /// KEYS: meta, log, channel, accepted, who.
 /// ARGV: new epoch, window, record JSON, line id or '', accepted TTL, presence op
-/// ('join', 'leave' or ''), presence member, presence TTL ms, room TTL s.
+/// ('join', 'leave' or ''), presence member, presence TTL ms, room TTL s, instance
+/// token or '', number under it or ''.
+///
+/// A client's last line id is kept as `id:offset:epoch` in its own key (with a
+/// TTL), an instance's last number as `number:offset` in the room's meta hash,
+/// beside the epoch: either counts only in the epoch it was logged in, so a room
+/// whose log began again (its keys lost, evicted or expired apart) logs a line
+/// sent again rather than answer `duplicate` for a line nobody got.
 const PUBLISH: &str = r#"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
   epoch = ARGV[1]
+  redis.call('DEL', KEYS[1], KEYS[2])
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
 end
-if ARGV[4] ~= '' then
-  local last = redis.call('GET', KEYS[4])
-  if last then
-    local sep = string.find(last, ':', 1, true)
-    local id = tonumber(string.sub(last, 1, sep - 1))
-    if tonumber(ARGV[4]) <= id then
-      if tonumber(ARGV[4]) == id then return {epoch, string.sub(last, sep + 1), 1} end
-      return {epoch, '', 1}
-    end
+local function repeated(last, id, in_epoch)
+  if not last then return nil end
+  local a = string.find(last, ':', 1, true)
+  local b = string.find(last, ':', a + 1, true)
+  local offset = string.sub(last, a + 1)
+  if in_epoch and b then
+    if string.sub(last, b + 1) ~= epoch then return nil end
+    offset = string.sub(last, a + 1, b - 1)
   end
+  local last_id = tonumber(string.sub(last, 1, a - 1))
+  if id > last_id then return nil end
+  if id == last_id then return {epoch, offset, 1} end
+  return {epoch, '', 1}
+end
+if ARGV[4] ~= '' then
+  local r = repeated(redis.call('GET', KEYS[4]), tonumber(ARGV[4]), true)
+  if r then return r end
+elseif ARGV[10] ~= '' then
+  local r = repeated(redis.call('HGET', KEYS[1], ARGV[10]), tonumber(ARGV[11]), false)
+  if r then return r end
 end
 local body = ARGV[3]
 if ARGV[6] ~= '' then
@@ -76,7 +94,9 @@ local message = '{"e":"' .. epoch .. '","o":' .. offset .. ',' .. string.sub(bod
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '0-' .. offset, 'd', message)
 redis.call('PUBLISH', KEYS[3], message)
 if ARGV[4] ~= '' then
-  redis.call('SET', KEYS[4], ARGV[4] .. ':' .. offset, 'EX', ARGV[5])
+  redis.call('SET', KEYS[4], ARGV[4] .. ':' .. offset .. ':' .. epoch, 'EX', ARGV[5])
+elseif ARGV[10] ~= '' then
+  redis.call('HSET', KEYS[1], ARGV[10], ARGV[11] .. ':' .. offset)
 end
 redis.call('EXPIRE', KEYS[1], ARGV[9])
 redis.call('EXPIRE', KEYS[2], ARGV[9])
@@ -89,6 +109,7 @@ const HEAD: &str = r"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
   epoch = ARGV[1]
+  redis.call('DEL', KEYS[1], KEYS[2])
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
 end
 local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
@@ -206,6 +227,7 @@ impl RedisLog {
         timeout: Duration,
         bounds: &RedisBounds,
         up: watch::Receiver<bool>,
+        instance: u64,
     ) -> redis::RedisResult<(
         Self,
         mpsc::UnboundedReceiver<PushInfo>,
@@ -223,9 +245,15 @@ impl RedisLog {
         let publish = Script::new(PUBLISH);
         let (publishes, queue) = mpsc::unbounded_channel();
         let (failures, failed) = mpsc::unbounded_channel();
+        let settings = pipeline::Settings {
+            script: publish.clone(),
+            wait: bounds.wait,
+            bound: bounds.outage_queue,
+            token: format!("i:{instance:016x}"),
+        };
         tokio::spawn(pipeline::publish_in_batches(
             primary.follow(),
-            publish.clone(),
+            settings,
             queue,
             up,
             failures,
@@ -284,20 +312,20 @@ impl RedisLog {
     /// (a session and a line id), recognises a repeat; with `presence`, updates the
     /// room's members and puts their count in the record. Publishes go to Redis in
     /// the order they are asked for, many in one round trip (see
-    /// [`pipeline::publish_in_batches`]). The returned future says how it went, by
-    /// `deadline` (it is never sent after it). Asking is what fixes the order: a
-    /// session that asks for two lines one after the other has them logged in that
-    /// order, whatever it awaits.
+    /// [`pipeline::publish_in_batches`]); `wait` says whether it is held through an
+    /// outage or answered by a deadline. Asking is what fixes the order: a session
+    /// that asks for two lines one after the other has them logged in that order,
+    /// whatever it awaits.
     ///
-    /// The future's error is Redis's, or a time-out; nothing was published then, or
-    /// it is not known.
+    /// The future's error is Redis's, or a time-out (nothing was published then,
+    /// or it is not known), or the outage queue being full (nothing was).
     pub(crate) fn submit(
         &self,
         room: &str,
         record: &Record<'_>,
         line: Option<(&str, u64)>,
         presence: Option<Presence<'_>>,
-        deadline: Instant,
+        wait: Wait,
     ) -> impl Future<Output = pipeline::Answer> + Send + use<> {
         let keys = Keys::of(room);
         let (accepted, id) = match line {
@@ -329,14 +357,15 @@ impl RedisLog {
         let (reply, answer) = oneshot::channel();
         let asked = self.publishes.send(Publish {
             call,
-            deadline,
+            numbered: wait == Wait::Hold && line.is_none(),
+            wait,
             reply,
         });
         async move {
             if asked.is_err() {
-                return Err(gone());
+                return Err(Failure::Redis(gone()));
             }
-            answer.await.unwrap_or_else(|_| Err(gone()))
+            answer.await.unwrap_or_else(|_| Err(Failure::Redis(gone())))
         }
     }
 

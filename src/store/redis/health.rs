@@ -113,6 +113,6 @@ async fn came_back(inner: &Inner) {
         }
     }
     inner.up.send_replace(true);
-    info!("Redis is back: rooms are logged and shared again");
+    info!("Redis is back: the held lines go out, and rooms are shared again");
     inner.notify_all(NoticeKind::Restored, classic::RESTORED_NOTICE);
 }

@@ -35,6 +35,7 @@ use crate::protocol::{Epoch, classic};
 pub(crate) use bounds::RedisBounds;
 use client::{RedisLog, member, room_of_channel};
 use persistence::Watched;
+use pipeline::{Failure, Wait};
 pub(crate) use primary::RedisTarget;
 
 /// How often this instance's members are listed again in their rooms' presence.
@@ -104,11 +105,12 @@ impl RedisStore {
         metrics: Arc<Metrics>,
     ) -> redis::RedisResult<Self> {
         let up = watch::Sender::new(true);
+        let instance = fastrand::u64(..);
         let (log, pushes, failures) =
-            RedisLog::connect(target, window, timeout, &bounds, up.subscribe()).await?;
+            RedisLog::connect(target, window, timeout, &bounds, up.subscribe(), instance).await?;
         let inner = Arc::new(Inner {
             log,
-            instance: fastrand::u64(..),
+            instance,
             bounds,
             up,
             persistence: Watched::default(),
@@ -148,7 +150,7 @@ impl Store for RedisStore {
     }
 
     fn append_to(&self, room: &str, record: &Record<'_>) -> Option<Later<(Epoch, Published)>> {
-        Some(Box::pin(self.0.append(room, record, None, None)))
+        Some(Box::pin(self.0.append(room, record, None, None, false)))
     }
 
     fn up(&self) -> Option<bool> {
@@ -165,17 +167,19 @@ impl Store for RedisStore {
 }
 
 impl Inner {
-    /// Asks for `record` to be logged in `room` (see [`RoomLog::append`]); the
-    /// answer comes with the log's epoch, within [`RedisBounds::wait`]. While Redis
-    /// is taken for away it is not sent, and is answered "out of reach" as soon as
-    /// the lines asked before it are answered (so their order holds; see
-    /// [`pipeline::publish_in_batches`]).
+    /// Asks for `record` to be logged in `room` (see [`RoomLog::append`]). A held
+    /// one (`hold`: a member's line) is answered once it is logged, however long
+    /// Redis is away, or refused past the outage queue; any other within
+    /// [`RedisBounds::wait`], and "out of reach" at once while Redis is taken for
+    /// away (see [`pipeline::publish_in_batches`]). The answer comes with the
+    /// log's epoch.
     fn append(
         self: &Arc<Self>,
         room: &str,
         record: &Record<'_>,
         line: Option<(&str, u64)>,
         presence: Option<Presence<'_>>,
+        hold: bool,
     ) -> impl Future<Output = Result<(Epoch, Published), Unavailable>> + Send + use<> {
         let member = presence.map(|(Presence::Join(id, who) | Presence::Leave(id, who))| {
             member(self.instance, id, who)
@@ -196,16 +200,20 @@ impl Inner {
             }
             _ => (record, None),
         };
+        let wait = match hold {
+            true => Wait::Hold,
+            false => Wait::Until(Instant::now() + self.bounds.wait),
+        };
         // Asked while Redis is away, it is answered without being tried: no error
         // of Redis's to count.
         let up = self.is_up();
-        let deadline = Instant::now() + self.bounds.wait;
-        let asked = self.log.submit(room, record, line, change, deadline);
+        let asked = self.log.submit(room, record, line, change, wait);
         let inner = Arc::clone(self);
         async move {
-            asked.await.map_err(|e| match up {
-                true => inner.went_down(&e.to_string()),
-                false => Unavailable::OutOfReach,
+            asked.await.map_err(|failure| match failure {
+                Failure::Full => Unavailable::Refused,
+                Failure::Redis(e) if up => inner.went_down(&e.to_string()),
+                Failure::Redis(_) => Unavailable::OutOfReach,
             })
         }
     }
@@ -238,8 +246,7 @@ impl Inner {
     }
 
     /// Counts a failed or unanswered call, marks Redis down (logging it once per
-    /// outage) and tells every room's members that their messages reach only this
-    /// instance for now.
+    /// outage) and tells every room's members that their lines wait for it.
     fn went_down(&self, why: &str) -> Unavailable {
         self.metrics.redis_errors.increment(1);
         self.lost(why);
@@ -250,8 +257,8 @@ impl Inner {
     /// every room's members.
     fn lost(&self, why: &str) {
         if self.up.send_replace(false) {
-            warn!(error = %why, "Redis is out of reach: rooms go on locally, unlogged, until it is back");
-            self.notify_all(NoticeKind::Degraded, classic::DEGRADED_NOTICE);
+            warn!(error = %why, "Redis is out of reach: members' lines are held until it is back");
+            self.notify_all(NoticeKind::Delayed, classic::DEGRADED_NOTICE);
         }
     }
 
@@ -275,7 +282,12 @@ impl RoomLog for RedisRoom {
         line: Option<(&str, u64)>,
         presence: Option<Presence<'_>>,
     ) -> Appending {
-        let asked = self.inner.append(&self.room.name, record, line, presence);
+        // A member's line waits through an outage; a join's or a leave's notice
+        // does not hold up its session.
+        let hold = presence.is_none();
+        let asked = self
+            .inner
+            .append(&self.room.name, record, line, presence, hold);
         Appending::Later(Box::pin(async move {
             asked.await.map(|(_, published)| published)
         }))
@@ -352,7 +364,7 @@ impl RoomLog for RedisRoom {
         match last {
             Some(leave @ Presence::Leave(_, who)) if notice => {
                 let record = Record::presence(who, false, 0);
-                let asked = self.inner.append(name, &record, None, Some(leave));
+                let asked = self.inner.append(name, &record, None, Some(leave), false);
                 runtime.spawn(asked);
             }
             Some(leave) => {
@@ -475,7 +487,7 @@ async fn heartbeat(inner: Weak<Inner>) {
 #[cfg(test)]
 pub(super) async fn subject(bounds: super::suite::Bounds) -> super::suite::Subject {
     let server = super::suite::RedisServer::start().await;
-    let store = connect_to(&server, bounds.entries).await;
+    let store = connect_to(&server, bounds.entries, RedisBounds::default()).await;
     super::suite::Subject {
         store: Arc::new(store),
         _keep: Some(super::suite::Keep::Redis(server)),
@@ -483,9 +495,12 @@ pub(super) async fn subject(bounds: super::suite::Bounds) -> super::suite::Subje
 }
 
 #[cfg(test)]
-async fn connect_to(server: &super::suite::RedisServer, window: usize) -> RedisStore {
+async fn connect_to(
+    server: &super::suite::RedisServer,
+    window: usize,
+    bounds: RedisBounds,
+) -> RedisStore {
     let metrics = Arc::new(Metrics::new());
-    let bounds = RedisBounds::default();
     RedisStore::connect(
         RedisTarget::Url(server.url()),
         window,
@@ -498,43 +513,4 @@ async fn connect_to(server: &super::suite::RedisServer, window: usize) -> RedisS
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::suite::{RedisServer, append, open};
-
-    #[tokio::test]
-    #[cfg_attr(
-        not(has_redis),
-        ignore = "needs redis-server (apt-get install redis-server)"
-    )]
-    async fn a_redis_emptied_begins_a_new_epoch_on_the_next_append() {
-        let server = RedisServer::start().await;
-        let subject = crate::store::suite::Subject {
-            store: Arc::new(connect_to(&server, 10).await),
-            _keep: None,
-        };
-        let (log, recorder) = open(&subject, "r").await;
-        append(&*log, "before", None).await.expect("append");
-        let before = log.head().await.expect("head");
-        assert_eq!(before.head, 1);
-        let mut admin = redis::Client::open(server.url())
-            .expect("url")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connects");
-        let () = redis::cmd("FLUSHALL")
-            .query_async(&mut admin)
-            .await
-            .expect("FLUSHALL");
-        let published = append(&*log, "after", None).await.expect("append");
-        assert_eq!(published.offset, Some(1));
-        let after = log.head().await.expect("head");
-        assert_ne!(after.epoch, before.epoch);
-        assert_eq!((after.head, after.first), (1, 1));
-        let live = recorder.wait(2).await;
-        assert_eq!(
-            live.iter().map(|e| (e.epoch, e.offset)).collect::<Vec<_>>(),
-            [(before.epoch, 1), (after.epoch, 1)]
-        );
-    }
-}
+mod tests;

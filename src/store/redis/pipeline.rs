@@ -1,11 +1,13 @@
 //! The publishes on their way to Redis: one task sends them in the order they
-//! were asked for, as many as are waiting in one pipeline, each answered by its
-//! deadline, and at once while Redis is out of reach.
+//! were asked for, as many as are waiting in one pipeline; while Redis is out of
+//! reach it holds a member's lines, in that order, and sends them when it is back.
+
+use std::collections::VecDeque;
 
 use redis::Script;
 use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::time::Instant;
+use tokio::time::{Duration, Instant};
 
 use super::client::invalid;
 use crate::protocol::Epoch;
@@ -14,21 +16,68 @@ use crate::store::Published;
 /// Most publishes sent in one round trip.
 const PUBLISH_BATCH: usize = 256;
 
-/// What became of a publish: its epoch and place, or Redis's error.
-pub(super) type Answer = redis::RedisResult<(Epoch, Published)>;
+/// Why a publish was not logged.
+#[derive(Debug, Clone)]
+pub(super) enum Failure {
+    /// Redis's error, a time-out included: nothing was published, or it is not
+    /// known (a publish that may wait is then held, not answered this).
+    Redis(redis::RedisError),
+    /// Redis is out of reach and this instance holds as many lines as it may:
+    /// the line was not sent, and will not be.
+    Full,
+}
 
-/// A publish waiting for its turn: the script's call, when its sender stops
-/// waiting, and where its result goes.
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Redis(e) => e.fmt(f),
+            Failure::Full => f.write_str("the outage queue is full"),
+        }
+    }
+}
+
+/// What became of a publish: its epoch and place, or why it was not logged.
+pub(super) type Answer = Result<(Epoch, Published), Failure>;
+
+/// How long a publish's sender waits for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Wait {
+    /// Until it is logged, through an outage (a member's line): while Redis is
+    /// out of reach it is held, in its turn, and sent when Redis is back. Past
+    /// the outage queue's bound it is refused ([`Failure::Full`]).
+    Hold,
+    /// Until this instant at most (presence, the publish API): answered by then,
+    /// never sent after it, and answered "out of reach" at once while Redis is.
+    Until(Instant),
+}
+
+/// A publish waiting for its turn: the script's call, how long its sender
+/// waits, and where its result goes.
 pub(super) struct Publish {
-    /// The publish script's call.
+    /// The publish script's call, but for its last two arguments, which the
+    /// pipeline adds: the instance's token and this publish's number under it
+    /// (see [`Numbering`]), or two empty ones.
     pub(super) call: redis::Cmd,
-    /// When its sender stops waiting ([`RedisBounds::wait`] after it asked): it
-    /// is answered by then, and never sent to Redis after it.
-    ///
-    /// [`RedisBounds::wait`]: super::bounds::RedisBounds::wait
-    pub(super) deadline: Instant,
+    /// Whether the call is numbered under the instance's token: a held line
+    /// without a client's line id, which may be sent twice.
+    pub(super) numbered: bool,
+    /// How long its sender waits.
+    pub(super) wait: Wait,
     /// Where its answer goes.
     pub(super) reply: oneshot::Sender<Answer>,
+}
+
+/// The settings of the pipeline task.
+pub(super) struct Settings {
+    /// The publish script.
+    pub(super) script: Script,
+    /// The most a batch waits for Redis's answer: past it, Redis is taken for away.
+    pub(super) wait: Duration,
+    /// The most lines held while Redis is out of reach (`--outage-queue`).
+    pub(super) bound: usize,
+    /// This instance's token: the field of each room's meta hash that holds the
+    /// last number logged under it.
+    pub(super) token: String,
 }
 
 /// Sends publishes to Redis in the order they were asked for, as many as are
@@ -37,65 +86,234 @@ pub(super) struct Publish {
 /// again if Redis lost it (a restart); a batch refused for that ran none of its
 /// calls, so sending it again keeps the order.
 ///
-/// Every publish is answered by its deadline, and at once while Redis is taken
-/// for away (`up` false), in the order asked. A batch is not sent while Redis is
-/// taken for away, nor when one of its publishes is past its deadline: all of it
-/// is answered with an error. A batch sent is answered with an error when its
-/// earliest deadline passes, or when Redis is taken for away meanwhile; Redis may
-/// still run it later (a stopped Redis runs what waits in its socket when it goes
-/// on), as for any error of a publish. The error of a batch sent also goes to
-/// `failures`, at once: its senders may be busy elsewhere, and every other wait is
-/// to end as soon as one found Redis away.
+/// A batch sent that fails, or is not answered within `wait`, or is cut short by
+/// Redis being taken for away (`up` false) is not known to have run or not: its
+/// error goes to `failures` at once (so every other wait ends), its held lines go
+/// back to the front of the queue, and the others are answered with the error.
+/// While Redis is taken for away nothing is sent; held lines wait (a sender's
+/// next lines behind them, up to `bound`), every other publish is answered "out of
+/// reach" at once. When `up` is true again, the held lines are sent first, in
+/// order. Sending a held line again is safe: a line with a client's line id is
+/// recognised by the repeated-id rule; one without is numbered under the
+/// instance's token ([`Numbering`]), and recognised the same way.
 pub(super) async fn publish_in_batches(
     connection: watch::Receiver<ConnectionManager>,
-    script: Script,
+    settings: Settings,
     mut orders: mpsc::UnboundedReceiver<Publish>,
     mut up: watch::Receiver<bool>,
     failures: mpsc::UnboundedSender<String>,
 ) {
-    let mut batch = Vec::with_capacity(PUBLISH_BATCH);
-    while let Some(first) = orders.recv().await {
-        batch.push(first);
-        while batch.len() < PUBLISH_BATCH {
-            match orders.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
+    let mut queue = Queue {
+        waiting: VecDeque::new(),
+        held: 0,
+        sending: *up.borrow_and_update(),
+        numbering: Numbering {
+            token: settings.token.clone(),
+            next: 1,
+        },
+        bound: settings.bound,
+    };
+    loop {
+        while let Ok(order) = orders.try_recv() {
+            queue.admit(order);
+        }
+        if queue.sending && !queue.waiting.is_empty() {
+            let mut batch = queue.batch();
+            if batch.is_empty() {
+                continue;
+            }
+            let deadline = batch
+                .iter()
+                .filter_map(|p| match p.wait {
+                    Wait::Until(at) => Some(at),
+                    Wait::Hold => None,
+                })
+                .fold(Instant::now() + settings.wait, Instant::min);
+            // The connection in use now: Sentinel may have named another primary.
+            let mut manager = connection.borrow().clone();
+            let pipeline = pack(&mut batch);
+            let sent = send(&mut manager, &settings.script, &pipeline);
+            let answers = tokio::select! {
+                answers = tokio::time::timeout_at(deadline, sent) => {
+                    answers.unwrap_or_else(|_| Err(late()))
+                }
+                _ = up.wait_for(|up| !up) => Err(away()),
+            };
+            match answers {
+                Ok(answers) => answer(batch, answers),
+                Err(e) => {
+                    unpack(&mut batch, &pipeline);
+                    // Seen now, so that only a change after this failure (Redis
+                    // taken for away, then back) starts the sending again.
+                    up.borrow_and_update();
+                    let _ = failures.send(e.to_string());
+                    queue.failed(batch, &e);
+                }
+            }
+            continue;
+        }
+        tokio::select! {
+            order = orders.recv() => match order {
+                Some(order) => queue.admit(order),
+                // The store is gone; what waits is answered "gone" as it drops.
+                None => return,
+            },
+            changed = up.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let now_up = *up.borrow_and_update();
+                queue.turned(now_up);
             }
         }
-        let deadline = batch.iter().map(|p| p.deadline).min();
-        let answers = match deadline {
-            _ if !*up.borrow_and_update() => Err(away()),
-            Some(deadline) if deadline > Instant::now() => {
-                // The connection in use now: Sentinel may have named another primary.
-                let mut manager = connection.borrow().clone();
-                let sent = send(&mut manager, &script, &mut batch);
-                let answers = tokio::select! {
-                    answers = tokio::time::timeout_at(deadline, sent) => {
-                        answers.unwrap_or_else(|_| Err(late()))
-                    }
-                    _ = up.wait_for(|up| !up) => Err(away()),
-                };
-                if let Err(e) = &answers {
-                    let _ = failures.send(e.to_string());
-                }
-                answers
-            }
-            _ => Err(late()),
-        };
-        answer(&mut batch, answers);
     }
 }
 
-/// Sends `batch` in one pipeline, loading the script again if Redis lost it.
-async fn send(
-    manager: &mut ConnectionManager,
-    script: &Script,
-    batch: &mut [Publish],
-) -> redis::RedisResult<Vec<(String, String, u8)>> {
+/// The publishes not sent yet, in order, and whether they may be sent now.
+struct Queue {
+    /// Waiting, oldest first; held lines put back in front after a failed batch.
+    waiting: VecDeque<Publish>,
+    /// How many of `waiting` are held lines ([`Wait::Hold`]).
+    held: usize,
+    /// Whether to send: Redis answers, as far as this task knows.
+    sending: bool,
+    /// The instance's numbering of the publishes that may be sent twice.
+    numbering: Numbering,
+    /// The most held lines while not sending.
+    bound: usize,
+}
+
+impl Queue {
+    /// Takes a new publish in its turn, or answers it now: "out of reach" while not
+    /// sending if it does not hold; [`Failure::Full`] if it holds and the queue
+    /// holds as many as it may.
+    fn admit(&mut self, mut order: Publish) {
+        match order.wait {
+            Wait::Until(_) if !self.sending => {
+                let _ = order.reply.send(Err(Failure::Redis(away())));
+            }
+            Wait::Hold if !self.sending && self.held >= self.bound => {
+                let _ = order.reply.send(Err(Failure::Full));
+            }
+            wait => {
+                self.numbering.number(&mut order);
+                self.held += usize::from(wait == Wait::Hold);
+                self.waiting.push_back(order);
+            }
+        }
+    }
+
+    /// The next batch from the front: publishes whose senders stopped waiting are
+    /// answered "late" and left out.
+    fn batch(&mut self) -> Vec<Publish> {
+        let now = Instant::now();
+        let mut batch = Vec::with_capacity(PUBLISH_BATCH.min(self.waiting.len()));
+        while batch.len() < PUBLISH_BATCH {
+            let Some(publish) = self.waiting.pop_front() else {
+                break;
+            };
+            match publish.wait {
+                Wait::Until(at) if at <= now => {
+                    let _ = publish.reply.send(Err(Failure::Redis(late())));
+                }
+                Wait::Until(_) => batch.push(publish),
+                Wait::Hold => {
+                    self.held -= 1;
+                    batch.push(publish);
+                }
+            }
+        }
+        batch
+    }
+
+    /// A batch sent was not answered: its held lines go back in front, in order;
+    /// the others are answered `error`, as is everything else that does not hold.
+    fn failed(&mut self, batch: Vec<Publish>, error: &redis::RedisError) {
+        for publish in batch.into_iter().rev() {
+            match publish.wait {
+                Wait::Hold => {
+                    self.held += 1;
+                    self.waiting.push_front(publish);
+                }
+                Wait::Until(_) => {
+                    let _ = publish.reply.send(Err(Failure::Redis(error.clone())));
+                }
+            }
+        }
+        self.stop();
+    }
+
+    /// Redis was taken for away (`up` false) or back (true).
+    fn turned(&mut self, up: bool) {
+        if up {
+            self.sending = true;
+        } else if self.sending {
+            self.stop();
+        }
+    }
+
+    /// Sends nothing more until Redis is back; answers "out of reach" what does
+    /// not hold.
+    fn stop(&mut self) {
+        self.sending = false;
+        let waiting = std::mem::take(&mut self.waiting);
+        for publish in waiting {
+            match publish.wait {
+                Wait::Hold => self.waiting.push_back(publish),
+                Wait::Until(_) => {
+                    let _ = publish.reply.send(Err(Failure::Redis(away())));
+                }
+            }
+        }
+    }
+}
+
+/// Numbers publishes that may be sent twice, so that Redis logs each once: a
+/// held line without a client's line id gets the next number under this
+/// instance's token, in the order asked, and the publish script keeps, in the
+/// room's meta hash (which the room's epoch lives in, so the number goes with it),
+/// the last number it logged under the token, and logs only a higher one (the
+/// repeated-id rule). A new instance has a new token.
+struct Numbering {
+    token: String,
+    next: u64,
+}
+
+impl Numbering {
+    /// Adds the token and number (or two empty arguments) to `publish`'s call.
+    fn number(&mut self, publish: &mut Publish) {
+        if publish.numbered {
+            publish.call.arg(&self.token).arg(self.next);
+            self.next += 1;
+        } else {
+            publish.call.arg("").arg("");
+        }
+    }
+}
+
+/// The calls of `batch` in one pipeline. They move there, and back out only if it
+/// failed (see [`unpack`]): a line's call is not copied on its way.
+fn pack(batch: &mut [Publish]) -> redis::Pipeline {
     let mut pipeline = redis::pipe();
     for publish in batch {
         pipeline.add_command(std::mem::take(&mut publish.call));
     }
+    pipeline
+}
+
+/// Gives `batch` its calls back from `pipeline`, to be sent again.
+fn unpack(batch: &mut [Publish], pipeline: &redis::Pipeline) {
+    for (publish, call) in batch.iter_mut().zip(pipeline.cmd_iter()) {
+        publish.call = call.clone();
+    }
+}
+
+/// Sends `pipeline`, loading the script again if Redis lost it.
+async fn send(
+    manager: &mut ConnectionManager,
+    script: &Script,
+    pipeline: &redis::Pipeline,
+) -> redis::RedisResult<Vec<(String, String, u8)>> {
     let answers = pipeline.query_async(manager).await;
     if answers
         .as_ref()
@@ -107,37 +325,28 @@ async fn send(
     answers
 }
 
-/// Tells each publish of `batch` (emptied) what Redis answered.
-fn answer(batch: &mut Vec<Publish>, answers: redis::RedisResult<Vec<(String, String, u8)>>) {
-    let answers = answers.and_then(|answers| {
-        if answers.len() == batch.len() {
-            Ok(answers)
-        } else {
-            Err(invalid(format!(
-                "{} answers to {} publishes",
-                answers.len(),
-                batch.len()
-            )))
+/// Tells each publish of `batch` what Redis answered.
+fn answer(batch: Vec<Publish>, answers: Vec<(String, String, u8)>) {
+    if answers.len() != batch.len() {
+        let e = invalid(format!(
+            "{} answers to {} publishes",
+            answers.len(),
+            batch.len()
+        ));
+        for publish in batch {
+            let _ = publish.reply.send(Err(Failure::Redis(e.clone())));
         }
-    });
-    match answers {
-        Ok(answers) => {
-            for (publish, (epoch, offset, duplicate)) in batch.drain(..).zip(answers) {
-                let answer = epoch.parse().map_err(invalid).map(|epoch| {
-                    let published = Published {
-                        offset: offset.parse().ok(),
-                        duplicate: duplicate == 1,
-                    };
-                    (epoch, published)
-                });
-                let _ = publish.reply.send(answer);
-            }
-        }
-        Err(e) => {
-            for publish in batch.drain(..) {
-                let _ = publish.reply.send(Err(e.clone()));
-            }
-        }
+        return;
+    }
+    for (publish, (epoch, offset, duplicate)) in batch.into_iter().zip(answers) {
+        let answer = epoch.parse().map_err(invalid).map(|epoch| {
+            let published = Published {
+                offset: offset.parse().ok(),
+                duplicate: duplicate == 1,
+            };
+            (epoch, published)
+        });
+        let _ = publish.reply.send(answer.map_err(Failure::Redis));
     }
 }
 
