@@ -88,7 +88,8 @@ async fn instances_follow_the_primary_sentinel_promotes_when_it_is_killed() {
                 frame["offset"].as_u64().expect("an offset"),
                 frame["text"].as_str().expect("a text").to_owned(),
             )),
-            Some("ack") => acks.push(frame),
+            // The ack of "before" may come after its copy, which `sharing` read.
+            Some("ack") if frame["id"] != 1 => acks.push(frame),
             _ => {}
         }
     }

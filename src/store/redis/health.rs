@@ -4,11 +4,12 @@
 //! failures, which take it for away at once.
 
 use std::sync::Weak;
+use std::sync::atomic::Ordering;
 
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::{GAP_BATCH, Inner, ingest};
+use super::{Followed, GAP_BATCH, Inner, ingest};
 use crate::protocol::classic;
 use crate::protocol::structured::NoticeKind;
 
@@ -68,11 +69,20 @@ pub(super) async fn health(inner: Weak<Inner>) {
     }
 }
 
-/// Redis answers again: catch every room up from its stream (or see that its log
-/// began again), then tell the members.
+/// Redis answers again: tell the members, catch every room up from its stream
+/// (or see that its log began again), let the held lines go, and catch the rooms
+/// up once more. While Redis is taken for away, what it publishes is not delivered
+/// (see `dispatch`), so that every member hears that Redis is back before the
+/// lines that follow; the second catch-up delivers what was published between
+/// the first and the end of the outage.
 async fn came_back(inner: &Inner) {
     // The Redis that answers may be another one, or the same with other settings.
     inner.persistence.check(inner.log.connection()).await;
+    // Told before anything that follows, once per outage (a catch-up that fails
+    // is tried again).
+    if !inner.told_back.swap(true, Ordering::Relaxed) {
+        inner.notify_all(NoticeKind::Restored, classic::RESTORED_NOTICE);
+    }
     for room in &inner.rooms() {
         // A room made while Redis was away could not subscribe to its channel, and
         // the connection resubscribes only what it had: ask again (a second
@@ -86,33 +96,39 @@ async fn came_back(inner: &Inner) {
             }
             Err(_) => return,
         }
-        let head = match inner.log.head(&room.name).await {
-            Ok(head) => head,
-            Err(e) => {
-                warn!(error = %e, "Redis answers, but reading a room failed; trying again");
-                return;
-            }
-        };
-        // A room whose members all came while Redis was away starts here.
-        let (epoch, mut after) = room.fanout.baseline(head.epoch, head.head);
-        if epoch != head.epoch {
-            after = 0;
-        }
-        // Fetch in order what was published while this instance was cut off; each
-        // is delivered as if it had just arrived.
-        while after < head.head {
-            let Ok(batch) = inner.log.read(&room.name, after, GAP_BATCH).await else {
-                return;
-            };
-            let Some(last) = batch.last() else { break };
-            after = last.offset;
-            inner.metrics.redis_recovered.increment(batch.len() as u64);
-            for logged in &batch {
-                ingest(inner, room, logged).await;
-            }
+        if let Err(e) = catch_up(inner, room).await {
+            warn!(error = %e, "Redis answers, but reading a room failed; trying again");
+            return;
         }
     }
     inner.up.send_replace(true);
     info!("Redis is back: the held lines go out, and rooms are shared again");
-    inner.notify_all(NoticeKind::Restored, classic::RESTORED_NOTICE);
+    for room in &inner.rooms() {
+        if let Err(e) = catch_up(inner, room).await {
+            inner.went_down(&e.to_string());
+            return;
+        }
+    }
+}
+
+/// Delivers to `room`'s members, in order, what its log has past what they got
+/// (all of it if the log began again); a room whose members all came while Redis
+/// was away starts where the log stands.
+async fn catch_up(inner: &Inner, room: &Followed) -> redis::RedisResult<()> {
+    let head = inner.log.head(&room.name).await?;
+    let (epoch, mut after) = room.fanout.baseline(head.epoch, head.head);
+    if epoch != head.epoch {
+        after = 0;
+    }
+    // Each is delivered as if it had just arrived.
+    while after < head.head {
+        let batch = inner.log.read(&room.name, after, GAP_BATCH).await?;
+        let Some(last) = batch.last() else { break };
+        after = last.offset;
+        inner.metrics.redis_recovered.increment(batch.len() as u64);
+        for logged in &batch {
+            ingest(inner, room, logged).await;
+        }
+    }
+    Ok(())
 }

@@ -17,6 +17,7 @@ mod primary;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -64,6 +65,8 @@ struct Inner {
     up: watch::Sender<bool>,
     /// What Redis keeps across its restarts, read at connect and when it is back.
     persistence: Watched,
+    /// Whether the members were told that Redis is back since it was last lost.
+    told_back: AtomicBool,
     /// Where failures and recovered messages are counted.
     metrics: Arc<Metrics>,
     /// The rooms open here, by name, for what Redis publishes. std `Mutex`: never
@@ -114,6 +117,7 @@ impl RedisStore {
             bounds,
             up,
             persistence: Watched::default(),
+            told_back: AtomicBool::new(true),
             metrics,
             rooms: Mutex::new(HashMap::new()),
         });
@@ -257,6 +261,7 @@ impl Inner {
     /// every room's members.
     fn lost(&self, why: &str) {
         if self.up.send_replace(false) {
+            self.told_back.store(false, Ordering::Relaxed);
             warn!(error = %why, "Redis is out of reach: members' lines are held until it is back");
             self.notify_all(NoticeKind::Delayed, classic::DEGRADED_NOTICE);
         }
@@ -386,6 +391,9 @@ async fn dispatch(inner: Weak<Inner>, mut pushes: mpsc::UnboundedReceiver<PushIn
     while let Some(push) = pushes.recv().await {
         let Some(inner) = inner.upgrade() else { return };
         match push.kind {
+            // Not while Redis is taken for away: the members are to hear that it
+            // is back first, and the health check catches their rooms up then.
+            PushKind::Message if !inner.is_up() => {}
             PushKind::Message => {
                 let (Some(channel), Some(payload)) = (push.data.first(), push.data.get(1)) else {
                     continue;
