@@ -122,8 +122,8 @@ pub struct ServerConfig {
     pub retention: Option<Duration>,
     /// With a data directory: most rooms kept; the ones written longest ago go.
     pub max_stored_rooms: usize,
-    /// With a data directory: most lines held while it cannot be written; past
-    /// them a line is refused, and its sender told.
+    /// Most lines held while the data directory cannot be written, or Redis is
+    /// out of reach; past them a line is refused, and its sender told.
     pub outage_queue: usize,
 }
 

@@ -172,8 +172,8 @@ struct Cli {
     #[arg(long, value_name = "N", default_value_t = ServerConfig::default().max_stored_rooms,
           requires = "data_dir")]
     max_stored_rooms: usize,
-    /// With --data-dir: most lines held while it cannot be written (a full disk);
-    /// past them a line is refused and its sender told.
+    /// Most lines held while the data directory cannot be written (a full disk)
+    /// or Redis is out of reach; past them a line is refused and its sender told.
     #[arg(long, value_name = "LINES", default_value_t = ServerConfig::default().outage_queue,
           value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
     outage_queue: usize,

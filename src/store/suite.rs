@@ -51,7 +51,9 @@ pub(crate) enum Keep {
 pub(crate) use tempfile::TempDir;
 
 /// A fan-out that keeps what it is handed, in order, as a hub following the log
-/// from its start would deliver it.
+/// from its start would deliver it: once each (what it has is passed over), and
+/// saying where it is when asked to follow (a store catching it up reads from
+/// there).
 #[derive(Debug, Default)]
 pub(crate) struct Recorder {
     entries: Mutex<Vec<Entry>>,
@@ -60,13 +62,21 @@ pub(crate) struct Recorder {
 
 impl Fanout for Recorder {
     fn take(&self, entry: &Entry) -> Intake {
-        lock(&self.entries).push(entry.clone());
-        self.arrived.notify_waiters();
+        let mut entries = lock(&self.entries);
+        let had = entries
+            .last()
+            .is_some_and(|last| last.epoch == entry.epoch && last.offset >= entry.offset);
+        if !had {
+            entries.push(entry.clone());
+            self.arrived.notify_waiters();
+        }
         Intake::Done
     }
 
     fn baseline(&self, epoch: Epoch, head: u64) -> (Epoch, u64) {
-        (epoch, head)
+        lock(&self.entries)
+            .last()
+            .map_or((epoch, head), |last| (last.epoch, last.offset))
     }
 
     fn skip_to(&self, _epoch: Epoch, _offset: u64) {}
