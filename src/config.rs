@@ -114,6 +114,9 @@ pub struct ServerConfig {
     /// With Sentinels, the rooms' logs are in the Redis primary they name, followed
     /// to the replica they promote when it fails; instead of `redis_url`.
     pub redis_sentinel: Option<RedisSentinel>,
+    /// With Redis: acknowledge a line only once this many replicas have it
+    /// (Redis's `WAIT`); 0 acknowledges it once the primary has it.
+    pub redis_replicas: u32,
     /// With a directory, the rooms' logs are kept there (an SQLite database), and
     /// survive a restart and a crash.
     pub data_dir: Option<std::path::PathBuf>,
@@ -155,6 +158,7 @@ impl Default for ServerConfig {
             no_echo: false,
             redis_url: None,
             redis_sentinel: None,
+            redis_replicas: 0,
             data_dir: None,
             retention: None,
             max_stored_rooms: 1000,

@@ -78,6 +78,7 @@ impl Server {
                     REDIS_CONNECT_TIMEOUT,
                     RedisBounds {
                         outage_queue: config.outage_queue,
+                        replicas: config.redis_replicas,
                         ..RedisBounds::default()
                     },
                     Arc::clone(&metrics),

@@ -194,16 +194,6 @@ async fn said_after_and_logged(alice: &mut Ws, bob: &mut Ws, id: u64, offset: u6
     assert_eq!(offset_of(bob, "after").await, Some(offset));
 }
 
-/// The ack of line `id` that `ws` receives next, passing over other frames.
-async fn ack_of(ws: &mut Ws, id: u64) -> Value {
-    loop {
-        let frame: Value = recv_json(ws).await;
-        if frame["type"] == "ack" && frame["id"] == id {
-            return frame;
-        }
-    }
-}
-
 /// The offset of the message `text` that `ws` receives next, passing over other
 /// frames.
 async fn offset_of(ws: &mut Ws, text: &str) -> Option<u64> {

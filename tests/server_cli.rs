@@ -28,6 +28,7 @@ async fn a_usage_error_is_one_message_and_exit_2() {
         &["--no-such-flag"],
         &["--max-rate", "-1"],
         &["--tls-cert", "cert.pem"],
+        &["--redis-replicas", "1"],
     ] {
         let output = timeout(
             WAIT,

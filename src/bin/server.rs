@@ -27,6 +27,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// A WebSocket broadcast chat server: every text message goes to every client.
 #[derive(Debug, Parser)]
 #[command(name = "server", version, args_conflicts_with_subcommands = true)]
+#[command(group(clap::ArgGroup::new("redis").args(["redis_url", "redis_sentinel"])))]
 struct Cli {
     /// What to do instead of serving.
     #[command(subcommand)]
@@ -152,6 +153,16 @@ struct Cli {
         requires = "redis_sentinel"
     )]
     redis_master: Option<String>,
+    /// With Redis: acknowledge a line only once N replicas have it too (Redis's
+    /// WAIT), so that a failover cannot lose it; while fewer are in step, lines
+    /// are held as in an outage.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "CHAT_REDIS_REPLICAS",
+        requires = "redis"
+    )]
+    redis_replicas: Option<u32>,
     /// Keep every room's log, epoch and offsets in this directory (an SQLite
     /// database made there), so that a restart or a crash loses nothing that was
     /// acknowledged. Without it, rooms live in memory.
@@ -356,6 +367,7 @@ impl Cli {
             no_echo: self.no_echo,
             redis_url,
             redis_sentinel,
+            redis_replicas: self.redis_replicas.unwrap_or_default(),
             data_dir: self.data_dir.clone().filter(|d| !d.as_os_str().is_empty()),
             retention: Some(self.retention).filter(|r| !r.is_zero()),
             max_stored_rooms: self.max_stored_rooms,

@@ -37,6 +37,11 @@ pub(crate) struct RedisBounds {
     /// The most lines this instance holds while Redis is out of reach
     /// (`--outage-queue`): past them a line is refused, and its sender told.
     pub(crate) outage_queue: usize,
+    /// How many replicas must have a batch of lines before they are
+    /// acknowledged (`--redis-replicas`, Redis's `WAIT`, within
+    /// [`RedisBounds::wait`]); 0: the primary's answer is enough. While fewer
+    /// are in step, Redis counts as out of reach: lines are held.
+    pub(crate) replicas: u32,
 }
 
 impl Default for RedisBounds {
@@ -46,6 +51,7 @@ impl Default for RedisBounds {
             check_every: Duration::from_secs(1),
             retry_every: Duration::from_millis(200),
             outage_queue: crate::config::ServerConfig::default().outage_queue,
+            replicas: 0,
         }
     }
 }

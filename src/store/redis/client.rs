@@ -196,6 +196,9 @@ pub(crate) struct RedisLog {
     heartbeat: Script,
     /// Messages kept per room stream (approximately, `MAXLEN ~`).
     window: usize,
+    /// How many replicas must be in step for Redis to count as answering
+    /// (`--redis-replicas`), and the most the health check waits for them.
+    replicas: (u32, Duration),
     /// Subscribe and unsubscribe go through one task, so they happen in the order
     /// rooms appear and vanish.
     subscriptions: mpsc::UnboundedSender<Subscription>,
@@ -250,6 +253,7 @@ impl RedisLog {
             wait: bounds.wait,
             bound: bounds.outage_queue,
             token: format!("i:{instance:016x}"),
+            replicas: bounds.replicas,
         };
         tokio::spawn(pipeline::publish_in_batches(
             primary.follow(),
@@ -266,6 +270,9 @@ impl RedisLog {
             who: Script::new(WHO),
             heartbeat: Script::new(HEARTBEAT),
             window: window.max(1),
+            // Within half the bound: the connection's own deadline for any
+            // command is the whole of it.
+            replicas: (bounds.replicas, bounds.wait / 2),
             subscriptions,
         };
         Ok((log, push_rx, failed))
@@ -483,7 +490,8 @@ impl RedisLog {
     /// Asks Redis for an answer, within [`RedisBounds::wait`]. While the connection
     /// is lost, each ping makes the connection manager try one new one; a
     /// connection that answers nothing (a stopped Redis) is kept, and answers
-    /// again when Redis goes on. Through Sentinel it asks for the Redis's role:
+    /// again when Redis goes on. With `--redis-replicas`, the replicas must be in
+    /// step too (`WAIT`), or Redis counts as away. Through Sentinel it asks for the Redis's role:
     /// one that answers as a replica (a primary demoted in a failover, back on its
     /// old address) is not the one to write to, and counts as away.
     ///
@@ -491,12 +499,15 @@ impl RedisLog {
     /// Redis's error, a time-out included, or one for a Redis that is a replica.
     pub(crate) async fn ping(&self) -> redis::RedisResult<()> {
         let mut manager = self.primary.manager();
+        let (replicas, within) = self.replicas;
         if !self.primary.follows_sentinel() {
             let _: String = redis::cmd("PING").query_async(&mut manager).await?;
-            return Ok(());
+            return pipeline::replicated(&mut manager, replicas, within).await;
         }
         match redis::cmd("ROLE").query_async(&mut manager).await? {
-            redis::Role::Primary { .. } => Ok(()),
+            redis::Role::Primary { .. } => {
+                pipeline::replicated(&mut manager, replicas, within).await
+            }
             _ => Err(redis::RedisError::from((
                 redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly),
                 "the Redis in use is no longer the primary",

@@ -78,6 +78,8 @@ pub(super) struct Settings {
     /// This instance's token: the field of each room's meta hash that holds the
     /// last number logged under it.
     pub(super) token: String,
+    /// How many replicas must have a batch before it is answered (`WAIT`).
+    pub(super) replicas: u32,
 }
 
 /// Sends publishes to Redis in the order they were asked for, as many as are
@@ -129,10 +131,21 @@ pub(super) async fn publish_in_batches(
                     Wait::Hold => None,
                 })
                 .fold(Instant::now() + settings.wait, Instant::min);
+            // Waiting for replicas takes a bound of its own.
+            let deadline = match settings.replicas {
+                0 => deadline,
+                _ => deadline + settings.wait,
+            };
             // The connection in use now: Sentinel may have named another primary.
             let mut manager = connection.borrow().clone();
             let pipeline = pack(&mut batch);
-            let sent = send(&mut manager, &settings.script, &pipeline);
+            let sent = async {
+                let answers = send(&mut manager, &settings.script, &pipeline).await?;
+                // Within half the bound: the connection's own deadline for
+                // any command is the whole of it.
+                replicated(&mut manager, settings.replicas, settings.wait / 2).await?;
+                Ok(answers)
+            };
             let answers = tokio::select! {
                 answers = tokio::time::timeout_at(deadline, sent) => {
                     answers.unwrap_or_else(|_| Err(late()))
@@ -306,6 +319,34 @@ fn unpack(batch: &mut [Publish], pipeline: &redis::Pipeline) {
     for (publish, call) in batch.iter_mut().zip(pipeline.cmd_iter()) {
         publish.call = call.clone();
     }
+}
+
+/// Waits until `replicas` replicas have every write sent on `manager` so far
+/// (Redis's `WAIT`, for at most `within`): at once without replicas to wait for.
+///
+/// # Errors
+/// Redis's error, or one saying how few replicas had them in time.
+pub(super) async fn replicated(
+    manager: &mut ConnectionManager,
+    replicas: u32,
+    within: Duration,
+) -> redis::RedisResult<()> {
+    if replicas == 0 {
+        return Ok(());
+    }
+    let had: u32 = redis::cmd("WAIT")
+        .arg(replicas)
+        .arg(within.as_millis() as u64)
+        .query_async(manager)
+        .await?;
+    if had < replicas {
+        return Err(redis::RedisError::from((
+            redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly),
+            "fewer replicas than --redis-replicas have the lines",
+            format!("{had} of {replicas} in {within:?}"),
+        )));
+    }
+    Ok(())
 }
 
 /// Sends `pipeline`, loading the script again if Redis lost it.
