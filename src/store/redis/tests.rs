@@ -56,6 +56,23 @@ fn ask(
     })
 }
 
+/// What each of the lines asked became, once all are logged.
+async fn logged<const N: usize>(
+    asked: [tokio::task::JoinHandle<Result<Published, Unavailable>>; N],
+) -> Vec<Published> {
+    let mut got = Vec::new();
+    for answer in asked {
+        got.push(
+            tokio::time::timeout(Duration::from_secs(10), answer)
+                .await
+                .expect("answered in time")
+                .expect("no panic")
+                .expect("logged"),
+        );
+    }
+    got
+}
+
 /// Waits until the store takes Redis for `up` (or not).
 async fn until_up(store: &RedisStore, up: bool) {
     let mut watched = store.0.up.subscribe();
@@ -107,17 +124,7 @@ async fn lines_sent_to_a_stopped_redis_are_held_and_logged_once_when_it_goes_on(
     // Redis goes on: it runs the batch that waited in its socket, then the store
     // sends the held lines again; the repeated ones are recognised.
     server.signal("CONT");
-    let answers = [c, d, e, f];
-    let mut got = Vec::new();
-    for answer in answers {
-        got.push(
-            tokio::time::timeout(Duration::from_secs(10), answer)
-                .await
-                .expect("answered in time")
-                .expect("no panic")
-                .expect("logged"),
-        );
-    }
+    let got = logged([c, d, e, f]).await;
     let logged = recorder.wait(6).await;
     assert_eq!(
         texts(&logged),
@@ -196,16 +203,7 @@ async fn past_the_outage_queue_a_line_is_refused_and_the_held_ones_go_when_redis
     // Back, empty (no persistence): the held lines begin the new epoch's log,
     // neither of them a duplicate (the repeated-id state went with the old epoch).
     let _server = RedisServer::start_at(port).await;
-    let mut got = Vec::new();
-    for answer in held {
-        got.push(
-            tokio::time::timeout(Duration::from_secs(10), answer)
-                .await
-                .expect("answered in time")
-                .expect("no panic")
-                .expect("logged"),
-        );
-    }
+    let got = logged(held).await;
     assert_eq!(
         got,
         [
