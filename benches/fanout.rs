@@ -81,6 +81,11 @@ struct Args {
     /// across them (labelled `redis-x2`; interleaved like --against)
     #[arg(long)]
     redis: bool,
+    /// Also run this server binary (a path; it takes `--port 0` and `--redis-url`) as two
+    /// instances sharing a Redis, like --redis does ours (labelled `NAME-x2`; repeatable): an
+    /// earlier build, to compare the cost of going through Redis in the same invocation
+    #[arg(long, value_name = "PATH")]
+    redis_against: Vec<PathBuf>,
     /// Also run our server with `--data-dir` in a new directory for each run (labelled `disk`;
     /// interleaved like --against), and judge it against ours in memory by the disk store's
     /// targets
@@ -348,10 +353,15 @@ async fn bench(args: Args) -> Result<(), String> {
 /// them. With `--url`, only the server there.
 async fn servers(args: &Args, data_root: Option<&DataRoot>) -> Result<Vec<ServerSource>, String> {
     if let Some(url) = &args.url {
-        if !args.against.is_empty() || !args.variant.is_empty() || args.redis || args.disk {
+        if !args.against.is_empty()
+            || !args.variant.is_empty()
+            || args.redis
+            || args.disk
+            || !args.redis_against.is_empty()
+        {
             return Err(
-                "--url measures one running server: drop --against, --variant, --redis \
-                        and --disk"
+                "--url measures one running server: drop --against, --variant, --redis, \
+                        --redis-against and --disk"
                     .into(),
             );
         }
@@ -410,6 +420,23 @@ async fn servers(args: &Args, data_root: Option<&DataRoot>) -> Result<Vec<Server
                 instances: SHARED_INSTANCES,
             }),
             Err(why) => eprintln!("fanout: skipping the two-instance runs (--redis): {why}"),
+        }
+    }
+    for path in &args.redis_against {
+        let name = path
+            .file_name()
+            .map_or_else(|| "other".to_owned(), |n| n.to_string_lossy().into_owned());
+        match redis::available() {
+            Ok(()) => sources.push(ServerSource::Shared {
+                spec: ServerSpec {
+                    label: format!("{name}-x2"),
+                    path: path.clone(),
+                    args: vec!["--port".to_owned(), "0".to_owned()],
+                    env: env.clone(),
+                },
+                instances: SHARED_INSTANCES,
+            }),
+            Err(why) => eprintln!("fanout: skipping {} through Redis: {why}", path.display()),
         }
     }
     let is_path = |name: &str| name.contains(std::path::MAIN_SEPARATOR) || name.contains('/');
