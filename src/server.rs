@@ -79,6 +79,7 @@ impl Server {
                     RedisBounds {
                         outage_queue: config.outage_queue,
                         replicas: config.redis_replicas,
+                        resume_bytes: config.resume_bytes,
                         ..RedisBounds::default()
                     },
                     Arc::clone(&metrics),

@@ -1,8 +1,10 @@
 //! A Redis outage under two instances sharing rooms (a real `redis-server` killed
 //! and started again on its port, without persistence): members are told, their
 //! lines are held and reach everyone once it is back (after the notice that the
-//! log began again), a client returning meanwhile is told nothing can be
-//! replayed, and a resume from the epoch Redis lost is told `restarted`. Ignored, saying so in the summary, where `redis-server` is not on
+//! log began again), a client returning meanwhile is replayed what this instance
+//! holds of the room (or told nothing can be, if it holds nothing), `/who` names
+//! the other instances' members as last listed, and a resume from the epoch
+//! Redis lost is told `restarted`. Ignored, saying so in the summary, where `redis-server` is not on
 //! `PATH`.
 
 mod common;
@@ -135,13 +137,56 @@ async fn a_joiner_during_an_outage_gets_the_epoch_the_room_follows() {
     not(has_redis),
     ignore = "needs redis-server (apt-get install redis-server)"
 )]
-async fn a_client_returning_during_an_outage_is_told_so() {
+async fn a_client_returning_during_an_outage_is_replayed_what_this_instance_holds() {
+    let redis = RedisServer::start().await;
+    let a = Server::start(&["--redis-url", &redis.url(), "--max-rate", "0"]).await;
+    let (mut first, welcome) = connect_structured(&format!("{}/rust", a.url())).await;
+    say(&mut first, 1, "before").await;
+    say(&mut first, 2, "and more").await;
+    assert_eq!(
+        messages(&mut first, 2).await,
+        [(1, "before".to_owned()), (2, "and more".to_owned())]
+    );
+    let epoch = welcome["epoch"].as_str().expect("an epoch").to_owned();
+
+    redis.kill().await;
+    a.stderr.wait_for_event(REDIS_DOWN).await;
+    // The room is open here, so this instance holds its last messages: a client
+    // returning now is replayed from them, complete.
+    let back = format!("{}/rust?epoch={epoch}&after=1&session=s1", a.url());
+    let (mut structured, welcome) = connect_structured(&back).await;
+    assert_eq!(
+        (&welcome["epoch"], &welcome["offset"]),
+        (&json!(epoch), &json!(2))
+    );
+    assert_eq!(
+        messages(&mut structured, 1).await,
+        [(2, "and more".to_owned())]
+    );
+    let recovered = loop {
+        let frame = recv_json(&mut structured).await;
+        if frame["type"] == "recovered" {
+            break frame;
+        }
+    };
+    assert_eq!(recovered, json!({"type": "recovered", "complete": true}));
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt-get install redis-server)"
+)]
+async fn a_client_returning_to_a_room_this_instance_no_longer_holds_is_told_so() {
     let redis = RedisServer::start().await;
     let a = Server::start(&["--redis-url", &redis.url(), "--max-rate", "0"]).await;
     let (mut first, welcome) = connect_structured(&format!("{}/rust", a.url())).await;
     say(&mut first, 1, "before").await;
     assert_eq!(messages(&mut first, 1).await, [(1, "before".to_owned())]);
     let epoch = welcome["epoch"].as_str().expect("an epoch").to_owned();
+    // Everyone leaves: the room closes here, and its local copy with it.
+    drop(first);
+    a.stderr.wait_for_event("disconnected").await;
 
     redis.kill().await;
     a.stderr.wait_for_event(REDIS_DOWN).await;
@@ -154,6 +199,31 @@ async fn a_client_returning_during_an_outage_is_told_so() {
     );
     let mut classic = connect(&back).await;
     assert_eq!(recv_text(&mut classic).await, told);
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt-get install redis-server)"
+)]
+async fn who_during_an_outage_names_the_other_instances_members_last_listed() {
+    let (redis, a, b) = two_instances(&["--max-rate", "0"]).await;
+    let (bob, bob_welcome) = connect_structured(&format!("{}/r?name=bob", b.url())).await;
+    // Alice's join lists her, and answers with everyone listed: Bob.
+    let (mut alice, alice_welcome) = connect_structured(&format!("{}/r?name=alice", a.url())).await;
+    redis.kill().await;
+    a.stderr.wait_for_event(REDIS_DOWN).await;
+    send(&mut alice, &json!({"type": "who"}).to_string()).await;
+    let who = loop {
+        let frame = recv_json(&mut alice).await;
+        if frame["kind"] == "who" {
+            break frame;
+        }
+    };
+    let mut expected = vec![alice_welcome["you"].clone(), bob_welcome["you"].clone()];
+    expected.sort_by_key(|v| v.as_str().map(str::to_owned));
+    assert_eq!(who["members"], json!(expected), "{who}");
+    drop(bob);
 }
 
 #[tokio::test]

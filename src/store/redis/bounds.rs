@@ -42,6 +42,10 @@ pub(crate) struct RedisBounds {
     /// [`RedisBounds::wait`]); 0: the primary's answer is enough. While fewer
     /// are in step, Redis counts as out of reach: lines are held.
     pub(crate) replicas: u32,
+    /// The most bytes each room's local copy of its log keeps (`--resume-bytes`),
+    /// beside `--resume-window` messages: what a returning client is replayed
+    /// from while Redis is away.
+    pub(crate) resume_bytes: usize,
 }
 
 impl Default for RedisBounds {
@@ -52,6 +56,7 @@ impl Default for RedisBounds {
             retry_every: Duration::from_millis(200),
             outage_queue: crate::config::ServerConfig::default().outage_queue,
             replicas: 0,
+            resume_bytes: crate::config::ServerConfig::default().resume_bytes,
         }
     }
 }

@@ -126,7 +126,8 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
 ";
 
-/// Keeps this instance's members of a room listed, and the room's log alive.
+/// Keeps this instance's members of a room listed, and the room's log alive;
+/// answers with every instance's members (for `/who` while Redis is away).
 /// KEYS: who, meta, log. ARGV: presence TTL ms, room TTL s, members...
 const HEARTBEAT: &str = r"
 local t = redis.call('TIME')
@@ -137,7 +138,7 @@ end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 redis.call('EXPIRE', KEYS[3], ARGV[2])
-return 0
+return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
 ";
 
 /// The keys of one room; `{...}` keeps them in one hash slot.
@@ -425,30 +426,29 @@ impl RedisLog {
             .collect()
     }
 
-    /// Everyone in `room` on every instance: their labels, sorted.
+    /// Everyone in `room` on every instance: the presence set's members
+    /// (`instance/connection label`, see [`member`]).
     ///
     /// # Errors
     /// Redis's error.
     pub(crate) async fn who(&self, room: &str) -> redis::RedisResult<Vec<String>> {
-        let members: Vec<String> = self
-            .who
+        self.who
             .key(Keys::of(room).who)
             .invoke_async(&mut self.primary.manager())
-            .await?;
-        let mut labels: Vec<String> = members
-            .iter()
-            .filter_map(|m| m.split_once(' ').map(|(_, label)| label.to_owned()))
-            .collect();
-        labels.sort();
-        Ok(labels)
+            .await
     }
 
     /// Keeps `members` of `room` (this instance's) listed for another
-    /// [`PRESENCE_TTL`], and the room's keys alive.
+    /// [`PRESENCE_TTL`], and the room's keys alive; answers with every instance's
+    /// members, as [`RedisLog::who`] does.
     ///
     /// # Errors
     /// Redis's error.
-    pub(crate) async fn heartbeat(&self, room: &str, members: &[String]) -> redis::RedisResult<()> {
+    pub(crate) async fn heartbeat(
+        &self,
+        room: &str,
+        members: &[String],
+    ) -> redis::RedisResult<Vec<String>> {
         let keys = Keys::of(room);
         let mut invocation = self.heartbeat.key(&keys.who);
         invocation
@@ -459,8 +459,7 @@ impl RedisLog {
         for member in members {
             invocation.arg(member);
         }
-        let _: i64 = invocation.invoke_async(&mut self.primary.manager()).await?;
-        Ok(())
+        invocation.invoke_async(&mut self.primary.manager()).await
     }
 
     /// Takes `member` of `room` (this instance's) off the room's list at once, as a
@@ -527,7 +526,22 @@ pub(super) fn invalid(what: impl std::fmt::Display) -> redis::RedisError {
 
 /// A presence member: unique per connection, with the label `/who` shows.
 pub(crate) fn member(instance: u64, id: u64, label: &str) -> String {
-    format!("{instance:016x}/{id:016x} {label}")
+    format!("{}{id:016x} {label}", prefix(instance))
+}
+
+/// How the presence members of `instance` begin.
+pub(crate) fn prefix(instance: u64) -> String {
+    format!("{instance:016x}/")
+}
+
+/// The labels of presence `members`, sorted.
+pub(crate) fn labels(members: &[String]) -> Vec<String> {
+    let mut labels: Vec<String> = members
+        .iter()
+        .filter_map(|m| m.split_once(' ').map(|(_, label)| label.to_owned()))
+        .collect();
+    labels.sort();
+    labels
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 mod bounds;
 mod client;
 mod health;
+mod local;
 mod persistence;
 mod pipeline;
 mod primary;
@@ -34,7 +35,7 @@ use crate::metrics::Metrics;
 use crate::protocol::structured::NoticeKind;
 use crate::protocol::{Epoch, classic};
 pub(crate) use bounds::RedisBounds;
-use client::{RedisLog, member, room_of_channel};
+use client::{RedisLog, labels, member, prefix, room_of_channel};
 use persistence::Watched;
 use pipeline::{Failure, Wait};
 pub(crate) use primary::RedisTarget;
@@ -56,6 +57,8 @@ struct Inner {
     log: RedisLog,
     /// This instance's random id, which keeps its presence entries apart.
     instance: u64,
+    /// Messages each room's stream keeps, about, and so each room's local copy.
+    window: usize,
     /// How long sessions wait on Redis, and how often it is checked.
     bounds: RedisBounds,
     /// Whether Redis answered lately; read by `/healthz` and by every session's
@@ -84,6 +87,8 @@ struct Followed {
     /// Whether this instance's subscription to the room's channel is confirmed;
     /// joiners wait for it before they read where the room stands.
     subscribed: watch::Sender<bool>,
+    /// What this instance holds of the room, for reads while Redis is away.
+    local: local::Local,
 }
 
 /// One room's log in Redis.
@@ -114,6 +119,7 @@ impl RedisStore {
         let inner = Arc::new(Inner {
             log,
             instance,
+            window,
             bounds,
             up,
             persistence: Watched::default(),
@@ -137,6 +143,7 @@ impl Store for RedisStore {
             name: room.to_owned(),
             fanout,
             subscribed: watch::channel(false).0,
+            local: local::Local::new(self.0.window, self.0.bounds.resume_bytes),
         });
         lock(&self.0.rooms).insert(room.to_owned(), Arc::clone(&followed));
         // Asked under the hub's rooms lock, so subscriptions and their ends are
@@ -307,16 +314,25 @@ impl RoomLog for RedisRoom {
                 let _ = subscribed.wait_for(|s| *s).await;
                 inner.log.head(&room.name).await
             };
-            inner.bounded(asked).await
+            // Redis away: where the room stands as far as it reached here.
+            inner
+                .bounded(asked)
+                .await
+                .or_else(|away| room.local.head().ok_or(away))
         })
     }
 
     fn read(&self, after: u64, limit: usize, format: Format) -> Later<CatchUp> {
         let (room, inner) = (Arc::clone(&self.room), Arc::clone(&self.inner));
         Box::pin(async move {
-            let logged = inner
+            let logged = match inner
                 .bounded(inner.log.read(&room.name, after, limit))
-                .await?;
+                .await
+            {
+                Ok(logged) => logged,
+                // Redis away: from what this instance holds.
+                Err(away) => return room.local.read(after, limit, format).ok_or(away),
+            };
             let first = logged.first().map_or(after + 1, |l| l.offset);
             Ok(CatchUp {
                 missed: first.saturating_sub(after + 1),
@@ -330,7 +346,22 @@ impl RoomLog for RedisRoom {
 
     fn members(&self) -> Later<Option<Vec<String>>> {
         let (room, inner) = (Arc::clone(&self.room), Arc::clone(&self.inner));
-        Box::pin(async move { inner.bounded(inner.log.who(&room.name)).await.map(Some) })
+        Box::pin(async move {
+            match inner.bounded(inner.log.who(&room.name)).await {
+                Ok(members) => {
+                    room.local.listed(&members, &prefix(inner.instance));
+                    Ok(Some(labels(&members)))
+                }
+                // Redis away: the other instances' members as last listed, and
+                // this instance's now.
+                Err(_) => {
+                    let mut members = room.local.others();
+                    members.extend(room.fanout.members().into_iter().map(|(_, who)| who));
+                    members.sort();
+                    Ok(Some(members))
+                }
+            }
+        })
     }
 
     fn list(&self, change: Presence<'_>) -> Option<Later<()>> {
@@ -342,7 +373,9 @@ impl RoomLog for RedisRoom {
         Some(Box::pin(async move {
             let done = async {
                 if listed {
-                    inner.log.heartbeat(&room.name, &[member]).await
+                    let members = inner.log.heartbeat(&room.name, &[member]).await?;
+                    room.local.listed(&members, &prefix(inner.instance));
+                    Ok(())
                 } else {
                     inner.log.unlist(&room.name, &member).await
                 }
@@ -431,7 +464,11 @@ async fn ingest(inner: &Inner, room: &Followed, logged: &Logged) {
     let entry = logged
         .record
         .encode(&room.name, logged.epoch, logged.offset);
-    while let Intake::GapAfter(after) = room.fanout.take(&entry) {
+    loop {
+        let Intake::GapAfter(after) = room.fanout.take(&entry) else {
+            room.local.keep(&entry);
+            return;
+        };
         let wanted = usize::try_from(logged.offset - after - 1).unwrap_or(GAP_BATCH);
         match inner
             .log
@@ -447,7 +484,9 @@ async fn ingest(inner: &Inner, room: &Followed, logged: &Logged) {
                     let earlier = earlier
                         .record
                         .encode(&room.name, earlier.epoch, earlier.offset);
-                    room.fanout.take(&earlier);
+                    if room.fanout.take(&earlier) == Intake::Done {
+                        room.local.keep(&earlier);
+                    }
                 }
                 // Skipped from the stream (trimmed, or of another epoch): go on
                 // from just before this message; sessions report the gap.
@@ -483,9 +522,12 @@ async fn heartbeat(inner: Weak<Inner>) {
                 .iter()
                 .map(|(id, who)| member(inner.instance, *id, who))
                 .collect();
-            if let Err(e) = inner.log.heartbeat(&room.name, &members).await {
-                inner.went_down(&e.to_string());
-                break;
+            match inner.log.heartbeat(&room.name, &members).await {
+                Ok(listed) => room.local.listed(&listed, &prefix(inner.instance)),
+                Err(e) => {
+                    inner.went_down(&e.to_string());
+                    break;
+                }
             }
         }
     }
