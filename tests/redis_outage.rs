@@ -209,8 +209,14 @@ async fn a_client_returning_to_a_room_this_instance_no_longer_holds_is_told_so()
 async fn who_during_an_outage_names_the_other_instances_members_last_listed() {
     let (redis, a, b) = two_instances(&["--max-rate", "0"]).await;
     let (bob, bob_welcome) = connect_structured(&format!("{}/r?name=bob", b.url())).await;
-    // Alice's join lists her, and answers with everyone listed: Bob.
     let (mut alice, alice_welcome) = connect_structured(&format!("{}/r?name=alice", a.url())).await;
+    // Asked while Redis answers, `/who` lists Bob; so will the next heartbeat.
+    send(&mut alice, &json!({"type": "who"}).to_string()).await;
+    loop {
+        if recv_json(&mut alice).await["kind"] == "who" {
+            break;
+        }
+    }
     redis.kill().await;
     a.stderr.wait_for_event(REDIS_DOWN).await;
     send(&mut alice, &json!({"type": "who"}).to_string()).await;

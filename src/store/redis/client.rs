@@ -127,17 +127,19 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
 ";
 
 /// Keeps this instance's members of a room listed, and the room's log alive;
-/// answers with every instance's members (for `/who` while Redis is away).
-/// KEYS: who, meta, log. ARGV: presence TTL ms, room TTL s, members...
+/// answers, if asked, with every instance's members (for `/who` while Redis is
+/// away). KEYS: who, meta, log. ARGV: presence TTL ms, room TTL s, '1' to answer
+/// the members or '', members...
 const HEARTBEAT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[i])
 end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 redis.call('EXPIRE', KEYS[3], ARGV[2])
+if ARGV[3] == '' then return {} end
 return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
 ";
 
@@ -439,8 +441,9 @@ impl RedisLog {
     }
 
     /// Keeps `members` of `room` (this instance's) listed for another
-    /// [`PRESENCE_TTL`], and the room's keys alive; answers with every instance's
-    /// members, as [`RedisLog::who`] does.
+    /// [`PRESENCE_TTL`], and the room's keys alive; answers, if `answer`, with
+    /// every instance's members, as [`RedisLog::who`] does (a join's listing does
+    /// not ask: a room's joins would read the whole list each).
     ///
     /// # Errors
     /// Redis's error.
@@ -448,6 +451,7 @@ impl RedisLog {
         &self,
         room: &str,
         members: &[String],
+        answer: bool,
     ) -> redis::RedisResult<Vec<String>> {
         let keys = Keys::of(room);
         let mut invocation = self.heartbeat.key(&keys.who);
@@ -455,7 +459,8 @@ impl RedisLog {
             .key(&keys.meta)
             .key(&keys.log)
             .arg(PRESENCE_TTL.as_millis() as u64)
-            .arg(ROOM_TTL.as_secs());
+            .arg(ROOM_TTL.as_secs())
+            .arg(if answer { "1" } else { "" });
         for member in members {
             invocation.arg(member);
         }

@@ -373,8 +373,7 @@ impl RoomLog for RedisRoom {
         Some(Box::pin(async move {
             let done = async {
                 if listed {
-                    let members = inner.log.heartbeat(&room.name, &[member]).await?;
-                    room.local.listed(&members, &prefix(inner.instance));
+                    inner.log.heartbeat(&room.name, &[member], false).await?;
                     Ok(())
                 } else {
                     inner.log.unlist(&room.name, &member).await
@@ -522,7 +521,7 @@ async fn heartbeat(inner: Weak<Inner>) {
                 .iter()
                 .map(|(id, who)| member(inner.instance, *id, who))
                 .collect();
-            match inner.log.heartbeat(&room.name, &members).await {
+            match inner.log.heartbeat(&room.name, &members, true).await {
                 Ok(listed) => room.local.listed(&listed, &prefix(inner.instance)),
                 Err(e) => {
                     inner.went_down(&e.to_string());
