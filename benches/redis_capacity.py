@@ -10,7 +10,12 @@ room) read the room's channel. For each N it reports Redis's CPU per message
 (user + system time of the redis-server process over the run, so reading and
 writing sockets included) and the script's own time per call (INFO commandstats).
 
-Run: python3 benches/redis_capacity.py [--messages 200000] [--subscribers 0,1,2,10,100]
+Then it starts one chat server instance on the same Redis with one member in
+the room (the command-line client) and publishes to the room as another instance
+would: the instance's CPU per message received.
+
+Run: cargo build --release, then
+python3 benches/redis_capacity.py [--messages 200000] [--subscribers 0,1,2,10,100]
 """
 
 import argparse
@@ -24,6 +29,11 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 CLIENT_RS = os.path.join(HERE, "..", "src", "store", "redis", "client.rs")
 WINDOW = 4096
+# A line as the server logs it (src/store/record.rs): kind, sender, tag, text.
+RECORD = (
+    '{"k":"m","f":1,"w":"alice@127.0.0.1:53422","t":"hello, this is a line of about '
+    'the length people type in a chat room"}'
+)
 
 
 def free_port():
@@ -114,10 +124,7 @@ def run(port, pid, sha, subscribers, messages, numbered):
         time.sleep(0.01)
     admin.call("DEL", "bc:{r:bench}:meta", "bc:{r:bench}:log")
     admin.call("CONFIG", "RESETSTAT")
-    record = (
-        '{"f":1,"w":"alice@127.0.0.1:53422","t":"hello, this is a line of about '
-        'the length people type in a chat room","a":1700000000000000}'
-    )
+    record = RECORD
     token = "i:00000000000000aa" if numbered else ""
     keys = ["bc:{r:bench}:meta", "bc:{r:bench}:log", "bc:{r:bench}:pub",
             "bc:{r:bench}:acc:-", "bc:{r:bench}:who"]
@@ -146,10 +153,75 @@ def run(port, pid, sha, subscribers, messages, numbered):
     return cpu / messages * 1e6, float(usec.group(1)) if usec else float("nan"), wall
 
 
+def instance_cost(port, sha, server_bin, client_bin, messages):
+    """One instance of the chat server following the room, with one member (the
+    command-line client): its CPU per message published by another instance."""
+    server = subprocess.Popen(
+        [server_bin, "--port", "0", "--host", "127.0.0.1", "--redis-url",
+         "redis://127.0.0.1:%d" % port],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    try:
+        line = server.stdout.readline()
+        found = re.search(r"Listening on port (\d+)", line)
+        if not found:
+            sys.exit("the server did not say it was listening: %r" % line)
+        chat_port = int(found.group(1))
+        client = subprocess.Popen(
+            [client_bin, "--url", "ws://127.0.0.1:%d/bench" % chat_port, "--listen"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        admin = Conn(port)
+        deadline = time.time() + 10
+        while int(admin.call("PUBSUB", "NUMSUB", "bc:{r:bench}:pub")[1]) < 1:
+            if time.time() > deadline or client.poll() is not None:
+                sys.exit("the member did not join the room")
+            time.sleep(0.01)
+        got = [0]
+        import threading
+
+        def count():
+            for out in client.stdout:
+                if "hello, this is a line" in out:
+                    got[0] += 1
+        reader = threading.Thread(target=count, daemon=True)
+        reader.start()
+        keys = ["bc:{r:bench}:meta", "bc:{r:bench}:log", "bc:{r:bench}:pub",
+                "bc:{r:bench}:acc:-", "bc:{r:bench}:who"]
+        conn = Conn(port)
+        start_cpu = cpu_seconds(server.pid)
+        sent = 0
+        while sent < messages:
+            n = min(256, messages - sent)
+            conn.send(b"".join(
+                command("EVALSHA", sha, 5, *keys, "0123456789abcdef", WINDOW, RECORD, "",
+                        3600, "", "", 15000, 86400, "", "")
+                for _ in range(n)))
+            for _ in range(n):
+                conn.reply()
+            sent += n
+        deadline = time.time() + 60
+        while got[0] < messages and time.time() < deadline:
+            time.sleep(0.01)
+        cpu = cpu_seconds(server.pid) - start_cpu
+        client.terminate()
+        client.wait()
+        if got[0] < messages:
+            sys.exit("the member got %d of %d" % (got[0], messages))
+        return cpu / messages * 1e6
+    finally:
+        server.terminate()
+        server.wait()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--messages", type=int, default=200000)
     parser.add_argument("--subscribers", default="0,1,2,10,100")
+    parser.add_argument("--server", default=os.path.join(HERE, "..", "target", "release", "server"),
+                        help="the chat server binary, for an instance's cost per message")
+    parser.add_argument("--client", default=os.path.join(HERE, "..", "target", "release", "client"))
     args = parser.parse_args()
     port = free_port()
     server = subprocess.Popen(
@@ -171,7 +243,12 @@ def main():
             for numbered in (False, True):
                 cpu, script, _ = run(port, server.pid, sha, n, args.messages, numbered)
                 print("%11d  %8s  %16.2f  %14.2f  %12.0f" % (n, "yes" if numbered else "no",
-                                                            cpu, script, 1e6 / cpu))
+                                                            cpu, script, 1e6 / cpu), flush=True)
+        if os.path.exists(args.server) and os.path.exists(args.client):
+            us = instance_cost(port, sha, args.server, args.client, args.messages)
+            print("an instance following the room, one member: %.2f us of CPU per message" % us)
+        else:
+            print("(no %s: build with cargo build --release to measure an instance)" % args.server)
     finally:
         server.terminate()
         server.wait()

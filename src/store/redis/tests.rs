@@ -272,3 +272,35 @@ async fn a_line_id_accepted_in_an_older_epoch_is_logged_again_in_a_new_one() {
         .expect("append");
     assert!(repeat.duplicate, "within the epoch the rule holds");
 }
+
+#[tokio::test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt-get install redis-server)"
+)]
+async fn a_rooms_keys_expire_from_its_first_message_on() {
+    let server = RedisServer::start().await;
+    let store = connect_to(&server, 100, RedisBounds::default()).await;
+    let subject = crate::store::suite::Subject {
+        store: Arc::new(store),
+        _keep: None,
+    };
+    let (log, _recorder) = open(&subject, "r").await;
+    append(&*log, "first", None).await.expect("append");
+    let mut admin = redis::Client::open(server.url())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connects");
+    for key in ["bc:{r:r}:meta", "bc:{r:r}:log"] {
+        let ttl: i64 = redis::cmd("TTL")
+            .arg(key)
+            .query_async(&mut admin)
+            .await
+            .expect("TTL");
+        assert!(
+            ttl > 23 * 3600 && ttl <= 24 * 3600,
+            "{key} expires in {ttl} s"
+        );
+    }
+}
