@@ -44,7 +44,10 @@ const ROOM_TTL: Duration = Duration::from_secs(24 * 3600);
 /// KEYS: meta, log, channel, accepted, who.
 /// ARGV: new epoch, window, record JSON, line id or '', accepted TTL, presence op
 /// ('join', 'leave' or ''), presence member, presence TTL ms, room TTL s, instance
-/// token or '', number under it or ''.
+/// token or '', number under it or '', then '' and, each time it is sent again
+/// after Redis did not answer, '1'. Only a line sent again is looked up under the
+/// token (reading the hash costs Redis about 0.8 of its 9 µs a line); every
+/// numbered line is recorded there.
 ///
 /// A client's last line id is kept as `id:offset:epoch` in its own key (with a
 /// TTL), an instance's last number as `number:offset` in the room's meta hash,
@@ -75,7 +78,7 @@ end
 if ARGV[4] ~= '' then
   local r = repeated(redis.call('GET', KEYS[4]), tonumber(ARGV[4]), true)
   if r then return r end
-elseif ARGV[10] ~= '' then
+elseif ARGV[10] ~= '' and ARGV[#ARGV] == '1' then
   local r = repeated(redis.call('HGET', KEYS[1], ARGV[10]), tonumber(ARGV[11]), false)
   if r then return r end
 end

@@ -54,9 +54,9 @@ pub(super) enum Wait {
 /// A publish waiting for its turn: the script's call, how long its sender
 /// waits, and where its result goes.
 pub(super) struct Publish {
-    /// The publish script's call, but for its last two arguments, which the
+    /// The publish script's call, but for its last arguments, which the
     /// pipeline adds: the instance's token and this publish's number under it
-    /// (see [`Numbering`]), or two empty ones.
+    /// (see [`Numbering`]), or two empty ones, then whether it is sent again.
     pub(super) call: redis::Cmd,
     /// Whether the call is numbered under the instance's token: a held line
     /// without a client's line id, which may be sent twice.
@@ -242,10 +242,11 @@ impl Queue {
     /// A batch sent was not answered: its held lines go back in front, in order;
     /// the others are answered `error`, as is everything else that does not hold.
     fn failed(&mut self, batch: Vec<Publish>, error: &redis::RedisError) {
-        for publish in batch.into_iter().rev() {
+        for mut publish in batch.into_iter().rev() {
             match publish.wait {
                 Wait::Hold => {
                     self.held += 1;
+                    again(&mut publish);
                     self.waiting.push_front(publish);
                 }
                 Wait::Until(_) => {
@@ -293,7 +294,8 @@ struct Numbering {
 }
 
 impl Numbering {
-    /// Adds the token and number (or two empty arguments) to `publish`'s call.
+    /// Adds the token and number (or two empty arguments) to `publish`'s call,
+    /// and the first of the "sent again" arguments (see [`again`]).
     fn number(&mut self, publish: &mut Publish) {
         if publish.numbered {
             publish.call.arg(&self.token).arg(self.next);
@@ -301,7 +303,14 @@ impl Numbering {
         } else {
             publish.call.arg("").arg("");
         }
+        publish.call.arg("");
     }
+}
+
+/// Marks `publish` as sent again: its call ends with `1` from now on, so the
+/// script looks it up under the instance's token before logging it.
+fn again(publish: &mut Publish) {
+    publish.call.arg("1");
 }
 
 /// The calls of `batch` in one pipeline. They move there, and back out only if it
