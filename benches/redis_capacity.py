@@ -96,12 +96,45 @@ class Conn:
         return self.reply()
 
 
-def publish_script():
+def script(name):
+    """One of the server's scripts, as src/store/redis/client.rs has it."""
     text = open(CLIENT_RS).read()
-    found = re.search(r'const PUBLISH: &str = r#"(.*?)"#;', text, re.S)
+    found = re.search(r'const %s: &str = r#?"(.*?)"#?;' % name, text, re.S)
     if not found:
-        sys.exit("the publish script was not found in " + CLIENT_RS)
+        sys.exit("the %s script was not found in %s" % (name, CLIENT_RS))
     return found.group(1)
+
+
+def publish_script():
+    return script("PUBLISH")
+
+
+def heartbeat_cost(port, pid, sha, here, total, rooms=1000):
+    """Redis's CPU per heartbeat: one instance renewing its `here` members in
+    each of `rooms` rooms of `total` members, and reading each room's list back
+    (as the server's heartbeat does every 5 s)."""
+    admin = Conn(port)
+    now_ms = int(time.time() * 1000) + 3600 * 1000
+    for r in range(rooms):
+        members = []
+        for m in range(total):
+            members += [now_ms, "%016x/%016x member%d@127.0.0.1:%d" % (r % 7, m, m, 40000 + m)]
+        admin.send(command("ZADD", "bc:{r:h%d}:who" % r, *members))
+        admin.reply()
+    mine = ["%016x/%016x member%d@127.0.0.1:%d" % (0, m, m, 40000 + m) for m in range(here)]
+    conn = Conn(port)
+    start_cpu = cpu_seconds(pid)
+    calls = 0
+    for _ in range(5):
+        data = b"".join(
+            command("EVALSHA", sha, 3, "bc:{r:h%d}:who" % r, "bc:{r:h%d}:meta" % r,
+                    "bc:{r:h%d}:log" % r, 15000, 86400, "1", *mine)
+            for r in range(rooms))
+        conn.send(data)
+        for _ in range(rooms):
+            conn.reply()
+        calls += rooms
+    return (cpu_seconds(pid) - start_cpu) / calls * 1e6
 
 
 def cpu_seconds(pid):
@@ -251,6 +284,11 @@ def main():
                 cpu, script, _ = run(port, server.pid, sha, n, args.messages, numbered)
                 print("%11d  %8s  %16.2f  %14.2f  %12.0f" % (n, "yes" if numbered else "no",
                                                             cpu, script, 1e6 / cpu), flush=True)
+        hb = admin.call("SCRIPT", "LOAD", script("HEARTBEAT")).decode()
+        print("heartbeat: members here, in the room  redis CPU us/call", flush=True)
+        for here, total in [(1, 10), (10, 100), (100, 1000)]:
+            print("%12d %12d  %16.2f" % (here, total, heartbeat_cost(port, server.pid, hb, here, total)),
+                  flush=True)
         if os.path.exists(args.server) and os.path.exists(args.client):
             us = instance_cost(port, sha, args.server, args.client, args.messages)
             print("an instance following the room, one member: %.2f us of CPU per message" % us)
