@@ -109,10 +109,10 @@ def publish_script():
     return script("PUBLISH")
 
 
-def heartbeat_cost(port, pid, sha, here, total, rooms=1000):
+def heartbeat_cost(port, pid, sha, here, total, read_back, rooms=1000):
     """Redis's CPU per heartbeat: one instance renewing its `here` members in
     each of `rooms` rooms of `total` members, and reading each room's list back
-    (as the server's heartbeat does every 5 s)."""
+    if `read_back` (as the server's heartbeat does every sixth time)."""
     admin = Conn(port)
     now_ms = int(time.time() * 1000) + 3600 * 1000
     for r in range(rooms):
@@ -128,7 +128,7 @@ def heartbeat_cost(port, pid, sha, here, total, rooms=1000):
     for _ in range(5):
         data = b"".join(
             command("EVALSHA", sha, 3, "bc:{r:h%d}:who" % r, "bc:{r:h%d}:meta" % r,
-                    "bc:{r:h%d}:log" % r, 15000, 86400, "1", *mine)
+                    "bc:{r:h%d}:log" % r, 15000, 86400, "1" if read_back else "", *mine)
             for r in range(rooms))
         conn.send(data)
         for _ in range(rooms):
@@ -281,14 +281,16 @@ def main():
         print("subscribers  numbered  redis CPU us/msg  script us/call  msgs/s one core could sequence")
         for n in [int(x) for x in args.subscribers.split(",")]:
             for numbered in (False, True):
-                cpu, script, _ = run(port, server.pid, sha, n, args.messages, numbered)
+                cpu, per_call, _ = run(port, server.pid, sha, n, args.messages, numbered)
                 print("%11d  %8s  %16.2f  %14.2f  %12.0f" % (n, "yes" if numbered else "no",
-                                                            cpu, script, 1e6 / cpu), flush=True)
+                                                            cpu, per_call, 1e6 / cpu), flush=True)
         hb = admin.call("SCRIPT", "LOAD", script("HEARTBEAT")).decode()
-        print("heartbeat: members here, in the room  redis CPU us/call", flush=True)
+        print("heartbeat: members here, in the room  redis CPU us/call: renewing, and reading the list back",
+              flush=True)
         for here, total in [(1, 10), (10, 100), (100, 1000)]:
-            print("%12d %12d  %16.2f" % (here, total, heartbeat_cost(port, server.pid, hb, here, total)),
-                  flush=True)
+            renew = heartbeat_cost(port, server.pid, hb, here, total, False)
+            read = heartbeat_cost(port, server.pid, hb, here, total, True)
+            print("%12d %12d  %16.2f %16.2f" % (here, total, renew, read), flush=True)
         if os.path.exists(args.server) and os.path.exists(args.client):
             us = instance_cost(port, sha, args.server, args.client, args.messages)
             print("an instance following the room, one member: %.2f us of CPU per message" % us)

@@ -135,9 +135,10 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
 ";
 
 /// Keeps this instance's members of a room listed, and the room's log alive;
-/// answers, if asked, with every instance's members (for `/who` while Redis is
-/// away). KEYS: who, meta, log. ARGV: presence TTL ms, room TTL s, '1' to answer
-/// the members or '', members...
+/// answers, if asked and the room has at most that many members, with every
+/// instance's members (for `/who` while Redis is away). KEYS: who, meta, log.
+/// ARGV: presence TTL ms, room TTL s, the most members to answer with or '',
+/// members...
 const HEARTBEAT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -147,7 +148,7 @@ end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 redis.call('EXPIRE', KEYS[3], ARGV[2])
-if ARGV[3] == '' then return {} end
+if ARGV[3] == '' or redis.call('ZCARD', KEYS[1]) > tonumber(ARGV[3]) then return {} end
 return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
 ";
 
@@ -449,9 +450,10 @@ impl RedisLog {
     }
 
     /// Keeps `members` of `room` (this instance's) listed for another
-    /// [`PRESENCE_TTL`], and the room's keys alive; answers, if `answer`, with
-    /// every instance's members, as [`RedisLog::who`] does (a join's listing does
-    /// not ask: a room's joins would read the whole list each).
+    /// [`PRESENCE_TTL`], and the room's keys alive; answers, if the room has at
+    /// most `answer` members, with every instance's members, as
+    /// [`RedisLog::who`] does, and otherwise with none (a join's listing does not
+    /// ask: a room's joins would read the whole list each).
     ///
     /// # Errors
     /// Redis's error.
@@ -459,7 +461,7 @@ impl RedisLog {
         &self,
         room: &str,
         members: &[String],
-        answer: bool,
+        answer: Option<usize>,
     ) -> redis::RedisResult<Vec<String>> {
         let keys = Keys::of(room);
         let mut invocation = self.heartbeat.key(&keys.who);
@@ -468,7 +470,7 @@ impl RedisLog {
             .key(&keys.log)
             .arg(PRESENCE_TTL.as_millis() as u64)
             .arg(ROOM_TTL.as_secs())
-            .arg(if answer { "1" } else { "" });
+            .arg(answer.map(|most| most.to_string()).unwrap_or_default());
         for member in members {
             invocation.arg(member);
         }

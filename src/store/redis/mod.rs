@@ -42,6 +42,13 @@ pub(crate) use primary::RedisTarget;
 
 /// How often this instance's members are listed again in their rooms' presence.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+/// One heartbeat in this many also reads each room's list back, for `/who`
+/// while Redis is away: every 30 s.
+const READ_BACK_EVERY: u64 = 6;
+/// The largest room whose list a heartbeat reads back: at most about 40 µs of
+/// Redis's time per room and instance every 30 s. A larger room's `/who` during
+/// an outage names the other instances' members as of the last `/who` answered.
+const READ_BACK_MOST: usize = 100;
 /// Most messages fetched from the stream at once to fill a gap.
 const GAP_BATCH: usize = 256;
 
@@ -373,7 +380,7 @@ impl RoomLog for RedisRoom {
         Some(Box::pin(async move {
             let done = async {
                 if listed {
-                    inner.log.heartbeat(&room.name, &[member], false).await?;
+                    inner.log.heartbeat(&room.name, &[member], None).await?;
                     Ok(())
                 } else {
                     inner.log.unlist(&room.name, &member).await
@@ -506,9 +513,17 @@ async fn ingest(inner: &Inner, room: &Followed, logged: &Logged) {
 async fn heartbeat(inner: Weak<Inner>) {
     let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut beats: u64 = 0;
     loop {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else { return };
+        // Reading a room's list back costs Redis about 0.4 µs a member
+        // (benches/redis_capacity.py): once in READ_BACK_EVERY heartbeats, and
+        // for rooms of at most READ_BACK_MOST members.
+        let read_back = beats
+            .is_multiple_of(READ_BACK_EVERY)
+            .then_some(READ_BACK_MOST);
+        beats += 1;
         // Redis away: nothing to renew it in; the first heartbeat once it is
         // back lists everyone again.
         if !inner.is_up() {
@@ -521,8 +536,11 @@ async fn heartbeat(inner: Weak<Inner>) {
                 .iter()
                 .map(|(id, who)| member(inner.instance, *id, who))
                 .collect();
-            match inner.log.heartbeat(&room.name, &members, true).await {
-                Ok(listed) => room.local.listed(&listed, &prefix(inner.instance)),
+            match inner.log.heartbeat(&room.name, &members, read_back).await {
+                Ok(listed) if read_back.is_some() && !listed.is_empty() => {
+                    room.local.listed(&listed, &prefix(inner.instance));
+                }
+                Ok(_) => {}
                 Err(e) => {
                     inner.went_down(&e.to_string());
                     break;
