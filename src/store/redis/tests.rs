@@ -41,6 +41,26 @@ async fn a_redis_emptied_begins_a_new_epoch_on_the_next_append() {
     );
 }
 
+/// A store on a `redis-server` of its own (within `bounds`), and room "r"
+/// opened in it: the server, the store, the room's log and what it delivered.
+async fn opened(
+    bounds: RedisBounds,
+) -> (
+    RedisServer,
+    Arc<RedisStore>,
+    Arc<dyn RoomLog>,
+    Arc<crate::store::suite::Recorder>,
+) {
+    let server = RedisServer::start().await;
+    let store = Arc::new(connect_to(&server, 100, bounds).await);
+    let subject = crate::store::suite::Subject {
+        store: Arc::clone(&store) as _,
+        _keep: None,
+    };
+    let (log, recorder) = open(&subject, "r").await;
+    (server, store, log, recorder)
+}
+
 /// Asks for a line without waiting for its answer, which comes on the receiver.
 fn ask(
     log: &Arc<dyn RoomLog>,
@@ -101,13 +121,7 @@ fn texts(entries: &[crate::store::Entry]) -> Vec<(u64, String)> {
     ignore = "needs redis-server (apt-get install redis-server)"
 )]
 async fn lines_sent_to_a_stopped_redis_are_held_and_logged_once_when_it_goes_on() {
-    let server = RedisServer::start().await;
-    let store = Arc::new(connect_to(&server, 100, RedisBounds::default()).await);
-    let subject = crate::store::suite::Subject {
-        store: Arc::clone(&store) as _,
-        _keep: None,
-    };
-    let (log, recorder) = open(&subject, "r").await;
+    let (server, store, log, recorder) = opened(RedisBounds::default()).await;
     append(&*log, "a", None).await.expect("append");
     append(&*log, "b", Some(("s1", 1))).await.expect("append");
 
@@ -168,18 +182,12 @@ async fn lines_sent_to_a_stopped_redis_are_held_and_logged_once_when_it_goes_on(
     ignore = "needs redis-server (apt-get install redis-server)"
 )]
 async fn past_the_outage_queue_a_line_is_refused_and_the_held_ones_go_when_redis_is_back() {
-    let server = RedisServer::start().await;
-    let port = server.port();
     let bounds = RedisBounds {
         outage_queue: 2,
         ..RedisBounds::default()
     };
-    let store = Arc::new(connect_to(&server, 100, bounds).await);
-    let subject = crate::store::suite::Subject {
-        store: Arc::clone(&store) as _,
-        _keep: None,
-    };
-    let (log, recorder) = open(&subject, "r").await;
+    let (server, store, log, recorder) = opened(bounds).await;
+    let port = server.port();
     append(&*log, "before", Some(("s1", 1)))
         .await
         .expect("append");
@@ -233,13 +241,7 @@ async fn past_the_outage_queue_a_line_is_refused_and_the_held_ones_go_when_redis
     ignore = "needs redis-server (apt-get install redis-server)"
 )]
 async fn a_line_id_accepted_in_an_older_epoch_is_logged_again_in_a_new_one() {
-    let server = RedisServer::start().await;
-    let store = connect_to(&server, 100, RedisBounds::default()).await;
-    let subject = crate::store::suite::Subject {
-        store: Arc::new(store),
-        _keep: None,
-    };
-    let (log, _recorder) = open(&subject, "r").await;
+    let (server, _store, log, _recorder) = opened(RedisBounds::default()).await;
     append(&*log, "first", Some(("s1", 7)))
         .await
         .expect("append");
@@ -279,13 +281,7 @@ async fn a_line_id_accepted_in_an_older_epoch_is_logged_again_in_a_new_one() {
     ignore = "needs redis-server (apt-get install redis-server)"
 )]
 async fn a_rooms_keys_expire_from_its_first_message_on() {
-    let server = RedisServer::start().await;
-    let store = connect_to(&server, 100, RedisBounds::default()).await;
-    let subject = crate::store::suite::Subject {
-        store: Arc::new(store),
-        _keep: None,
-    };
-    let (log, _recorder) = open(&subject, "r").await;
+    let (server, _store, log, _recorder) = opened(RedisBounds::default()).await;
     append(&*log, "first", None).await.expect("append");
     let mut admin = redis::Client::open(server.url())
         .expect("url")
