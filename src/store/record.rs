@@ -98,8 +98,9 @@ pub(crate) struct Entry {
 /// reference-counted `Message` encoded once, whatever the number of receivers.
 #[derive(Debug, Clone)]
 pub(crate) struct Delivery {
-    /// Its offset in the room's log; 0 for a message that is not in it (said while
-    /// the log was out of reach), which every session writes as it comes.
+    /// Its offset in the room's log; 0 for a message that is not in it (a notice
+    /// of the server's to this instance's members), which every session writes
+    /// as it comes.
     pub(crate) offset: u64,
     /// The epoch of the log it is in: a new one means the log began again.
     pub(crate) epoch: Epoch,
@@ -135,7 +136,7 @@ impl Record<'_> {
     }
 
     /// The record in both wire formats, at `offset` of `epoch` in `room`; an offset
-    /// of 0 means not in the log (said while the log was out of reach).
+    /// of 0 means not in the log.
     pub(crate) fn encode(&self, room: &str, epoch: Epoch, offset: u64) -> Entry {
         self.encode_with(self.classic(), room, epoch, offset)
     }
