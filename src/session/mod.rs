@@ -13,7 +13,7 @@ mod write_delay;
 use std::borrow::Cow;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::pin;
+use std::pin::Pin;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -148,26 +148,26 @@ async fn serve<S>(
     let config = &guard.shared().config;
     // Boxed so that the handshake's buffers and timer are freed once it is done
     // instead of taking room in the task for the whole session.
-    let upgraded = Box::pin(upgrade::upgrade(
-        &mut stream,
-        addr,
-        guard,
-        shutdown,
-        deadline,
-    ))
-    .await;
     // Joined the room during the upgrade, so the receiver saw everything since.
-    let Some((joined, format, rights)) = upgraded else {
-        return;
+    // In a block of its own: what the upgrade returned is taken apart here and
+    // not kept in the task beside its parts.
+    let (joined, format, rights) = {
+        let upgraded = Box::pin(upgrade::upgrade(
+            &mut stream,
+            addr,
+            guard,
+            shutdown,
+            deadline,
+        ))
+        .await;
+        match upgraded {
+            Some(upgraded) => upgraded,
+            None => return,
+        }
     };
-    let Joined {
-        membership,
-        mut rx,
-        epoch,
-        head,
-        replay_after,
-        recovery,
-    } = joined;
+    // Used in place, not taken apart: its parts would be kept in the task beside it.
+    let mut joined: Joined = joined;
+    let membership = &joined.membership;
 
     let mut ws = ServerBuilder::new()
         .limits(Limits::default().max_payload_len(Some(config.max_message_size)))
@@ -183,28 +183,38 @@ async fn serve<S>(
     let frames = Frames(format);
     let metrics = &guard.shared().metrics;
     let mut outbox = Outbox::new(
-        epoch,
-        replay_after,
+        joined.epoch,
+        joined.replay_after,
         membership.id(),
         config,
         frames,
         metrics,
     );
-    let greeting = outbox.greet(&mut ws, &membership, head, recovery, config.no_echo);
-    let end = match greeting.await {
-        Ok(()) => {
-            chat::Chat::new(&membership, guard, frames, rights)
-                .run(&mut ws, &mut rx, &mut outbox)
-                .await
+    // The greeting and the close are boxed: each runs once, and its state (a
+    // replay, a close handshake) would otherwise take room in the task for the
+    // whole session (`idle` in the benchmark counts it per connection). A label,
+    // not a match on the greeting's result: that result would be kept in the task
+    // for as long as the chat runs.
+    let greeting = Box::pin(outbox.greet(
+        &mut ws,
+        membership,
+        joined.head,
+        joined.recovery,
+        config.no_echo,
+    ));
+    let end = 'chat: {
+        if let Err(end) = greeting.await {
+            break 'chat end;
         }
-        Err(end) => end,
+        let mut chat = chat::Chat::new(membership, guard, frames, rights);
+        chat.run(&mut ws, &mut joined.rx, &mut outbox).await
     };
-    drop(rx);
-    drop(membership);
+    // Out of the room before the close handshake.
+    drop(joined);
 
     metrics.disconnected(end.reason());
     let reason = end.text();
-    close(&mut ws, end, config.close_timeout).await;
+    Box::pin(close(&mut ws, end, config.close_timeout)).await;
     info!(%addr, reason = &*reason, clients = guard.open() - 1, "disconnected");
 }
 
@@ -214,17 +224,21 @@ async fn serve<S>(
 /// (`a_client_that_stops_reading_is_dropped_at_the_write_timeout`).
 ///
 /// Most writes finish on their first poll (the socket has room), so the timer is
-/// only set for a write that has to wait: a timer per write would cost more than
-/// the write.
-async fn bounded(
-    limit: Duration,
-    write: impl Future<Output = Result<(), tokio_websockets::Error>>,
-) -> Result<(), End> {
-    let mut write = pin!(write);
+/// only set, and boxed, for a write that has to wait: a timer per write would cost
+/// more than the write, and one kept in every session's task would take room in
+/// it for good.
+///
+/// It takes the write pinned where the caller made it: a future passed by value
+/// is moved into this one's state, and the copy it was moved from keeps its room
+/// too, so every session's task would hold the largest write twice.
+async fn bounded<F>(limit: Duration, mut write: Pin<&mut F>) -> Result<(), End>
+where
+    F: Future<Output = Result<(), tokio_websockets::Error>> + ?Sized,
+{
     let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
     let result = match first {
         Poll::Ready(result) => result,
-        Poll::Pending => match timeout(limit, write).await {
+        Poll::Pending => match Box::pin(timeout(limit, write)).await {
             Ok(result) => result,
             Err(_) => return Err(End::Dropped(Dropped::WriteTimeout)),
         },

@@ -3,6 +3,7 @@
 //! channel or a returning client has something to catch up on. A burst costs one
 //! write, not one per message.
 
+use std::pin::pin;
 use std::time::Duration;
 
 use futures_util::SinkExt;
@@ -242,7 +243,7 @@ impl<'a> Outbox<'a> {
             }
             ws.flush().await
         };
-        bounded(limit, write).await?;
+        bounded(limit, pin!(write)).await?;
         if batch.written > 0 {
             self.metrics.deliveries.add(batch.written);
             let waited = Duration::from_nanos(stamp().saturating_sub(oldest));
@@ -267,7 +268,7 @@ impl<'a> Outbox<'a> {
             // The room's log began again (its store lost it): say so, and go on from
             // the start of the new one.
             Behind::NewEpoch(delivery) => {
-                bounded(self.write_timeout, ws.send(self.frames.restarted())).await?;
+                bounded(self.write_timeout, pin!(ws.send(self.frames.restarted()))).await?;
                 (self.epoch, self.last) = (delivery.epoch, 0);
                 delivery
             }
@@ -283,10 +284,14 @@ impl<'a> Outbox<'a> {
             let missed = delivery.offset - self.last - 1;
             self.last += missed;
             self.metrics.missed.increment(missed);
-            bounded(self.write_timeout, ws.send(self.frames.missed(missed))).await?;
+            bounded(
+                self.write_timeout,
+                pin!(ws.send(self.frames.missed(missed))),
+            )
+            .await?;
         }
         if let Step::Write(message) = self.step(delivery) {
-            bounded(self.write_timeout, ws.send(message)).await?;
+            bounded(self.write_timeout, pin!(ws.send(message))).await?;
             self.metrics.deliveries.add(1);
         }
         Ok(())
@@ -314,7 +319,7 @@ impl<'a> Outbox<'a> {
             membership.who(),
             !no_echo,
         );
-        bounded(self.write_timeout, ws.send(welcome)).await?;
+        bounded(self.write_timeout, pin!(ws.send(welcome))).await?;
         // What the log let go while we replayed is part of what the returning client
         // missed (for a newcomer, a gap in the history, which it was not there for).
         let lost = self.catch_up(ws, membership, head, false).await?;
@@ -327,14 +332,14 @@ impl<'a> Outbox<'a> {
             .map(|r| r.and_missed(lost))
             .and_then(|r| self.frames.recovered(r))
         {
-            bounded(self.write_timeout, ws.send(recovered)).await?;
+            bounded(self.write_timeout, pin!(ws.send(recovered))).await?;
         }
         // A newcomer while the store cannot log (a data directory that takes no
         // writes, Redis out of reach) learns it as the members did: its lines
         // will wait.
         if let Some(text) = membership.store_delaying() {
             let notice = self.frames.notice(NoticeKind::Delayed, text);
-            bounded(self.write_timeout, ws.send(notice)).await?;
+            bounded(self.write_timeout, pin!(ws.send(notice))).await?;
         }
         Ok(())
     }
@@ -388,7 +393,7 @@ impl<'a> Outbox<'a> {
                     }
                     ws.flush().await
                 };
-                bounded(limit, write).await?;
+                bounded(limit, pin!(write)).await?;
                 self.metrics.replayed.increment(written);
                 self.metrics.deliveries.add(written);
             }

@@ -10,31 +10,29 @@
 use std::pin::Pin;
 use std::time::Duration;
 
-use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
 use super::outbox::Wrote;
 
-pin_project! {
-    /// One session's write delay: whether it rests, until when, and when it was last
-    /// free to write.
-    #[derive(Debug)]
-    pub(super) struct WriteDelay {
-        #[pin]
-        timer: Sleep,
-        delay: Duration,
-        // Whether the session rests now (until the timer).
-        resting: bool,
-        // When the session was last free to write: its last write, or its rest's end.
-        free: Option<Instant>,
-    }
+/// One session's write delay: whether it rests, until when, and when it was last
+/// free to write.
+#[derive(Debug)]
+pub(super) struct WriteDelay {
+    // Made at the first rest and kept: a session that never rests (a quiet
+    // member, or no delay) has no timer in its task.
+    timer: Option<Pin<Box<Sleep>>>,
+    delay: Duration,
+    // Whether the session rests now (until the timer).
+    resting: bool,
+    // When the session was last free to write: its last write, or its rest's end.
+    free: Option<Instant>,
 }
 
 impl WriteDelay {
     /// A write delay of `delay`; zero for none.
     pub(super) fn new(delay: Duration) -> Self {
         Self {
-            timer: tokio::time::sleep_until(Instant::now()),
+            timer: None,
             delay,
             resting: false,
             free: None,
@@ -51,23 +49,27 @@ impl WriteDelay {
     /// Notes what a delivery wrote and starts a rest if it came within the delay of
     /// the last one and emptied the channel (after a full batch or a catch-up more
     /// is waiting already, and after nothing there is nothing to wait after).
-    pub(super) fn wrote(self: Pin<&mut Self>, wrote: Wrote) {
-        let this = self.project();
-        if wrote == Wrote::Nothing || this.delay.is_zero() {
+    pub(super) fn wrote(&mut self, wrote: Wrote) {
+        if wrote == Wrote::Nothing || self.delay.is_zero() {
             return;
         }
         let now = Instant::now();
-        let delay = *this.delay;
-        *this.resting = wrote == Wrote::Emptied && this.free.is_some_and(|free| now < free + delay);
-        if *this.resting {
-            this.timer.reset(now + delay);
+        let delay = self.delay;
+        self.resting = wrote == Wrote::Emptied && self.free.is_some_and(|free| now < free + delay);
+        if self.resting {
+            match self.timer.as_mut() {
+                Some(timer) => timer.as_mut().reset(now + delay),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(now + delay))),
+            }
         }
-        *this.free = Some(if *this.resting { now + delay } else { now });
+        self.free = Some(if self.resting { now + delay } else { now });
     }
 
     /// Waits for the rest's end. Cancel-safe: nothing changes until it has come.
-    pub(super) async fn rest(mut self: Pin<&mut Self>) {
-        self.as_mut().project().timer.await;
-        *self.project().resting = false;
+    pub(super) async fn rest(&mut self) {
+        if let Some(timer) = self.timer.as_mut() {
+            timer.as_mut().await;
+        }
+        self.resting = false;
     }
 }
