@@ -80,6 +80,9 @@ pub struct Outcome {
     pub cpu_ns: Option<u64>,
     /// The shared Redis's CPU time over the send phase, apart from the server's (schedstat).
     pub redis_cpu_ns: Option<u64>,
+    /// The load generator's own CPU time over the send phase (this process, every thread,
+    /// schedstat): on a machine it shares with the server, it bounds what any server can do.
+    pub generator_cpu_ns: Option<u64>,
     /// The same from /proc/PID/stat's clock ticks, in seconds: a coarse cross-check.
     pub cpu_ticks_s: Option<f64>,
     /// Write syscalls the server made over the send phase (`syscw` in /proc/PID/io).
@@ -133,6 +136,11 @@ impl Outcome {
     /// The shared Redis's CPU seconds per million distinct deliveries over the send phase.
     pub fn redis_cpu_s_per_million(&self) -> Option<f64> {
         stats::cpu_s_per_million(self.redis_cpu_ns?, self.unique)
+    }
+
+    /// The load generator's CPU seconds per million distinct deliveries over the send phase.
+    pub fn generator_cpu_s_per_million(&self) -> Option<f64> {
+        stats::cpu_s_per_million(self.generator_cpu_ns?, self.unique)
     }
 
     /// Server write syscalls per distinct delivery over the send phase.
@@ -393,7 +401,9 @@ pub fn table(report: &Report) -> String {
          open-loop senders (steady, reconnect, busy) stamp the time a message was due, so a \
          sender that falls behind is charged for it; a replayed copy arrives as late as its \
          client was away. cpu s/M = server CPU seconds, all threads (schedstat, \
-         ns), per million deliveries over the send phase. wr/deliv = the server's write \
+         ns), per million deliveries over the send phase (the JSON adds the load generator's \
+         own, generator_cpu_s_per_million: where the two share the cores, their sum times \
+         deliv/s is the cores in use). wr/deliv = the server's write \
          syscalls (syscw) over the send phase per delivery. kB/conn = server RSS growth over the \
          connect phase / conns. lost, dup, ooo = the worst run's copies never received, \
          received twice, received after a later one from the same sender."
@@ -651,6 +661,7 @@ fn run_json(o: &Outcome) -> String {
          \"latency_p50_ms\": {}, \"latency_p99_ms\": {}, \
          \"latency_max_ms\": {}, \"server_cpu_s\": {}, \"server_cpu_s_from_ticks\": {}, \
          \"server_cpu_s_per_million\": {}, \"redis_cpu_s\": {}, \"redis_cpu_s_per_million\": {}, \
+         \"generator_cpu_s_per_million\": {}, \
          \"server_writes\": {}, \"writes_per_delivery\": {}, \
          \"server_peak_rss_mb\": {}, \"server_rss_per_connection_kb\": {}, \
          \"disk_flushes\": {}, \"disk_lines\": {}, \"connect_s\": {}, \
@@ -678,6 +689,7 @@ fn run_json(o: &Outcome) -> String {
         num(o.cpu_s_per_million()),
         num(o.redis_cpu_ns.map(|ns| ns as f64 / 1e9)),
         num(o.redis_cpu_s_per_million()),
+        num(o.generator_cpu_s_per_million()),
         count(o.writes),
         num(o.writes_per_delivery()),
         num(o.peak_rss_mb()),

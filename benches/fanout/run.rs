@@ -110,6 +110,7 @@ pub async fn run(
     let rss_connected = deployment.rss_kb();
     let cpu_before = deployment.cpu_ns();
     let redis_cpu_before = deployment.redis_cpu_ns();
+    let generator_cpu_before = server::cpu_ns(std::process::id());
     let ticks_before = deployment.cpu_ticks();
     let writes_before = deployment.writes();
 
@@ -161,6 +162,7 @@ pub async fn run(
     }
     let cpu_after = deployment.cpu_ns();
     let redis_cpu_after = deployment.redis_cpu_ns();
+    let generator_cpu_after = server::cpu_ns(std::process::id());
     let ticks_after = deployment.cpu_ticks();
     let writes_after = deployment.writes();
     let peak_rss_kb = deployment.peak_rss_kb();
@@ -299,6 +301,9 @@ pub async fn run(
     }
     if let (Some(before), Some(after)) = (redis_cpu_before, redis_cpu_after) {
         outcome.redis_cpu_ns = Some(after.saturating_sub(before));
+    }
+    if let (Some(before), Some(after)) = (generator_cpu_before, generator_cpu_after) {
+        outcome.generator_cpu_ns = Some(after.saturating_sub(before));
     }
     if let (Some(before), Some(after)) = (ticks_before, ticks_after) {
         outcome.cpu_ticks_s = Some(after.saturating_sub(before) as f64 / setup.clock_ticks as f64);
