@@ -191,6 +191,11 @@ struct Cli {
     /// Worker threads; 0 means one per CPU core.
     #[arg(long, value_name = "N", env = "CHAT_THREADS", default_value_t = 0)]
     threads: usize,
+    /// How many tasks a worker runs between two looks at the network and the
+    /// timers (tokio's `event_interval`; tokio's own default is 61).
+    #[arg(long, value_name = "N", env = "CHAT_EVENT_INTERVAL", default_value_t = EVENT_INTERVAL,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    event_interval: u32,
     /// PEM certificate chain: serve wss:// (needs --tls-key).
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -378,6 +383,14 @@ impl Cli {
     }
 }
 
+/// Tasks a worker runs between two looks at the network and the timers. Tokio's
+/// default, 61, lets a busy room's fan-out run for up to 61 sessions' writes before
+/// the next line from a sender is read; at 3 the sender's next line is read sooner,
+/// so each member's write carries more messages. Measured (README, Performance):
+/// 1.3-1.5x the deliveries per second in `crowd` and 1.5-1.8x in `burst` at 0.6-0.7x
+/// the CPU per delivery, the open-loop scenarios' latency unchanged.
+const EVENT_INTERVAL: u32 = 3;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
@@ -390,6 +403,7 @@ fn main() -> ExitCode {
     if cli.threads > 0 {
         runtime.worker_threads(cli.threads);
     }
+    runtime.event_interval(cli.event_interval);
     match runtime.enable_all().build() {
         Ok(runtime) => runtime.block_on(serve(cli)),
         Err(e) => {
@@ -478,6 +492,16 @@ mod tests {
             format!("{config:?}"),
             format!("{:?}", ServerConfig::default())
         );
+    }
+
+    #[test]
+    fn the_event_interval_defaults_to_the_measured_one_and_is_at_least_one() {
+        let interval = |args: &[&str]| {
+            Cli::try_parse_from(["server"].iter().chain(args)).map(|cli| cli.event_interval)
+        };
+        assert_eq!(interval(&[]).expect("parse"), EVENT_INTERVAL);
+        assert_eq!(interval(&["--event-interval", "61"]).expect("parse"), 61);
+        assert!(interval(&["--event-interval", "0"]).is_err());
     }
 
     /// The configuration the command line `server ARGS` gives.
