@@ -191,8 +191,9 @@ async fn serve<S>(
         metrics,
     );
     // The greeting and the close are boxed: each runs once, and its state (a
-    // replay, a close handshake) would otherwise take room in the task for the
-    // whole session (`idle` in the benchmark counts it per connection). A label,
+    // replay, a close handshake) must never make the task bigger than the chat
+    // needs (`idle` in the benchmark counts the task per connection; the test
+    // below bounds it). A label,
     // not a match on the greeting's result: that result would be kept in the task
     // for as long as the chat runs.
     let greeting = Box::pin(outbox.greet(
@@ -266,4 +267,50 @@ where
         Ok::<_, tokio_websockets::Error>(())
     };
     let _ = timeout(limit, handshake).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_util::sync::CancellationToken;
+
+    use crate::ServerConfig;
+    use crate::hub::Hub;
+    use crate::metrics::Metrics;
+    use crate::state::{ConnectionGuard, Shared};
+    use crate::store::MemoryStore;
+
+    /// Most bytes a plain connection's task may take: an idle connection costs
+    /// about this plus its socket's share of the runtime, and the README's `idle`
+    /// figure (under 3 kB a connection at 10,000) rests on it. It was 3.2 kB before
+    /// the session's one-off and per-branch work was boxed.
+    const MOST_TASK_BYTES: usize = 1_700;
+
+    #[tokio::test]
+    async fn a_plain_connections_task_stays_small() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("address"));
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        let (_client, (stream, addr)) = (client.expect("connect"), accepted.expect("accept"));
+        let config = ServerConfig::default();
+        let hub = Arc::new(Hub::new(
+            &config,
+            Arc::new(MemoryStore::for_config(&config)),
+        ));
+        let shared = Arc::new(Shared::new(config, hub, Arc::new(Metrics::new())));
+        let task = super::run(
+            stream,
+            addr,
+            ConnectionGuard::new(shared),
+            CancellationToken::new(),
+        );
+        let bytes = size_of_val(&task);
+        assert!(
+            bytes <= MOST_TASK_BYTES,
+            "a session's task takes {bytes} bytes, more than {MOST_TASK_BYTES}: a state \
+             that lasts the whole session grew (box what runs once or rarely)"
+        );
+    }
 }
