@@ -127,7 +127,7 @@ async fn catch_up(inner: &Inner, room: &Followed) -> redis::RedisResult<()> {
         after = last.offset;
         inner.metrics.redis_recovered.increment(batch.len() as u64);
         for logged in &batch {
-            ingest(inner, room, logged).await;
+            ingest(inner, room, logged).await?;
         }
     }
     Ok(())

@@ -450,7 +450,13 @@ async fn dispatch(inner: Weak<Inner>, mut pushes: mpsc::UnboundedReceiver<PushIn
                     continue;
                 };
                 match serde_json::from_str::<Logged>(&payload) {
-                    Ok(logged) => ingest(&inner, &room, &logged).await,
+                    // Redis taken for away: this message and what it follows
+                    // come with the catch-up when it is back (see `health`).
+                    Ok(logged) => {
+                        if let Err(e) = ingest(&inner, &room, &logged).await {
+                            inner.went_down(&e.to_string());
+                        }
+                    }
                     Err(e) => {
                         warn!(room = %format_args!("/{name}"), error = %e, "unreadable message from Redis")
                     }
@@ -465,15 +471,17 @@ async fn dispatch(inner: Weak<Inner>, mut pushes: mpsc::UnboundedReceiver<PushIn
 }
 
 /// Hands `logged` to `room`'s fan-out in offset order, fetching from the stream
-/// what came before it and is missing here.
-async fn ingest(inner: &Inner, room: &Followed, logged: &Logged) {
+/// what came before it and is missing here. A read of the stream that fails is
+/// an error for the caller: the gap is not skipped, since what Redis still has
+/// must not be reported lost; the catch-up when Redis is back delivers it.
+async fn ingest(inner: &Inner, room: &Followed, logged: &Logged) -> redis::RedisResult<()> {
     let entry = logged
         .record
         .encode(&room.name, logged.epoch, logged.offset);
     loop {
         let Intake::GapAfter(after) = room.fanout.take(&entry) else {
             room.local.keep(&entry);
-            return;
+            return Ok(());
         };
         let wanted = usize::try_from(logged.offset - after - 1).unwrap_or(GAP_BATCH);
         match inner
@@ -501,10 +509,7 @@ async fn ingest(inner: &Inner, room: &Followed, logged: &Logged) {
                 }
             }
             Ok(_) => room.fanout.skip_to(logged.epoch, logged.offset - 1),
-            Err(e) => {
-                inner.went_down(&e.to_string());
-                room.fanout.skip_to(logged.epoch, logged.offset - 1);
-            }
+            Err(e) => return Err(e),
         }
     }
 }
