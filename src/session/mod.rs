@@ -26,7 +26,6 @@ use tokio_websockets::{CloseCode, Limits, Message, ServerBuilder, WebSocketStrea
 use tracing::{debug, info};
 
 use crate::auth;
-use crate::hub::Joined;
 use crate::metrics::{ConnectionOutcome, Reason};
 use crate::state::ConnectionGuard;
 use frames::Frames;
@@ -146,12 +145,12 @@ async fn serve<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let config = &guard.shared().config;
-    // Boxed so that the handshake's buffers and timer are freed once it is done
-    // instead of taking room in the task for the whole session.
     // Joined the room during the upgrade, so the receiver saw everything since.
-    // In a block of its own: what the upgrade returned is taken apart here and
-    // not kept in the task beside its parts.
-    let (joined, format, rights) = {
+    // The upgrade is boxed so that the handshake's buffers and timer are freed
+    // once it is done, and its answer taken apart in a block of its own, so that
+    // it is not kept in the task beside its parts. `joined` is used in place, not
+    // taken apart, for the same reason.
+    let (mut joined, format, rights) = {
         let upgraded = Box::pin(upgrade::upgrade(
             &mut stream,
             addr,
@@ -165,8 +164,6 @@ async fn serve<S>(
             None => return,
         }
     };
-    // Used in place, not taken apart: its parts would be kept in the task beside it.
-    let mut joined: Joined = joined;
     let membership = &joined.membership;
 
     let mut ws = ServerBuilder::new()
@@ -193,9 +190,8 @@ async fn serve<S>(
     // The greeting and the close are boxed: each runs once, and its state (a
     // replay, a close handshake) must never make the task bigger than the chat
     // needs (`idle` in the benchmark counts the task per connection; the test
-    // below bounds it). A label,
-    // not a match on the greeting's result: that result would be kept in the task
-    // for as long as the chat runs.
+    // below bounds it). A label, not a match on the greeting's result: that
+    // result would be kept in the task for as long as the chat runs.
     let greeting = Box::pin(outbox.greet(
         &mut ws,
         membership,
