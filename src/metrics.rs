@@ -14,13 +14,17 @@ use metrics::{Counter, Gauge, Key, KeyName, Label, Level, Metadata, Recorder, Un
 use metrics_exporter_prometheus::formatting::{write_help_line, write_type_line};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
-use crate::store::StoreKind;
+use crate::store::{Flushes, StoreKind};
 
 /// The media type of the exposition.
 pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// The latency histogram's name and help.
 const LATENCY: &str = "chat_delivery_latency_seconds";
+/// With --data-dir: the time commits took, in seconds (a float, so rendered here:
+/// the recorder's counters are whole numbers).
+const FLUSH_TIME: &str = "chat_disk_flush_seconds_total";
+const FLUSH_TIME_HELP: &str = "With --data-dir: the time the commits took, write and fsync (divided by the flushes, what every line waits at least before anyone gets it)";
 const LATENCY_HELP: &str = "From accepting a message to writing it to a client, per write (the oldest message in the write)";
 
 /// The upper bounds of the latency histogram's buckets, in nanoseconds (shown in
@@ -181,8 +185,8 @@ pub(crate) struct Now {
     /// Where the logs are (`memory`, `disk`, `redis`), and whether Redis answers or
     /// the data directory takes writes.
     pub(crate) store: (StoreKind, Option<bool>),
-    /// With a data directory: its flushes so far and the lines they held.
-    pub(crate) flushes: Option<(u64, u64)>,
+    /// With a data directory: its flushes so far, the lines they held, their time.
+    pub(crate) flushes: Option<Flushes>,
 }
 
 /// Where metrics are registered from, for the recorder's metadata.
@@ -342,13 +346,21 @@ impl Metrics {
         let up = |kind| f64::from(u8::from(store == kind && up.unwrap_or(false)));
         self.redis_up.set(up(StoreKind::Redis));
         self.disk_up.set(up(StoreKind::Disk));
-        if let Some((flushes, lines)) = now.flushes {
-            self.disk_flushes.absolute(flushes);
-            self.disk_lines.absolute(lines);
+        if let Some(flushes) = now.flushes {
+            self.disk_flushes.absolute(flushes.count);
+            self.disk_lines.absolute(flushes.lines);
         }
         self.deliveries_total.absolute(self.deliveries.get());
         let mut text = self.handle.render();
         self.latency.render(LATENCY, LATENCY_HELP, &mut text);
+        if let Some(flushes) = now.flushes {
+            use std::fmt::Write;
+            write_help_line(&mut text, FLUSH_TIME, None, None, FLUSH_TIME_HELP);
+            write_type_line(&mut text, FLUSH_TIME, None, None, "counter");
+            #[allow(clippy::cast_precision_loss)] // Seconds, as Prometheus wants them.
+            let seconds = flushes.nanos as f64 / 1e9;
+            let _ = writeln!(text, "{FLUSH_TIME} {seconds}");
+        }
         text
     }
 }

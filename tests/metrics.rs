@@ -32,10 +32,36 @@ fn sample(exposition: &str, name: &str) -> Option<f64> {
 )]
 async fn the_exposition_passes_promtool() {
     let server = Server::start(&["--max-rate", "0"]).await;
+    passes_promtool(&server).await;
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(has_promtool),
+    ignore = "needs promtool (apt-get install prometheus)"
+)]
+async fn the_disk_stores_exposition_passes_promtool_and_times_its_flushes() {
+    let dir = tempfile::TempDir::new().expect("a temporary directory");
+    let data_dir = dir.path().join("data");
+    let data_dir = data_dir.to_str().expect("a UTF-8 path");
+    let server = Server::start(&["--max-rate", "0", "--data-dir", data_dir]).await;
+    let body = passes_promtool(&server).await;
+    // Each line is flushed before it comes back, so the counters hold it already.
+    let flushes = sample(&body, "chat_disk_flushes_total").expect("the flushes");
+    let lines = sample(&body, "chat_disk_lines_total").expect("the lines");
+    let seconds = sample(&body, "chat_disk_flush_seconds_total").expect("the flush time");
+    assert!(flushes >= 1.0 && lines >= 1.0, "{body}");
+    // A flush takes some time, and one took less than the test has run.
+    assert!(seconds > 0.0 && seconds < 60.0, "{body}");
+}
+
+/// Sends a line, waits for its copy, and checks the exposition with `promtool`;
+/// returns the exposition.
+async fn passes_promtool(server: &Server) -> String {
     let mut ws = connect(&server.url()).await;
     send(&mut ws, "hello").await;
     recv_text(&mut ws).await;
-    let answer = scrape(&server).await;
+    let answer = scrape(server).await;
     assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
     assert!(
         answer.contains("\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"),
@@ -65,6 +91,7 @@ async fn the_exposition_passes_promtool() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+    body.to_owned()
 }
 
 #[tokio::test]

@@ -117,21 +117,19 @@ impl Deployment {
         })
     }
 
-    /// With a data directory: its flushes and the lines they held so far, from the server's
-    /// /metrics.
-    pub async fn disk_counters(&self) -> Option<Result<(u64, u64), String>> {
+    /// With a data directory: its flushes, the lines they held and the seconds they took so
+    /// far, from the server's /metrics.
+    pub async fn disk_counters(&self) -> Option<Result<(u64, u64, f64), String>> {
         self.data_dir.as_ref()?;
         let target = self.targets.first()?;
         let read = async {
             let text = server::scrape(target.addr, "/metrics").await?;
-            let counter = |name| {
-                parse::metric(&text, name)
-                    .map(|v| v as u64)
-                    .ok_or_else(|| format!("/metrics has no {name}"))
-            };
+            let counter =
+                |name| parse::metric(&text, name).ok_or_else(|| format!("/metrics has no {name}"));
             Ok((
-                counter("chat_disk_flushes_total")?,
-                counter("chat_disk_lines_total")?,
+                counter("chat_disk_flushes_total")? as u64,
+                counter("chat_disk_lines_total")? as u64,
+                counter("chat_disk_flush_seconds_total")?,
             ))
         };
         Some(read.await)

@@ -46,8 +46,23 @@ pub struct Pair {
     pub p99_rise_ms: Option<f64>,
     /// Disk's lines per flush (fsync) over the run, from its /metrics.
     pub lines_per_flush: Option<f64>,
+    /// Disk's mean flush time, in ms, from its /metrics.
+    pub flush_ms: Option<f64>,
+    /// A closed-loop scenario's ceiling for `throughput`: [`flush_bound`] of memory's round
+    /// trip and disk's flush.
+    pub bound: Option<f64>,
     /// Copies the disk run lost.
     pub lost: u64,
+}
+
+/// The most a closed loop can keep of its rate when each line waits for a flush of
+/// `flush_ms` before anyone gets it, its own sender included: a sender with W lines in
+/// flight and a round trip of `round_trip_ms` per line sends W / round trip lines a second;
+/// with every round trip longer by at least the flush, at most W / (round trip + flush). It
+/// takes the rest of the round trip to stay as long as in memory, which holds where both runs
+/// keep the cores as busy (disk's CPU per delivery is memory's or more).
+pub fn flush_bound(round_trip_ms: f64, flush_ms: f64) -> Option<f64> {
+    (round_trip_ms > 0.0 && flush_ms >= 0.0).then(|| round_trip_ms / (round_trip_ms + flush_ms))
 }
 
 impl Pair {
@@ -62,6 +77,11 @@ impl Pair {
             cpu: stats::ratio(disk.cpu_s_per_million(), memory.cpu_s_per_million()),
             p99_rise_ms,
             lines_per_flush: disk.lines_per_flush(),
+            flush_ms: disk.flush_ms(),
+            bound: memory
+                .round_trip_ms()
+                .zip(disk.flush_ms())
+                .and_then(|(round_trip, flush)| flush_bound(round_trip, flush)),
             lost: disk.lost(),
         }
     }
@@ -118,11 +138,23 @@ impl Comparison {
 
     /// The fewest and the most lines per flush over the runs.
     pub fn lines_per_flush_range(&self) -> Option<(f64, f64)> {
-        let low = worst(self.pairs.iter().map(|p| p.lines_per_flush), false)?;
-        Some((
-            low,
-            worst(self.pairs.iter().map(|p| p.lines_per_flush), true)?,
-        ))
+        self.range(|p| p.lines_per_flush)
+    }
+
+    /// The lowest and the highest of a figure over the runs; `None` if a run lacks it.
+    fn range(&self, figure: impl Fn(&Pair) -> Option<f64>) -> Option<(f64, f64)> {
+        let low = worst(self.pairs.iter().map(&figure), false)?;
+        Some((low, worst(self.pairs.iter().map(&figure), true)?))
+    }
+
+    /// The shortest and the longest mean flush over the runs, in ms.
+    pub fn flush_ms_range(&self) -> Option<(f64, f64)> {
+        self.range(|p| p.flush_ms)
+    }
+
+    /// The lowest and the highest ceiling over the runs (closed-loop scenarios only).
+    pub fn bound_range(&self) -> Option<(f64, f64)> {
+        self.range(|p| p.bound)
     }
 
     pub fn worst_lost(&self) -> u64 {
@@ -193,6 +225,16 @@ fn rise(value: Option<f64>) -> String {
     value.map_or_else(|| "n/a".to_owned(), |v| format!("{v:+.2}"))
 }
 
+/// `lo-hi` at `digits` decimals, or one figure where the two print alike.
+fn span(lo: f64, hi: f64, digits: usize, unit: &str) -> String {
+    let (lo, hi) = (format!("{lo:.digits$}"), format!("{hi:.digits$}"));
+    if lo == hi {
+        format!("{lo}{unit}")
+    } else {
+        format!("{lo}-{hi}{unit}")
+    }
+}
+
 fn target_text(target: Target) -> String {
     match target {
         Target::Throughput(least) => format!("deliv/s >= {least:.2}x, lost 0"),
@@ -212,24 +254,36 @@ pub fn table(report: &Report, targets: &DiskTargets) -> String {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "{:<9} {:>6} {:>8} {:>8} {:>8} {:>11} {:>5}  {:<26} verdict",
-        "disk", "conns", "deliv/s", "cpu s/M", "p99 +ms", "lines/flush", "lost", "target"
+        "{:<9} {:>6} {:>8} {:>8} {:>8} {:>11} {:>9} {:>11} {:>5}  {:<26} verdict",
+        "disk",
+        "conns",
+        "deliv/s",
+        "cpu s/M",
+        "p99 +ms",
+        "lines/flush",
+        "flush ms",
+        "bound",
+        "lost",
+        "target"
     );
     for c in &comparisons {
-        let lines = match c.lines_per_flush_range() {
+        let bound = match c.bound_range() {
             None => "n/a".to_owned(),
-            Some((lo, hi)) if format!("{lo:.1}") == format!("{hi:.1}") => format!("{lo:.1}"),
-            Some((lo, hi)) => format!("{lo:.1}-{hi:.1}"),
+            Some((lo, hi)) => span(lo, hi, 2, "x"),
         };
         let _ = writeln!(
             out,
-            "{:<9} {:>6} {:>8} {:>8} {:>8} {:>11} {:>5}  {:<26} {}",
+            "{:<9} {:>6} {:>8} {:>8} {:>8} {:>11} {:>9} {:>11} {:>5}  {:<26} {}",
             c.scenario,
             c.connections,
             times(c.worst_throughput()),
             times(c.worst_cpu()),
             rise(c.worst_p99_rise_ms()),
-            lines,
+            c.lines_per_flush_range()
+                .map_or_else(|| "n/a".to_owned(), |(lo, hi)| span(lo, hi, 1, "")),
+            c.flush_ms_range()
+                .map_or_else(|| "n/a".to_owned(), |(lo, hi)| span(lo, hi, 2, "")),
+            bound,
             c.worst_lost(),
             target_text(c.target),
             if c.passes() { "PASS" } else { "FAIL" },
@@ -241,8 +295,13 @@ pub fn table(report: &Report, targets: &DiskTargets) -> String {
          beside it, the worst of the runs shown: deliv/s = disk's over memory's (lowest), \
          cpu s/M = disk's CPU per delivery over memory's (highest), p99 +ms = disk's p99 minus \
          memory's (highest), lines/flush = chat_disk_lines_total / chat_disk_flushes_total from \
-         its /metrics at the end of each run (fewest-most), lost = disk's worst run. A verdict \
-         is PASS only if every run meets the target."
+         its /metrics at the end of each run (fewest-most), flush ms = \
+         chat_disk_flush_seconds_total / chat_disk_flushes_total (shortest-longest), bound = \
+         for a closed loop, the most deliv/s could be if each line's round trip were memory's \
+         plus one flush: memory's round trip / (memory's round trip + disk's flush), the round \
+         trip being a sender's window over its lines per second (lowest-highest over the runs; \
+         below the target, no run could meet it), lost = disk's worst run. A verdict is PASS \
+         only if every run meets the target."
     );
     out
 }
@@ -261,11 +320,14 @@ pub fn json(report: &Report, targets: &DiskTargets) -> String {
             .map(|p| {
                 format!(
                     "{{\"deliveries_per_second_ratio\": {}, \"cpu_per_delivery_ratio\": {}, \
-                     \"p99_rise_ms\": {}, \"lines_per_flush\": {}, \"lost\": {}}}",
+                     \"p99_rise_ms\": {}, \"lines_per_flush\": {}, \"flush_ms\": {}, \
+                     \"bound\": {}, \"lost\": {}}}",
                     num(p.throughput),
                     num(p.cpu),
                     num(p.p99_rise_ms),
                     num(p.lines_per_flush),
+                    num(p.flush_ms),
+                    num(p.bound),
                     p.lost
                 )
             })

@@ -92,6 +92,10 @@ pub struct Outcome {
     /// the end of the run (the directory is new for each run).
     pub disk_flushes: Option<u64>,
     pub disk_lines: Option<u64>,
+    /// The time those flushes took, in seconds (chat_disk_flush_seconds_total).
+    pub disk_flush_s: Option<f64>,
+    /// A closed-loop scenario's window: each sender's own messages in flight at most.
+    pub window: Option<usize>,
     /// Server RSS growth over the connect phase, in kB.
     pub rss_growth_kb: Option<i64>,
     /// Connections that completed the upgrade and got the welcome.
@@ -151,6 +155,21 @@ impl Outcome {
     /// With a data directory: lines per flush (fsync), the group commit's batch.
     pub fn lines_per_flush(&self) -> Option<f64> {
         stats::per_item(self.disk_lines?, self.disk_flushes?)
+    }
+
+    /// With a data directory: a flush's mean time, in ms: what every line waited at least
+    /// before anyone was sent it.
+    pub fn flush_ms(&self) -> Option<f64> {
+        Some(self.disk_flush_s? * 1e3 / self.disk_flushes.filter(|&f| f > 0)? as f64)
+    }
+
+    /// A closed-loop run's round trip per line, in ms: a sender keeps `window` lines in
+    /// flight, so each took window / (its lines per second) from its send to its copy.
+    pub fn round_trip_ms(&self) -> Option<f64> {
+        let window = self.window? as f64;
+        let per_sender =
+            self.deliveries_per_second()? / self.connections() as f64 / self.senders.max(1) as f64;
+        (per_sender > 0.0).then(|| window / per_sender * 1e3)
     }
 
     pub fn peak_rss_mb(&self) -> Option<f64> {
@@ -664,7 +683,8 @@ fn run_json(o: &Outcome) -> String {
          \"generator_cpu_s_per_million\": {}, \
          \"server_writes\": {}, \"writes_per_delivery\": {}, \
          \"server_peak_rss_mb\": {}, \"server_rss_per_connection_kb\": {}, \
-         \"disk_flushes\": {}, \"disk_lines\": {}, \"connect_s\": {}, \
+         \"disk_flushes\": {}, \"disk_lines\": {}, \"disk_flush_s\": {}, \
+         \"round_trip_ms\": {}, \"connect_s\": {}, \
          \"connect_failures\": {}, \"timed_out\": {}, \"notes\": [{}]}}",
         o.instances(),
         o.receivers,
@@ -696,6 +716,8 @@ fn run_json(o: &Outcome) -> String {
         num(o.rss_per_connection_kb()),
         count(o.disk_flushes),
         count(o.disk_lines),
+        num(o.disk_flush_s),
+        num(o.round_trip_ms()),
         num(Some(o.connect_s)),
         o.connect_failures,
         o.timed_out,

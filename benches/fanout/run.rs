@@ -9,7 +9,7 @@ use tokio::time::{MissedTickBehavior, timeout_at};
 
 use crate::connection;
 use crate::deploy::{Deployment, ServerSource};
-use crate::load::{self, Plan, Shared, Tally};
+use crate::load::{self, Pace, Plan, Shared, Tally};
 use crate::report::Outcome;
 use crate::server;
 use crate::stats;
@@ -232,6 +232,10 @@ pub async fn run(
         connect_s,
         connect_failures,
         timed_out,
+        window: match plan.pace {
+            Pace::Closed { window } => Some(window),
+            Pace::Open { .. } => None,
+        },
         ..Outcome::default()
     };
     outcome.expected = outcome.messages * plan.connections as u64;
@@ -312,7 +316,10 @@ pub async fn run(
         outcome.writes = Some(after.saturating_sub(before));
     }
     outcome.peak_rss_kb = peak_rss_kb;
-    (outcome.disk_flushes, outcome.disk_lines) = disk_counters.unzip();
+    if let Some((flushes, lines, seconds)) = disk_counters {
+        (outcome.disk_flushes, outcome.disk_lines) = (Some(flushes), Some(lines));
+        outcome.disk_flush_s = Some(seconds);
+    }
     if let (Some(before), Some(after)) = (rss_before, rss_connected) {
         outcome.rss_growth_kb = Some(after as i64 - before as i64);
     }

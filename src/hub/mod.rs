@@ -173,8 +173,8 @@ impl Hub {
         self.store.persistence()
     }
 
-    /// With a data directory: its flushes so far and the lines they held.
-    pub(crate) fn flushes(&self) -> Option<(u64, u64)> {
+    /// With a data directory: its flushes so far, the lines they held, their time.
+    pub(crate) fn flushes(&self) -> Option<crate::store::Flushes> {
         self.store.flushes()
     }
 

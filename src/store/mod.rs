@@ -204,11 +204,23 @@ pub(crate) trait Store: Send + Sync + Debug {
     fn persistence(&self) -> Option<&'static str> {
         None
     }
-    /// For a store that flushes to disk: its flushes so far, and the lines they
-    /// held (lines per flush shows the group commit at work).
-    fn flushes(&self) -> Option<(u64, u64)> {
+    /// For a store that flushes to disk: its flushes so far, the lines they held
+    /// (lines per flush shows the group commit at work) and the time they took.
+    fn flushes(&self) -> Option<Flushes> {
         None
     }
+}
+
+/// A disk store's commits so far, each one flush (`fsync`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Flushes {
+    /// Commits that succeeded.
+    pub(crate) count: u64,
+    /// The entries they held.
+    pub(crate) lines: u64,
+    /// The time they took, write and flush, in nanoseconds: over the count, what
+    /// every line waits at least before anyone gets it.
+    pub(crate) nanos: u64,
 }
 
 /// One room's log and sequencer. Nothing here is called with a hub lock held other

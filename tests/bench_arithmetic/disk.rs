@@ -76,7 +76,7 @@ fn each_disk_run_is_paired_with_the_memory_run_beside_it_and_the_worst_pair_show
     );
     assert!(json.contains("\"pass\": true"), "{json}");
     assert!(
-        json.contains("\"disk_flushes\": 200, \"disk_lines\": 500"),
+        json.contains("\"disk_flushes\": 200, \"disk_lines\": 500, \"disk_flush_s\": null"),
         "{json}"
     );
 }
@@ -164,7 +164,12 @@ fn counters_are_read_from_the_exposition_by_exact_name() {
                       chat_disk_flushes_total_extra 9\n\
                       chat_disk_flushes_total{kind=\"x\"} 8\n\
                       chat_disk_flushes_total 200\n\
-                      chat_disk_lines_total 500\n";
+                      chat_disk_lines_total 500\n\
+                      chat_disk_flush_seconds_total 0.125\n";
+    assert_eq!(
+        parse::metric(exposition, "chat_disk_flush_seconds_total"),
+        Some(0.125)
+    );
     assert_eq!(
         parse::metric(exposition, "chat_disk_flushes_total"),
         Some(200.0)
@@ -188,6 +193,71 @@ fn counters_are_read_from_the_exposition_by_exact_name() {
         .lines_per_flush(),
         None
     );
+}
+
+#[test]
+fn a_closed_loops_ceiling_is_its_round_trip_over_the_round_trip_and_a_flush() {
+    // 10 connections (9 receivers, 1 sender), 100 copies in 10 ms: 10,000 deliveries a second,
+    // 1,000 lines a second from the one sender; with 4 in flight, 4 ms a line.
+    let closed = |server, flush_s| Outcome {
+        delivery_ns: Some(10_000_000),
+        window: Some(4),
+        disk_flushes: (server == DISK).then_some(100),
+        disk_lines: (server == DISK).then_some(250),
+        disk_flush_s: flush_s,
+        ..run("crowd", server)
+    };
+    let memory = closed(OURS, None);
+    assert_eq!(memory.round_trip_ms(), Some(4.0));
+    // 100 flushes in 0.1 s: 1 ms each. Each line's 4 ms and a flush: at most 4 / 5 = 0.8x.
+    let on_disk = closed(DISK, Some(0.1));
+    assert_eq!(on_disk.flush_ms(), Some(1.0));
+    assert_eq!(disk::flush_bound(4.0, 1.0), Some(0.8));
+    assert_eq!(
+        disk::flush_bound(0.0, 1.0),
+        None,
+        "no round trip, no ceiling"
+    );
+    // Two senders of the same 1,000 lines a second: 500 each, 8 ms a line.
+    let two = Outcome {
+        receivers: 8,
+        senders: 2,
+        ..memory.clone()
+    };
+    assert_eq!(two.round_trip_ms(), Some(8.0));
+    // An open loop has no window, so no round trip and no ceiling.
+    let open = Outcome {
+        window: None,
+        ..memory.clone()
+    };
+    assert_eq!(open.round_trip_ms(), None);
+
+    let targets = DiskTargets::default();
+    let slower = Outcome {
+        disk_flush_s: Some(0.3),
+        ..on_disk.clone()
+    };
+    let r = report(vec![
+        vec![memory.clone(), memory.clone()],
+        vec![on_disk.clone(), slower],
+    ]);
+    let c = &disk::comparisons(&r, &targets)[0];
+    assert_eq!(c.pairs[0].bound, Some(0.8));
+    assert_eq!(c.pairs[0].flush_ms, Some(1.0));
+    // 3 ms flushes: 4 / 7.
+    assert_eq!(c.pairs[1].bound, Some(4.0 / 7.0));
+    assert_eq!(c.bound_range(), Some((4.0 / 7.0, 0.8)));
+    assert_eq!(c.flush_ms_range(), Some((1.0, 3.0)));
+    let table = disk::table(&r, &targets);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("crowd"))
+        .expect("a crowd row");
+    for expected in ["1.00-3.00", "0.57-0.80x"] {
+        assert!(row.contains(expected), "{expected} missing from {row}");
+    }
+    let json = disk::json(&r, &targets);
+    assert!(json.contains("\"flush_ms\": 1, \"bound\": 0.8"), "{json}");
 }
 
 #[test]

@@ -112,9 +112,11 @@ pub(super) struct Shared {
     waiting: AtomicUsize,
     /// Whether the last commit failed.
     failing: AtomicBool,
-    /// Commits (each one flush) and the lines they held, for lines per flush.
+    /// Commits (each one flush) and the lines they held, for lines per flush, and
+    /// the nanoseconds the commits that succeeded took.
     flushes: AtomicU64,
     lines: AtomicU64,
+    flush_nanos: AtomicU64,
 }
 
 impl fmt::Debug for Shared {
@@ -200,6 +202,7 @@ impl DiskStore {
             failing: AtomicBool::new(false),
             flushes: AtomicU64::new(0),
             lines: AtomicU64::new(0),
+            flush_nanos: AtomicU64::new(0),
         });
         let for_writer = Arc::clone(&shared);
         std::thread::Builder::new()
@@ -260,11 +263,12 @@ impl Store for DiskStore {
         super::StoreKind::Disk
     }
 
-    fn flushes(&self) -> Option<(u64, u64)> {
-        Some((
-            self.shared.flushes.load(Ordering::Relaxed),
-            self.shared.lines.load(Ordering::Relaxed),
-        ))
+    fn flushes(&self) -> Option<super::Flushes> {
+        Some(super::Flushes {
+            count: self.shared.flushes.load(Ordering::Relaxed),
+            lines: self.shared.lines.load(Ordering::Relaxed),
+            nanos: self.shared.flush_nanos.load(Ordering::Relaxed),
+        })
     }
 }
 

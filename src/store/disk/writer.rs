@@ -123,8 +123,13 @@ fn commit(conn: &mut Connection, shared: &Shared, batch: &mut Vec<Job>) {
                 Job::Stop => None,
             })
             .collect();
+        let began = Instant::now();
         match db::commit(conn, &writes) {
-            Ok(()) => break,
+            Ok(()) => {
+                let took = u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                shared.flush_nanos.fetch_add(took, Ordering::Relaxed);
+                break;
+            }
             Err(e) => {
                 shared.went_down(&e.to_string());
                 std::thread::sleep(pause);
